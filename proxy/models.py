@@ -1,0 +1,109 @@
+"""Values that flow through the proxy: names, scopes, page models; no I/O."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Literal, NewType
+
+NormalizedName = NewType("NormalizedName", str)
+
+_SEPARATORS = re.compile(r"[-_.]+")
+# PEP 508 names: letters, digits, and . _ - inside; bounded so a key stays small.
+_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,198}[A-Za-z0-9])?$")
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+# A distribution file name as GitLab stores it (CarrierWave keeps [\w.+-]).
+_FILENAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\-!]{0,254}$")
+# {id}: a number or a URL-encoded full path such as acme%2Fsub%2Ftools.
+_SCOPE_ID = re.compile(r"^(?:[0-9]{1,19}|[A-Za-z0-9_.\-]+(?:%2[Ff][A-Za-z0-9_.\-]+)*)$")
+
+
+def normalize(name: str) -> NormalizedName:
+    """PEP 503: "runs of -, _ and . become one -, and the name is lower-cased"."""
+    return NormalizedName(_SEPARATORS.sub("-", name).lower())
+
+
+def valid_project_name(name: str) -> bool:
+    """True for a name that could be a Python project's name (bounded length)."""
+    return bool(_NAME.match(name))
+
+
+def valid_sha256(value: str) -> bool:
+    """True for 64 hexadecimal digits."""
+    return bool(_SHA256.match(value))
+
+
+def valid_filename(name: str) -> bool:
+    """True for a plausible distribution file name: no separators, '..' or controls."""
+    return bool(_FILENAME.match(name)) and ".." not in name
+
+
+def valid_scope_id(value: str) -> bool:
+    """True for a numeric id or a URL-encoded full path, still encoded."""
+    return len(value) <= 512 and bool(_SCOPE_ID.match(value))
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """A project or group whose PyPI registry is addressed; `id` stays URL-encoded."""
+
+    kind: Literal["projects", "groups"]
+    id: str
+
+    @property
+    def api_path(self) -> str:
+        """The path of this scope's PyPI API below the host, without a trailing slash."""
+        dash = "/-" if self.kind == "groups" else ""
+        return f"/api/v4/{self.kind}/{self.id}{dash}/packages/pypi"
+
+    @property
+    def key(self) -> str:
+        """A short, stable key for cache entries of this scope."""
+        return f"{self.kind}/{self.id.lower()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One anchor of a simple page, with its href already made proxy-relative."""
+
+    path: str
+    """Absolute path on the proxy, starting with /api/v4/ (GitLab's own path)."""
+    text: str
+    fragment: str = ""
+    """Without the '#': GitLab gives "sha256=<hex>" on file links."""
+    attrs: tuple[tuple[str, str], ...] = ()
+    """Every data-* attribute in source order, values unescaped."""
+
+    @property
+    def sha256(self) -> str | None:
+        """The file's sha256, from the fragment or the files/<sha256>/ path."""
+        if self.fragment.startswith("sha256="):
+            value = self.fragment[len("sha256=") :]
+            if valid_sha256(value):
+                return value.lower()
+        parts = self.path.split("/")
+        if "files" in parts:
+            i = parts.index("files")
+            if i + 1 < len(parts) and valid_sha256(parts[i + 1]):
+                return parts[i + 1].lower()
+        return None
+
+    @property
+    def filename(self) -> str:
+        """The last path segment: the file name on a package page."""
+        return self.path.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A simple page (index or one project's files) as the proxy keeps it."""
+
+    title: str
+    links: tuple[Link, ...] = field(default=())
+    kind: Literal["index", "project"] = "project"
+    json: bool = False
+    """True when GitLab answered with PEP 691 JSON; rendered back the same way."""
+
+    def only(self, keep: frozenset[str]) -> Page:
+        """This page with only the file links whose sha256 is in `keep`."""
+        return replace(self, links=tuple(link for link in self.links if link.sha256 in keep))
