@@ -8,7 +8,10 @@ ProxyError
  |    +-- UpstreamStatus         GitLab answered 5xx or 429 (carries status, Retry-After)
  |    +-- IncompleteBody         the body ended before its Content-Length
  |    +-- HashMismatch           the bytes do not hash to the sha256 in the URL
+ |    +-- PageError              GitLab sent a page that cannot be parsed
  +-- OfflineMiss             offline mode and the cache does not hold it
+ +-- OfflineRefusal          offline mode and the request needs GitLab (an upload)
+ +-- TooLarge                a request body above the configured limit
  +-- CacheError              the cache could not store or read (disk full, I/O)
 """
 
@@ -56,8 +59,20 @@ class HashMismatch(UpstreamError):
     """A downloaded file does not hash to the sha256 named in its URL."""
 
 
+class PageError(UpstreamError):
+    """GitLab sent a page that cannot be parsed (too large, empty, or not HTML/JSON)."""
+
+
 class OfflineMiss(ProxyError):
     """Offline mode is on and the cache does not hold what was asked for."""
+
+
+class OfflineRefusal(ProxyError):
+    """Offline mode is on and the request can only be answered by GitLab."""
+
+
+class TooLarge(ProxyError):
+    """A request body is larger than the proxy accepts."""
 
 
 class CacheError(ProxyError):

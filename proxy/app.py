@@ -1,0 +1,150 @@
+"""create_app(settings): the lifespan builds upstream, cache and mirror; errors -> statuses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from anyio import to_thread
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from proxy.cache import Store
+from proxy.config import Settings, load_for_workers
+from proxy.errors import (
+    BadRequest,
+    CacheError,
+    OfflineMiss,
+    OfflineRefusal,
+    ProxyError,
+    TooLarge,
+    UpstreamStatus,
+    UpstreamUnavailable,
+)
+from proxy.fills import Filler
+from proxy.mirror import Mirror
+from proxy.routes import Site, routes
+from proxy.upstream import GitLab, basic_authorization
+
+log = logging.getLogger("proxy.app")
+# A username for service tokens when none is set: GitLab ignores it for personal,
+# project and group access tokens and accepts any for deploy tokens.
+DEFAULT_USERNAME = "gitlab-pypi-proxy"
+
+
+def status_for(exc: ProxyError) -> int:
+    """The one place where the proxy's errors become HTTP statuses (design 3.5)."""
+    if isinstance(exc, UpstreamStatus):
+        return 429 if exc.status == 429 else 502
+    if isinstance(exc, UpstreamUnavailable):
+        return 504 if exc.timeout else 502
+    table: list[tuple[type[ProxyError], int]] = [
+        (BadRequest, 400),
+        (OfflineMiss, 404),
+        (OfflineRefusal, 503),
+        (TooLarge, 413),
+        (CacheError, 507),
+    ]
+    return next((status for kind, status in table if isinstance(exc, kind)), 502)
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProxyError)
+    status = status_for(exc)
+    headers = {"x-cache": "BYPASS"}
+    if isinstance(exc, UpstreamStatus) and exc.retry_after:
+        headers["retry-after"] = str(int(exc.retry_after + 0.999))
+    log.info("%s %s -> %d: %s", request.method, request.url.path, status, exc)
+    return PlainTextResponse(
+        f"{status} {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n",
+        status,
+        headers=headers,
+    )
+
+
+class XCacheDefault:
+    """Gives every response an X-Cache header: BYPASS unless an endpoint said otherwise."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"x-cache" for name, _ in headers):
+                    headers.append((b"x-cache", b"BYPASS"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+def create_app(
+    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+) -> Starlette:
+    """The proxy as an ASGI app; `transport` lets unit tests put respx at the HTTP edge."""
+    up = settings.upstream
+    service = (
+        basic_authorization(up.username or DEFAULT_USERNAME, up.token.reveal())
+        if up.token
+        else None
+    )
+    site = Site(
+        public_url=settings.server.public_url,
+        trusted_proxies=frozenset(settings.server.trusted_proxies),
+        max_upload_size=settings.server.max_upload_size,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        store = await to_thread.run_sync(
+            lambda: Store(settings.cache.dir, max_size=settings.cache.max_size)
+        )
+        await to_thread.run_sync(store.clean_temp)
+        upstream = GitLab(
+            url=up.url,
+            connect_timeout=up.connect_timeout,
+            read_timeout=up.read_timeout,
+            ca_bundle=up.ca_bundle,
+            transport=transport,
+        )
+        filler = Filler(store, upstream)
+        mirror = Mirror(
+            store=store,
+            upstream=upstream,
+            filler=filler,
+            page_ttl=settings.cache.page_ttl,
+            offline=settings.cache.offline,
+            service_authorization=service,
+        )
+        log.info(
+            "proxying %s, cache in %s%s",
+            up.url,
+            settings.cache.dir,
+            " (offline)" if settings.cache.offline else "",
+        )
+        try:
+            yield {"mirror": mirror, "site": site, "store": store}
+        finally:
+            await filler.aclose()
+            await upstream.aclose()
+            store.close()
+
+    app = Starlette(routes=routes(), lifespan=lifespan, exception_handlers={ProxyError: _on_error})
+    app.add_middleware(XCacheDefault)
+    return app
+
+
+def app_from_environment() -> Starlette:
+    """The factory uvicorn's worker processes call (serve --workers N)."""
+    return create_app(load_for_workers())

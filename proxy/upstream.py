@@ -1,0 +1,230 @@
+"""The GitLab client: the only module that speaks httpx."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from proxy import __version__
+from proxy.errors import UpstreamStatus, UpstreamUnavailable
+
+USER_AGENT = f"gitlab-pypi-proxy/{__version__}"
+MAX_PAGE_BYTES = 20 * 1024 * 1024
+MAX_REDIRECTS = 5
+CHUNK = 256 * 1024
+# Headers of GitLab's answers a client may see; everything else stays behind the proxy.
+PASSED_HEADERS = ("content-type", "www-authenticate", "location", "retry-after", "etag")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A small, fully read answer from GitLab (a page, an error, an upload result)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    url: str
+    """The URL that gave this answer."""
+    elapsed: float = 0.0
+
+
+@dataclass(slots=True)
+class Download:
+    """An open download: status and headers known, body still to be read."""
+
+    status: int
+    headers: Mapping[str, str]
+    length: int | None
+    chunks: AsyncIterator[bytes]
+    error_body: bytes = field(default=b"")
+
+
+def basic_authorization(username: str, password: str) -> str:
+    """The value of an `Authorization: Basic` header."""
+    raw = f"{username}:{password}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _kept(headers: httpx.Headers) -> dict[str, str]:
+    return {name: headers[name] for name in PASSED_HEADERS if name in headers}
+
+
+class GitLab:
+    """Talks to one GitLab instance; paths given to it start with /api/v4/."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        connect_timeout: float,
+        read_timeout: float,
+        ca_bundle: str = "",
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._origin = _origin(self.url)
+        timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        self._client = httpx.AsyncClient(
+            timeout=timeout,
+            verify=ca_bundle or True,
+            transport=transport,
+            follow_redirects=False,
+            trust_env=False,
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    def __repr__(self) -> str:
+        return f"GitLab(url={self.url!r})"
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        await self._client.aclose()
+
+    def _same_origin(self, url: str) -> bool:
+        return _origin(url) == self._origin
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        content: AsyncIterator[bytes] | None = None,
+    ) -> httpx.Response:
+        """Send one request; httpx's failures become UpstreamUnavailable here."""
+        request = self._client.build_request(method, url, headers=dict(headers), content=content)
+        try:
+            return await self._client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise UpstreamUnavailable(
+                f"GitLab did not answer in time ({type(exc).__name__})", timeout=True
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(
+                f"GitLab could not be reached ({type(exc).__name__})"
+            ) from exc
+
+    async def _read(self, response: httpx.Response, limit: int) -> bytes:
+        body = bytearray()
+        try:
+            async for chunk in response.aiter_raw():
+                body += chunk
+                if len(body) > limit:
+                    raise UpstreamUnavailable(f"GitLab's answer is larger than {limit} bytes")
+        except httpx.TimeoutException as exc:
+            raise UpstreamUnavailable("GitLab stopped sending in time", timeout=True) from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(f"GitLab's answer broke off ({type(exc).__name__})") from exc
+        finally:
+            await response.aclose()
+        return bytes(body)
+
+    async def get(
+        self, path: str, *, accept: str, authorization: str | None, etag: str | None = None
+    ) -> Answer:
+        """GET a page (or anything small) without following redirects; body read whole."""
+        headers = {"Accept": accept}
+        if authorization:
+            headers["Authorization"] = authorization
+        if etag:
+            headers["If-None-Match"] = etag
+        url = self.url + path
+        started = time.monotonic()
+        response = await self._send("GET", url, headers)
+        body = await self._read(response, MAX_PAGE_BYTES)
+        return Answer(
+            response.status_code, _kept(response.headers), body, url, time.monotonic() - started
+        )
+
+    @asynccontextmanager
+    async def download(self, path: str, *, authorization: str | None) -> AsyncIterator[Download]:
+        """Open a file download, following GitLab's redirect to object storage.
+
+        Credentials go only to GitLab's own origin: a redirect elsewhere (a presigned
+        object-storage URL) is followed without Authorization.
+        A 5xx or 429 raises UpstreamStatus; other statuses come back with a short body.
+        """
+        url = self.url + path
+        for _hop in range(MAX_REDIRECTS + 1):
+            headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
+            if authorization and self._same_origin(url):
+                headers["Authorization"] = authorization
+            response = await self._send("GET", url, headers)
+            if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
+                await response.aclose()
+                url = urljoin(url, response.headers["location"])
+                if urlsplit(url).scheme not in ("http", "https"):
+                    raise UpstreamUnavailable("GitLab redirected to a non-HTTP location")
+                continue
+            break
+        else:
+            await response.aclose()
+            raise UpstreamUnavailable("GitLab redirected too many times")
+        try:
+            if response.status_code >= 500 or response.status_code == 429:
+                raise UpstreamStatus(
+                    response.status_code, retry_after=_retry_after(response.headers)
+                )
+            if response.status_code != 200:
+                body = await self._read(response, 64 * 1024)
+                yield Download(response.status_code, _kept(response.headers), None, _empty(), body)
+                return
+            length = response.headers.get("content-length")
+            yield Download(
+                200,
+                _kept(response.headers),
+                int(length) if length and length.isdigit() else None,
+                _chunks(response),
+            )
+        finally:
+            await response.aclose()
+
+    async def upload(
+        self, path: str, *, headers: Mapping[str, str], body: AsyncIterator[bytes]
+    ) -> Answer:
+        """POST an upload, streaming the client's body; GitLab's answer is read whole."""
+        started = time.monotonic()
+        response = await self._send("POST", self.url + path, headers, content=body)
+        answer = await self._read(response, 1024 * 1024)
+        return Answer(
+            response.status_code,
+            _kept(response.headers),
+            answer,
+            str(response.url),
+            time.monotonic() - started,
+        )
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover
+
+
+async def _chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The raw body: no decoding, so the bytes hash to what GitLab stored."""
+    try:
+        async for chunk in response.aiter_raw(CHUNK):
+            yield chunk
+    except httpx.TimeoutException as exc:
+        raise UpstreamUnavailable("GitLab stopped sending in time", timeout=True) from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamUnavailable(f"the download broke off ({type(exc).__name__})") from exc

@@ -1,0 +1,191 @@
+"""Real pip, uv and twine, isolated from this machine's configuration, and a real proxy process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+BIN = Path(sys.executable).parent
+# design.md section 6: a pip under test must not see the machine's pip configuration
+# (extra index URLs, find-links, PIP_* variables), or it can pass without the proxy.
+_LEAKY_PREFIXES = ("PIP_", "UV_", "TWINE_", "GITLAB_PYPI_PROXY_", "PYTHONPATH")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without any pip/uv/twine/proxy settings, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_LEAKY_PREFIXES)}
+    env.update({"PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    env.update(extra)
+    return env
+
+
+def run(
+    args: list[str], *, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """Run a client; its output is kept for the assertion message."""
+    return subprocess.run(
+        args, env=env or clean_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def uv() -> str:
+    """The uv binary installed with the test extras."""
+    found = shutil.which("uv", path=str(BIN)) or shutil.which("uv")
+    assert found, "uv is not installed (pip install -e '.[test]')"
+    return found
+
+
+def new_venv(path: Path) -> Path:
+    """A fresh, empty virtual environment; returns its python."""
+    result = run([uv(), "venv", "--no-config", "--python", sys.executable, str(path)])
+    assert result.returncode == 0, result.stderr
+    return path / "bin" / "python"
+
+
+def pip_install(
+    python: Path, index_url: str, *requirements: str
+) -> subprocess.CompletedProcess[str]:
+    """`pip install` into the venv of `python`, from `index_url` only, with no pip cache."""
+    return run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--isolated",
+            "--no-cache-dir",
+            "--no-input",
+            "--disable-pip-version-check",
+            "--index-url",
+            index_url,
+            *requirements,
+        ]
+    )
+
+
+def uv_install(
+    python: Path, index_url: str, *requirements: str, cache: Path
+) -> subprocess.CompletedProcess[str]:
+    """`uv pip install` into the venv of `python`, from `index_url` only, with its own cache."""
+    return run(
+        [
+            uv(),
+            "pip",
+            "install",
+            "--no-config",
+            "--python",
+            str(python),
+            "--cache-dir",
+            str(cache),
+            "--index-url",
+            index_url,
+            *requirements,
+        ]
+    )
+
+
+def twine_upload(
+    repository_url: str, files: list[Path], *, username: str, password: str
+) -> subprocess.CompletedProcess[str]:
+    """`twine upload` with credentials on the command line and no ~/.pypirc."""
+    empty = files[0].parent / "empty.pypirc"
+    empty.write_text("")
+    return run(
+        [
+            str(BIN / "twine"),
+            "upload",
+            "--non-interactive",
+            "--disable-progress-bar",
+            "--config-file",
+            str(empty),
+            "--repository-url",
+            repository_url,
+            "-u",
+            username,
+            "-p",
+            password,
+            *map(str, files),
+        ]
+    )
+
+
+def installed_version(python: Path, module: str) -> str:
+    """The __version__ of a module as the venv's python imports it."""
+    result = run([str(python), "-c", f"import {module}; print({module}.__version__)"])
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class ProxyProcess:
+    """`gitlab-pypi-proxy serve` running as its own process on loopback."""
+
+    args: list[str]
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[str] | None = None
+    log: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """The proxy's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, deadline: float = 30.0) -> ProxyProcess:
+        """Start it and wait until /-/health answers (or fail with its output)."""
+        assert self.log is not None
+        command = [
+            sys.executable,
+            "-m",
+            "proxy",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            *self.args,
+        ]
+        with open(self.log, "a") as out:
+            self.process = subprocess.Popen(
+                command, env=self.env, stdout=out, stderr=subprocess.STDOUT, text=True
+            )
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"proxy exited {self.process.returncode}:\n{self.log.read_text()}"
+                )
+            try:
+                if httpx.get(self.url + "/-/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.05)  # polling a condition with a deadline, not a fixed wait
+        raise AssertionError(f"proxy did not become healthy:\n{self.log.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop it (SIGKILL too) and reap it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                self.process.kill()
+                self.process.wait()
+        self.process = None
