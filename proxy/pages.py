@@ -1,0 +1,293 @@
+"""Simple-page codec (the only lxml import): parse GitLab's pages, render them for clients."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import quote, urljoin, urlsplit
+
+import lxml.html
+from lxml import etree
+
+from proxy.errors import PageError
+from proxy.models import Link, Page, normalize, valid_project_name, valid_scope_id
+
+MAX_PAGE_BYTES = 20 * 1024 * 1024
+"""Upstream pages above this size are refused with PageError."""
+JSON_TYPE = "application/vnd.pypi.simple.v1+json"
+HTML_TYPE = "text/html; charset=utf-8"
+
+# GitLab's json_format_requested?: any Accept item starting with one of these (section 2.1).
+_JSON_ACCEPTS = (JSON_TYPE, "application/vnd.pypi.simple.latest+json")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# Below GitLab's relative root: the two PyPI APIs' simple pages and files (section 1).
+_API_PATH = re.compile(
+    r"/api/v4/(?:projects/([^/]+)|groups/([^/]+)/-)/packages/pypi/(?:simple|files)(?:/.*)?", re.S
+)
+# RFC 3986 pchar; a fragment may also hold "/" and "?".
+_PCHARS = "-._~!$&'()*+,;=:@"
+_PATH_SAFE = _PCHARS + "/"
+_FRAGMENT_SAFE = _PCHARS + "/?"
+# Dot segments are refused in the path and inside an encoded id ("a%2F..%2Fb").
+_SEGMENTS = re.compile(r"/|%2[Ff]")
+_LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# HTML: a data-* name is lower-case and XML-compatible; anything else is never echoed.
+_DATA_ATTR = re.compile(r"data-[a-z0-9_][a-z0-9_.:-]*")
+_HREF_SPACE = " \t\n\r\f"
+_TITLE_PREFIX = "Links for "
+_REQUIRES_PYTHON = "data-requires-python"
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """GitLab's external URL split into what a link must match."""
+
+    scheme: str
+    host: str | None
+    port: int | None
+    root: str
+    """relative_url_root without a trailing slash, e.g. "/gitlab" or ""."""
+
+    @classmethod
+    def of(cls, upstream_url: str) -> _Origin:
+        parts = urlsplit(upstream_url)
+        return cls(
+            parts.scheme, parts.hostname, _port(parts.scheme, parts.port), parts.path.rstrip("/")
+        )
+
+
+def _port(scheme: str, port: int | None) -> int | None:
+    # expose_url omits the default port, so https://h:443 and https://h are one origin.
+    return port if port is not None else _DEFAULT_PORTS.get(scheme)
+
+
+def _requote(value: str, safe: str) -> str:
+    """`value` with every character outside `safe` percent-encoded; valid %XX kept as-is."""
+    return quote(_LONE_PERCENT.sub("%25", value), safe=safe + "%", errors="replace")
+
+
+def _locate(href: str, base: str, gitlab: _Origin) -> tuple[str, str] | None:
+    """(path below the root, fragment) of a link into GitLab's PyPI API, else None."""
+    href = href.strip(_HREF_SPACE)
+    if not href:
+        return None
+    try:
+        parts = urlsplit(urljoin(base, href))
+        port = _port(parts.scheme, parts.port)
+    except ValueError:  # a malformed port or IPv6 literal
+        return None
+    if (parts.scheme, parts.hostname, port) != (gitlab.scheme, gitlab.host, gitlab.port):
+        return None
+    if not parts.path.startswith(gitlab.root + "/"):
+        return None
+    path = _requote(parts.path[len(gitlab.root) :], _PATH_SAFE)
+    match = _API_PATH.fullmatch(path)
+    if match is None or not valid_scope_id(match.group(1) or match.group(2)):
+        return None
+    if any(s.lower().replace("%2e", ".") in (".", "..") for s in _SEGMENTS.split(path)):
+        return None
+    return path, _requote(parts.fragment, _FRAGMENT_SAFE)
+
+
+def parse(
+    body: bytes,
+    *,
+    content_type: str,
+    page_url: str,
+    upstream_url: str,
+    kind: Literal["index", "project"],
+) -> Page:
+    """The page GitLab sent, keeping only links into its PyPI API; PageError if unusable.
+
+    `page_url` is the absolute URL the page came from (relative links resolve against
+    it); `upstream_url` is GitLab's external URL including its relative root.
+    """
+    if len(body) > MAX_PAGE_BYTES:
+        raise PageError(f"GitLab's page is larger than {MAX_PAGE_BYTES} bytes")
+    gitlab = _Origin.of(upstream_url)
+    if content_type.strip().lower().startswith(JSON_TYPE):
+        return _parse_json(body, page_url, gitlab, kind)
+    return _parse_html(body, page_url, gitlab, kind)
+
+
+def _text(element: etree._Element) -> str:
+    return "".join(t for t in element.itertext() if isinstance(t, str)).strip()
+
+
+def _parse_html(
+    body: bytes, page_url: str, gitlab: _Origin, kind: Literal["index", "project"]
+) -> Page:
+    # GitLab always sends UTF-8; bad bytes and NULs become U+FFFD rather than errors.
+    parser = lxml.html.HTMLParser(
+        encoding="utf-8",
+        no_network=True,
+        remove_comments=True,
+        remove_pis=True,
+        recover=True,
+        collect_ids=False,
+    )
+    try:
+        root: etree._Element | None = etree.fromstring(body, parser)
+    except (etree.LxmlError, ValueError) as exc:
+        raise PageError(f"GitLab's page is not HTML: {exc}") from exc
+    if root is None:
+        raise PageError("GitLab's page is empty")
+    base = page_url
+    element = next(root.iter("base"), None)  # pip, like browsers, honours <base href>
+    href = (element.get("href") or "").strip(_HREF_SPACE) if element is not None else ""
+    if href:
+        with contextlib.suppress(ValueError):  # a malformed IPv6 literal
+            base = urljoin(page_url, href)
+    title = ""
+    for tag in ("title", "h1"):
+        heading = next(root.iter(tag), None)
+        title = _text(heading) if heading is not None else ""
+        if title:
+            break
+    links = []
+    for anchor in root.iter("a"):
+        target = anchor.get("href")
+        located = _locate(target, base, gitlab) if target is not None else None
+        if located is None:
+            continue
+        names = ((str(name).lower(), str(value)) for name, value in anchor.attrib.items())
+        attrs = tuple((name, value) for name, value in names if _DATA_ATTR.fullmatch(name))
+        links.append(Link(located[0], _text(anchor), located[1], attrs))
+    return Page(title=title, links=tuple(links), kind=kind, json=False)
+
+
+def _clean(value: str) -> str:
+    # json.loads turns "\ud800" into a lone surrogate, which cannot be encoded again.
+    return value.encode("utf-8", "replace").decode("utf-8")
+
+
+def _parse_json(
+    body: bytes, page_url: str, gitlab: _Origin, kind: Literal["index", "project"]
+) -> Page:
+    try:
+        data: Any = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise PageError(f"GitLab's page is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PageError("GitLab's JSON page is not an object")
+    entries = data.get("projects" if kind == "index" else "files")
+    if not isinstance(entries, list):
+        raise PageError(f"GitLab's JSON {kind} page has no list of {kind}s")
+    entries = [entry for entry in entries if isinstance(entry, dict)]
+    if kind == "index":
+        located = _locate(page_url, page_url, gitlab)
+        if located is None:
+            raise PageError(f"{page_url} is not a page of GitLab's PyPI API")
+        index = located[0].rstrip("/")
+        names = [entry.get("name") for entry in entries]
+        links = [
+            Link(f"{index}/{name}", name)
+            for name in names
+            if isinstance(name, str) and valid_project_name(name)
+        ]
+        return Page(title="", links=tuple(links), kind="index", json=True)
+    name = data.get("name")
+    title = _TITLE_PREFIX + normalize(_clean(name)) if isinstance(name, str) and name else ""
+    links = []
+    for entry in entries:
+        url, filename = entry.get("url"), entry.get("filename")
+        located = _locate(url, page_url, gitlab) if isinstance(url, str) else None
+        if located is None or not isinstance(filename, str):
+            continue
+        path, fragment = located
+        hashes, requires = entry.get("hashes"), entry.get("requires-python")
+        if not fragment and isinstance(hashes, dict) and isinstance(hashes.get("sha256"), str):
+            fragment = _requote("sha256=" + hashes["sha256"], _FRAGMENT_SAFE)
+        attrs = (
+            ((_REQUIRES_PYTHON, _clean(requires)),)
+            if isinstance(requires, str) and requires
+            else ()
+        )
+        links.append(Link(path, _clean(filename), fragment, attrs))
+    return Page(title=title, links=tuple(links), kind="project", json=True)
+
+
+def render(page: Page, *, base_url: str) -> tuple[bytes, str]:
+    """(body, content type) of `page` with each href at base_url + its path (+ fragment).
+
+    HTML for pages GitLab sent as HTML, in the shape of GitLab's template; PEP 691 JSON
+    for pages it sent as JSON.
+    """
+    base = base_url.rstrip("/")
+    if page.json:
+        return _render_json(page, base), JSON_TYPE
+    return _render_html(page, base), HTML_TYPE
+
+
+def _href(base: str, link: Link) -> str:
+    return base + link.path + ("#" + link.fragment if link.fragment else "")
+
+
+def _render_html(page: Page, base: str) -> bytes:
+    escape = html.escape
+    anchors = []
+    for link in page.links:
+        attrs = "".join(
+            f' {name}="{escape(value)}"' for name, value in link.attrs if _DATA_ATTR.fullmatch(name)
+        )
+        anchors.append(f'<a href="{escape(_href(base, link))}"{attrs}>{escape(link.text)}</a>')
+    title = escape(page.title)
+    links = "".join(f"            {anchor}\n" for anchor in anchors) or "            \n"
+    return (
+        "<!DOCTYPE html>\n"
+        "        <html>\n"
+        "          <head>\n"
+        f"            <title>{title}</title>\n"
+        "          </head>\n"
+        "          <body>\n"
+        f"            <h1>{title}</h1>\n"
+        f"{links}"
+        "          </body>\n"
+        "        </html>\n"
+    ).encode("utf-8", "replace")
+
+
+def _project_name(page: Page) -> str:
+    """PEP 691 "name": from the title "Links for X", else the first file's name part."""
+    if page.title:
+        return normalize(page.title.removeprefix(_TITLE_PREFIX))
+    if not page.links:
+        return ""
+    first = page.links[0].text
+    # A wheel's name ends at its first "-"; an sdist's at its last ("name-1.0.tar.gz").
+    return normalize(first.split("-", 1)[0] if first.endswith(".whl") else first.rsplit("-", 1)[0])
+
+
+def _render_json(page: Page, base: str) -> bytes:
+    meta = {"api-version": "1.0"}
+    document: dict[str, Any]
+    if page.kind == "index":
+        document = {"meta": meta, "projects": [{"name": link.text} for link in page.links]}
+    else:
+        files = []
+        for link in page.links:
+            algorithm, _, digest = link.fragment.partition("=")
+            entry: dict[str, Any] = {
+                "filename": link.text,
+                "url": _href(base, link),
+                "hashes": {"sha256": digest} if algorithm == "sha256" and digest else {},
+            }
+            requires = next((v for k, v in link.attrs if k == _REQUIRES_PYTHON), "")
+            if requires:
+                entry["requires-python"] = requires
+            files.append(entry)
+        document = {"meta": meta, "name": _project_name(page), "files": files}
+    return json.dumps(document, separators=(",", ":")).encode("ascii")
+
+
+def wants_json(accept: str) -> bool:
+    """GitLab's rule: any Accept item starts with the v1+json or latest+json type.
+
+    q-values are ignored (even q=0) and matching is case-sensitive, as in GitLab;
+    whitespace around items is skipped.
+    """
+    return any(item.strip(" \t").startswith(_JSON_ACCEPTS) for item in accept.split(","))
