@@ -92,11 +92,12 @@ class Filler:
                     fill.error_body = download.error_body
                     return
                 fill.length = download.length
-                handle, fill.path = await to_thread.run_sync(self._store.new_temp)
+                handle, temp = await to_thread.run_sync(self._store.new_temp)
+                fill.path = temp
                 fill.ready.set()
                 digest = hashlib.sha256()
                 async for chunk in download.chunks:
-                    await to_thread.run_sync(_write, handle, chunk)
+                    await to_thread.run_sync(_write, handle, chunk)  # type: ignore[arg-type]
                     digest.update(chunk)
                     fill.written += len(chunk)
                     fill.notify()
@@ -105,7 +106,7 @@ class Filler:
             if digest.hexdigest() != fill.sha256.lower():
                 self.on_mismatch.append(fill.sha256)
                 raise HashMismatch(f"{fill.sha256[:12]}… hashes to {digest.hexdigest()[:12]}…")
-            await to_thread.run_sync(self._store.put_file, fill.sha256, fill.path)
+            await to_thread.run_sync(self._store.put_file, fill.sha256, temp)
         except ProxyError as exc:
             log.warning("fill of %s failed: %s", fill.sha256, exc)
             fill.error = exc

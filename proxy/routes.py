@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -10,8 +11,9 @@ from urllib.parse import unquote
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
+from starlette.types import Send
 
-from proxy.errors import BadRequest, TooLarge
+from proxy.errors import BadRequest, ProxyError, TooLarge
 from proxy.mirror import FileReply, Mirror, Reply
 from proxy.models import (
     Scope,
@@ -22,6 +24,7 @@ from proxy.models import (
     valid_sha256,
 )
 
+log = logging.getLogger("proxy.routes")
 _API = re.compile(
     r"^/api/v4/(?:projects/(?P<project>[^/]+)|groups/(?P<group>[^/]+)/-)/packages/pypi(?P<rest>/.*)?$"
 )
@@ -82,10 +85,12 @@ async def pypi(request: Request) -> Response:
     match = _API.match(path)
     if match is None:
         return _not_found()
-    kind, sid = ("projects", match["project"]) if match["project"] else ("groups", match["group"])
-    if not valid_scope_id(sid):
+    scope = (
+        Scope("projects", match["project"]) if match["project"] else Scope("groups", match["group"])
+    )
+    if not valid_scope_id(scope.id):
         return _not_found()
-    scope = Scope(kind, sid)
+    kind = scope.kind
     parts = [p for p in (match["rest"] or "").split("/") if p]
     method = request.method
     if not parts:
@@ -156,7 +161,29 @@ def serve_file(request: Request, reply: FileReply, filename: str, sha256: str) -
     if request.method == "HEAD":
         reply.release()
         return Response(None, status, headers=headers)
-    return StreamingResponse(reply.chunks(start, end), status, headers=headers)
+    return AbortableStream(reply.chunks(start, end), status, headers=headers)
+
+
+class AbortableStream(StreamingResponse):
+    """A stream that, when its source fails, breaks the connection instead of ending cleanly.
+
+    Design 3.2: on a hash mismatch "the client's response is aborted (a truncated body,
+    never a clean end)": the final body message is never sent, so the server closes the
+    connection short of Content-Length (or without the last chunk).
+    """
+
+    async def stream_response(self, send: Send) -> None:
+        """Send the head, then the chunks; on a ProxyError stop without finishing."""
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        try:
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except ProxyError as exc:
+            log.warning("aborted a download mid-body: %s", exc)
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _byte_range(header: str, size: int) -> tuple[int, int] | None:

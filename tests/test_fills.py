@@ -76,7 +76,8 @@ async def test_readers_get_bytes_before_the_download_ends(tmp_path: Path) -> Non
     await fill.ready.wait()
     stream = filler.read(fill)
     first = await asyncio.wait_for(anext(stream), timeout=10)
-    assert first and not fill.done
+    assert first
+    assert not fill.done
     gate.release.set()
     assert first + await _collect(stream) == CONTENT
 
@@ -90,9 +91,13 @@ async def test_hash_mismatch_caches_nothing_and_breaks_the_readers(tmp_path: Pat
     fill = filler.start(SHA, PATH, authorization=None)
     await fill.ready.wait()
     received = bytearray()
-    with pytest.raises(HashMismatch):
+
+    async def drain() -> None:
         async for chunk in filler.read(fill):
-            received += chunk
+            received.extend(chunk)
+
+    with pytest.raises(HashMismatch):
+        await drain()
     assert len(received) < len(wrong)
     assert not store.has_file(SHA)
     assert list(store.tmp.iterdir()) == []
@@ -112,7 +117,8 @@ async def test_fill_completes_when_every_reader_left(tmp_path: Path) -> None:
     gate.release.set()
     while not fill.done:
         await fill.changed()
-    assert fill.ok and store.has_file(SHA)
+    assert fill.ok
+    assert store.has_file(SHA)
     await filler.aclose()
 
 
