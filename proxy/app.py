@@ -26,7 +26,7 @@ from proxy.errors import (
     UpstreamStatus,
     UpstreamUnavailable,
 )
-from proxy.fills import Filler
+from proxy.fills import Filler, Spool
 from proxy.mirror import Mirror
 from proxy.routes import Site, routes
 from proxy.upstream import GitLab, basic_authorization
@@ -110,7 +110,8 @@ def create_app(
         store = await to_thread.run_sync(
             lambda: Store(settings.cache.dir, max_size=settings.cache.max_size)
         )
-        await to_thread.run_sync(store.clean_temp)
+        spool = Spool(settings.cache.dir)
+        await to_thread.run_sync(spool.sweep)
         upstream = GitLab(
             url=up.url,
             connect_timeout=up.connect_timeout,
@@ -118,7 +119,7 @@ def create_app(
             ca_bundle=up.ca_bundle,
             transport=transport,
         )
-        filler = Filler(store, upstream)
+        filler = Filler(store, upstream, spool)
         mirror = Mirror(
             store=store,
             upstream=upstream,

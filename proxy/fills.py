@@ -1,24 +1,37 @@
-"""One upstream download per file, streamed to every reader while it fills the cache."""
+"""One upstream download per file, across workers, streamed to every reader while it fills.
+
+A fill is led by the one process that holds the file's lock (`locks/<sha256>.lock`, flock):
+it downloads into `tmp/<sha256>.fill`, announces the file in `tmp/<sha256>.json` and
+commits the verified file to the Store. Other workers follow the growing file and learn
+the outcome when the lock is released. Locks die with their process, so a SIGKILLed
+leader never blocks a file, and its leftovers are swept at the next start.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
+import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from anyio import to_thread
 
 from proxy.cache import Store
-from proxy.errors import CacheError, HashMismatch, IncompleteBody, ProxyError
+from proxy.errors import CacheError, HashMismatch, IncompleteBody, ProxyError, UpstreamUnavailable
+from proxy.models import valid_sha256
 from proxy.upstream import GitLab
 
 log = logging.getLogger("proxy.fills")
 READ_CHUNK = 256 * 1024
+FOLLOW_POLL = 0.02
+"""Seconds between looks at another worker's growing file."""
 
 
 @dataclass(eq=False)
@@ -30,7 +43,8 @@ class Fill:
     headers: Mapping[str, str] = field(default_factory=dict)
     error_body: bytes = b""
     length: int | None = None
-    path: Path | None = None
+    fd: int | None = None
+    """A read-only descriptor on the growing file; it outlives the file's name."""
     written: int = 0
     done: bool = False
     error: ProxyError | None = None
@@ -52,16 +66,111 @@ class Fill:
         """True when the body is complete, verified and committed."""
         return self.done and self.error is None
 
+    def finish(self, error: ProxyError | None = None) -> None:
+        """Mark the fill over and wake everyone; closes the descriptor if nobody reads."""
+        self.error = self.error or error
+        self.done = True
+        self.ready.set()
+        self.notify()
+        self.release()
+
+    def release(self) -> None:
+        """Close the descriptor once the fill is over and its last reader is gone."""
+        if self.done and self.readers == 0 and self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class Spool:
+    """Lock, temp and announcement files of fills, in the cache's tmp folder."""
+
+    def __init__(self, directory: Path) -> None:
+        self.tmp = directory / "tmp"
+        self.locks = directory / "locks"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.locks.mkdir(parents=True, exist_ok=True)
+
+    def part(self, sha256: str) -> Path:
+        """Where the leader writes the file."""
+        return self.tmp / f"{sha256}.fill"
+
+    def notice(self, sha256: str) -> Path:
+        """Where the leader announces the status and length it got from GitLab."""
+        return self.tmp / f"{sha256}.json"
+
+    def try_lock(self, sha256: str) -> int | None:
+        """The lock's descriptor if this process now leads the fill, else None."""
+        fd = os.open(self.locks / f"{sha256}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def unlock(self, sha256: str, fd: int) -> None:
+        """Give up leading: drop the announcement, then the lock."""
+        self.notice(sha256).unlink(missing_ok=True)
+        os.close(fd)
+
+    def create_part(self, sha256: str) -> tuple[int, int]:
+        """A fresh inode for the body (never reuse another fill's): write and read descriptors."""
+        path = self.part(sha256)
+        path.unlink(missing_ok=True)
+        writer = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return writer, os.open(path, os.O_RDONLY)
+
+    def announce(self, sha256: str, token: str, status: int, length: int | None) -> None:
+        """Tell followers in other workers what GitLab answered (atomically replaced)."""
+        staged = self.tmp / f"{sha256}.{token}.staged"
+        staged.write_text(json.dumps({"token": token, "status": status, "length": length}))
+        staged.replace(self.notice(sha256))
+
+    def read_notice(self, sha256: str) -> dict[str, object] | None:
+        """The leader's announcement, or None when there is none (yet)."""
+        try:
+            value = json.loads(self.notice(sha256).read_text())
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    def sweep(self) -> int:
+        """Remove what dead fills left behind (no live lock); returns how many files."""
+        removed = 0
+        for path in self.tmp.iterdir():
+            sha256 = path.name.split(".", 1)[0]
+            if not valid_sha256(sha256):
+                continue
+            lock = self.try_lock(sha256)
+            if lock is None:
+                continue  # a live fill in another worker
+            try:
+                path.unlink(missing_ok=True)
+                removed += 1
+            finally:
+                os.close(lock)
+        return removed
+
 
 class Filler:
     """Starts fills, lets late readers join them, and commits verified files to the Store."""
 
-    def __init__(self, store: Store, upstream: GitLab) -> None:
+    def __init__(
+        self,
+        store: Store,
+        upstream: GitLab,
+        spool: Spool,
+        *,
+        on_mismatch: Callable[[], None] = lambda: None,
+        follow_timeout: float = 60.0,
+    ) -> None:
         self._store = store
         self._upstream = upstream
+        self._spool = spool
+        self._on_mismatch = on_mismatch
+        self._follow_timeout = follow_timeout
         self._active: dict[str, Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.on_mismatch: list[str] = []
 
     def start(self, sha256: str, path: str, *, authorization: str | None) -> Fill:
         """The running fill for this file, or a new one; it runs whether or not anyone reads."""
@@ -76,7 +185,7 @@ class Filler:
         return fill
 
     async def aclose(self) -> None:
-        """Cancel running fills (at shutdown); their temp files are removed."""
+        """Cancel running fills (at shutdown)."""
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -84,29 +193,12 @@ class Filler:
                 await task
 
     async def _run(self, fill: Fill, path: str, authorization: str | None) -> None:
-        handle: IO[bytes] | None = None
         try:
-            async with self._upstream.download(path, authorization=authorization) as download:
-                fill.status, fill.headers = download.status, download.headers
-                if download.status != 200:
-                    fill.error_body = download.error_body
-                    return
-                fill.length = download.length
-                handle, temp = await to_thread.run_sync(self._store.new_temp)
-                fill.path = temp
-                fill.ready.set()
-                digest = hashlib.sha256()
-                async for chunk in download.chunks:
-                    await to_thread.run_sync(_write, handle, chunk)  # type: ignore[arg-type]
-                    digest.update(chunk)
-                    fill.written += len(chunk)
-                    fill.notify()
-            if fill.length is not None and fill.written != fill.length:
-                raise IncompleteBody(f"got {fill.written} of {fill.length} bytes")
-            if digest.hexdigest() != fill.sha256.lower():
-                self.on_mismatch.append(fill.sha256)
-                raise HashMismatch(f"{fill.sha256[:12]}… hashes to {digest.hexdigest()[:12]}…")
-            await to_thread.run_sync(self._store.put_file, fill.sha256, temp)
+            lock = await to_thread.run_sync(self._spool.try_lock, fill.sha256)
+            if lock is None:
+                lock = await self._follow(fill)
+            if lock is not None:
+                await self._lead(fill, path, authorization, lock)
         except ProxyError as exc:
             log.warning("fill of %s failed: %s", fill.sha256, exc)
             fill.error = exc
@@ -114,13 +206,83 @@ class Filler:
             log.warning("fill of %s failed: %s", fill.sha256, exc)
             fill.error = CacheError(f"cannot write the cache: {exc.strerror}")
         finally:
-            if handle is not None:
-                await to_thread.run_sync(handle.close)
             self._active.pop(fill.sha256, None)
-            fill.done = True
-            fill.ready.set()
-            fill.notify()
-            await _remove_if_unread(fill)
+            fill.finish()
+
+    async def _lead(self, fill: Fill, path: str, authorization: str | None, lock: int) -> None:
+        writer: int | None = None
+        try:
+            if await to_thread.run_sync(self._store.has_file, fill.sha256):
+                fill.status = 200  # another worker committed it while we waited
+                return
+            token = secrets.token_hex(8)
+            async with self._upstream.download(path, authorization=authorization) as download:
+                fill.status, fill.headers = download.status, download.headers
+                if download.status != 200:
+                    fill.error_body = download.error_body
+                    return
+                fill.length = download.length
+                out, fill.fd = await to_thread.run_sync(self._spool.create_part, fill.sha256)
+                writer = out
+                await to_thread.run_sync(self._spool.announce, fill.sha256, token, 200, fill.length)
+                fill.ready.set()
+                digest = hashlib.sha256()
+                async for chunk in download.chunks:
+                    await to_thread.run_sync(_write_all, out, chunk)
+                    digest.update(chunk)
+                    fill.written += len(chunk)
+                    fill.notify()
+            if fill.length is not None and fill.written != fill.length:
+                raise IncompleteBody(f"got {fill.written} of {fill.length} bytes")
+            if digest.hexdigest() != fill.sha256:
+                self._on_mismatch()
+                raise HashMismatch(f"{fill.sha256[:12]}… hashes to {digest.hexdigest()[:12]}…")
+            await to_thread.run_sync(
+                self._store.put_file, fill.sha256, self._spool.part(fill.sha256)
+            )
+        finally:
+            await to_thread.run_sync(self._end_lead, fill.sha256, writer, lock)
+
+    def _end_lead(self, sha256: str, writer: int | None, lock: int) -> None:
+        if writer is not None:
+            os.close(writer)
+            self._spool.part(sha256).unlink(missing_ok=True)
+        self._spool.unlock(sha256, lock)
+
+    async def _follow(self, fill: Fill) -> int | None:
+        """Follow another worker's fill; returns a lock if that worker gave up before the body."""
+        deadline = asyncio.get_running_loop().time() + self._follow_timeout
+        token = ""
+        while True:
+            lock = await to_thread.run_sync(self._spool.try_lock, fill.sha256)
+            if lock is not None:
+                # The leader is gone. With a body, it finished (or died): the Store knows.
+                if fill.fd is None:
+                    return lock  # it never started a body: lead ourselves
+                os.close(lock)
+                fill.written = (await to_thread.run_sync(os.fstat, fill.fd)).st_size
+                if not await to_thread.run_sync(self._store.has_file, fill.sha256):
+                    raise UpstreamUnavailable("the worker fetching this file failed")
+                return None
+            if fill.fd is None:
+                notice = await to_thread.run_sync(self._spool.read_notice, fill.sha256)
+                if notice and notice.get("token") != token:
+                    token = str(notice["token"])
+                    fill.fd = await to_thread.run_sync(_open_read, self._spool.part(fill.sha256))
+                    if fill.fd is not None:
+                        fill.status = 200
+                        length = notice.get("length")
+                        fill.length = length if isinstance(length, int) else None
+                        fill.ready.set()
+            else:
+                size = (await to_thread.run_sync(os.fstat, fill.fd)).st_size
+                if size > fill.written:
+                    fill.written = size
+                    fill.notify()
+                    deadline = asyncio.get_running_loop().time() + self._follow_timeout
+            if asyncio.get_running_loop().time() > deadline:
+                raise UpstreamUnavailable("the worker fetching this file stalled", timeout=True)
+            await asyncio.sleep(FOLLOW_POLL)
 
     def read(self, fill: Fill, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """The bytes [start, end) of a fill as they arrive.
@@ -128,23 +290,14 @@ class Filler:
         The last byte is held back until the file is verified, so a client never sees a
         clean end of a body that failed its hash: it sees the connection break instead.
         Call it with no await between checking the fill and calling: the reader is
-        counted at once, so the temp file outlives the fill until the last reader is done.
+        counted at once, so the descriptor stays open until the last reader is done.
         """
-        assert fill.path is not None, "read() needs a fill that started its body"
+        assert fill.fd is not None, "read() needs a fill that started its body"
         fill.readers += 1
-        return self._read(fill, fill.path, start, end)
+        return self._read(fill, fill.fd, start, end)
 
-    async def _read(
-        self, fill: Fill, path: Path, start: int, end: int | None
-    ) -> AsyncIterator[bytes]:
+    async def _read(self, fill: Fill, fd: int, start: int, end: int | None) -> AsyncIterator[bytes]:
         try:
-            handle = await to_thread.run_sync(open, path, "rb")
-        except BaseException:
-            fill.readers -= 1
-            await _remove_if_unread(fill)
-            raise
-        try:
-            await to_thread.run_sync(handle.seek, start)
             position = start
             while end is None or position < end:
                 done, written = fill.done, fill.written
@@ -155,7 +308,9 @@ class Filler:
                     limit = min(limit, end)
                 if position < limit:
                     size = min(READ_CHUNK, limit - position)
-                    chunk: bytes = await to_thread.run_sync(handle.read, size)
+                    chunk: bytes = await to_thread.run_sync(os.pread, fd, size, position)
+                    if not chunk:
+                        raise IncompleteBody("the file being filled ended early")
                     position += len(chunk)
                     yield chunk
                 elif done:
@@ -164,18 +319,17 @@ class Filler:
                     await fill.changed()
         finally:
             fill.readers -= 1
-            await to_thread.run_sync(handle.close)
-            await _remove_if_unread(fill)
+            fill.release()
 
 
-def _write(handle: IO[bytes], chunk: bytes) -> None:
-    """Write and flush, so readers with their own handle see the bytes at once."""
-    handle.write(chunk)
-    handle.flush()
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
-async def _remove_if_unread(fill: Fill) -> None:
-    """Unlink the temp file once the fill is over and no reader has it open."""
-    if fill.done and fill.readers == 0 and fill.path is not None:
-        path = fill.path
-        await to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+def _open_read(path: Path) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None

@@ -328,18 +328,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 if count:
                     self.server.fake._observe(upload=len(piece))
 
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            while size := int(self.rfile.readline(65537).split(b";")[0].strip() or b"0", 16):
-                take(size)
-                self.rfile.readline()  # the CRLF after each chunk
-            while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                pass  # trailer fields
-        else:
-            length = self.headers.get("Content-Length", "0")
-            if not length.isdigit():
-                self.close_connection = True
-                raise _json(400, {"message": "400 Bad request"})
-            take(int(length))
+        try:
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                while size := int(self.rfile.readline(65537).split(b";")[0].strip() or b"0", 16):
+                    take(size)
+                    self.rfile.readline()  # the CRLF after each chunk
+                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass  # trailer fields
+            else:
+                take(int(self.headers.get("Content-Length", "0")))
+        except ValueError:  # a malformed length: the connection cannot be trusted any more
+            self.close_connection = True
+            raise _json(400, {"message": "400 Bad request"}) from None
         return b"".join(pieces)
 
     def _send(self, response: _Response) -> None:
@@ -359,6 +359,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         headers.setdefault("Cache-Control", "no-cache")
         headers["X-Content-Type-Options"] = "nosniff"
+        if self.close_connection:
+            headers["Connection"] = "close"
         if status != 304:
             headers["Content-Length"] = str(len(body))
         for key, value in headers.items():
@@ -387,7 +389,7 @@ _OTHER = _Route("other", allowed=())
 
 
 class FakeGitLab:
-    """GitLab's PyPI API per docs/gitlab-pypi-api.md, with switches to make it misbehave."""
+    """GitLab's PyPI API as gitlab-pypi-api.md describes it, with switches to misbehave."""
 
     def __init__(
         self,
@@ -642,7 +644,8 @@ class FakeGitLab:
             if not self._can_read_group(caller, group.id):
                 # find_authorized_group!: anonymous -> 401, authenticated -> 404.
                 raise _not_found() if caller.authenticated else _unauthorized()
-            pids = [p.id for p in self._projects.values() if p.parent in self._subtree(group.id)]
+            subtree = self._subtree(group.id)
+            pids = [p.id for p in self._projects.values() if p.parent in subtree]
             base = f"{self.url}/api/v4/groups/{group.id}/-/packages/pypi"
             title = group.name
         else:

@@ -1,4 +1,4 @@
-"""The fake GitLab behaves like docs/gitlab-pypi-api.md says GitLab does."""
+"""The fake GitLab behaves as gitlab-pypi-api.md says the real one does."""
 
 from __future__ import annotations
 
@@ -443,6 +443,14 @@ def test_download_serves_the_bytes(fake: FakeGitLab, client: httpx.Client) -> No
     assert fake.counts["file"] == 1
 
 
+def test_group_download_finds_files_of_subgroup_projects(
+    fake: FakeGitLab, client: httpx.Client
+) -> None:
+    """The group files route serves any matching file in the group's subtree."""
+    response = client.get(group(fake, f"files/{SHA}/{WHEEL_NAME}"), auth=AUTH["alice"])
+    assert (response.status_code, response.content) == (200, WHEEL)
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [(project, "404 Package Not Found"), (group, "404 Not found")],
@@ -570,6 +578,7 @@ def test_upload_adds_a_file_to_the_page(fake: FakeGitLab, client: httpx.Client) 
     assert f"/files/{SHA}/my_package-1.0.tar.gz#sha256={SHA}" in page
     assert page.count('data-requires-python="&gt;=3.9"') == 1
     assert fake.counts["upload"] == 1
+    assert fake.upload_bytes_received == int(response.request.headers["content-length"])
 
 
 @pytest.mark.parametrize(
@@ -660,6 +669,18 @@ def test_chunked_upload_is_read_incrementally(fake: FakeGitLab, client: httpx.Cl
     response = client.post(project(fake, ""), content=body(), headers=headers, auth=AUTH["alice"])
     assert response.status_code == 201
     assert fake.files(42)[-1].content == payload
+
+
+@pytest.mark.parametrize("length", ["abc", "1x"])
+def test_malformed_content_length_is_400(fake: FakeGitLab, length: str) -> None:
+    """A Content-Length that is not a number is a 400 and the connection is closed."""
+    connection = http.client.HTTPConnection(fake.url.removeprefix("http://"), timeout=5)
+    connection.putrequest("POST", "/api/v4/projects/42/packages/pypi")
+    connection.putheader("Content-Length", length)
+    connection.endheaders()
+    response = connection.getresponse()
+    assert (response.status, response.getheader("connection")) == (400, "close")
+    connection.close()
 
 
 def test_put_is_not_an_upload_route(fake: FakeGitLab, client: httpx.Client) -> None:

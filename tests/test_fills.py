@@ -13,7 +13,7 @@ import respx
 
 from proxy.cache import Store
 from proxy.errors import HashMismatch
-from proxy.fills import Filler
+from proxy.fills import Filler, Spool
 from proxy.upstream import GitLab
 
 pytestmark = pytest.mark.anyio
@@ -39,7 +39,8 @@ class Gate(httpx.AsyncByteStream):
 
 def _filler(tmp_path: Path) -> tuple[Filler, Store]:
     store = Store(tmp_path / "cache", max_size=10**9)
-    return Filler(store, GitLab(url=BASE, connect_timeout=1, read_timeout=5)), store
+    upstream = GitLab(url=BASE, connect_timeout=1, read_timeout=5)
+    return Filler(store, upstream, Spool(tmp_path / "cache")), store
 
 
 async def _collect(stream: AsyncIterator[bytes]) -> bytes:
@@ -100,7 +101,7 @@ async def test_hash_mismatch_caches_nothing_and_breaks_the_readers(tmp_path: Pat
         await drain()
     assert len(received) < len(wrong)
     assert not store.has_file(SHA)
-    assert list(store.tmp.iterdir()) == []
+    assert list((tmp_path / "cache" / "tmp").iterdir()) == []
 
 
 @respx.mock
