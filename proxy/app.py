@@ -27,8 +27,9 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.fills import Filler, Spool
+from proxy.metrics import Metrics
 from proxy.mirror import Mirror
-from proxy.routes import Site, routes
+from proxy.routes import Site, route_kind, routes
 from proxy.upstream import GitLab, basic_authorization
 
 log = logging.getLogger("proxy.app")
@@ -67,11 +68,13 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     )
 
 
-class XCacheDefault:
-    """Gives every response an X-Cache header: BYPASS unless an endpoint said otherwise."""
+class Observed:
+    """Gives every response an X-Cache header (BYPASS unless an endpoint said otherwise)
+    and counts it by route kind and cache status."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,9 +84,13 @@ class XCacheDefault:
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
-                if not any(name.lower() == b"x-cache" for name, _ in headers):
-                    headers.append((b"x-cache", b"BYPASS"))
+                cache = next((v for k, v in headers if k.lower() == b"x-cache"), None)
+                if cache is None:
+                    cache = b"BYPASS"
+                    headers.append((b"x-cache", cache))
                 message["headers"] = headers
+                route = route_kind(scope["path"])
+                self.metrics.requests.labels(route, cache.decode("latin-1")).inc()
             await send(message)
 
         await self.app(scope, receive, sending)
@@ -99,6 +106,7 @@ def create_app(
         if up.token
         else None
     )
+    metrics = Metrics()
     site = Site(
         public_url=settings.server.public_url,
         trusted_proxies=frozenset(settings.server.trusted_proxies),
@@ -119,7 +127,8 @@ def create_app(
             ca_bundle=up.ca_bundle,
             transport=transport,
         )
-        filler = Filler(store, upstream, spool)
+        filler = Filler(store, upstream, spool, on_mismatch=metrics.hash_mismatches.inc)
+        metrics.watch_cache(lambda: _size(store))
         mirror = Mirror(
             store=store,
             upstream=upstream,
@@ -135,15 +144,20 @@ def create_app(
             " (offline)" if settings.cache.offline else "",
         )
         try:
-            yield {"mirror": mirror, "site": site, "store": store}
+            yield {"mirror": mirror, "site": site, "metrics": metrics}
         finally:
             await filler.aclose()
             await upstream.aclose()
             store.close()
 
     app = Starlette(routes=routes(), lifespan=lifespan, exception_handlers={ProxyError: _on_error})
-    app.add_middleware(XCacheDefault)
+    app.add_middleware(Observed, metrics=metrics)
     return app
+
+
+def _size(store: Store) -> tuple[int, int]:
+    stats = store.stats()
+    return stats.files, stats.bytes
 
 
 def app_from_environment() -> Starlette:

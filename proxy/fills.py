@@ -134,6 +134,12 @@ class Spool:
             return None
         return value if isinstance(value, dict) else None
 
+    def probe(self) -> None:
+        """Raise OSError unless a file can be created, written and removed here."""
+        probe = self.tmp / f"ready.{secrets.token_hex(4)}.probe"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+
     def sweep(self) -> int:
         """Remove what dead fills left behind (no live lock); returns how many files."""
         removed = 0
@@ -171,6 +177,10 @@ class Filler:
         self._follow_timeout = follow_timeout
         self._active: dict[str, Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def probe_writable(self) -> None:
+        """Raise OSError unless the cache can take new files (blocking)."""
+        self._spool.probe()
 
     def start(self, sha256: str, path: str, *, authorization: str | None) -> Fill:
         """The running fill for this file, or a new one; it runs whether or not anyone reads."""

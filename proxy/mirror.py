@@ -86,6 +86,16 @@ class Mirror:
         """What GitLab sees for a read: the service credentials, else the client's own."""
         return self._service or client
 
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Whether the proxy can serve (its cache is writable), and whether GitLab answers."""
+        try:
+            await to_thread.run_sync(self._filler.probe_writable)
+            cache = "writable"
+        except OSError as exc:
+            cache = f"not writable ({exc.strerror})"
+        gitlab = "offline (not asked)" if self.offline else await self._upstream.reachable()
+        return cache == "writable", {"cache": cache, "gitlab": gitlab}
+
     # -- pages -------------------------------------------------------------------------
 
     async def page(
@@ -116,6 +126,7 @@ class Mirror:
                 else "text/html",
                 authorization=self.read_authorization(authorization),
                 etag=stored.etag if stored else None,
+                quick=stored is not None,
             )
         except UpstreamError as exc:
             if stored is None:
@@ -142,13 +153,13 @@ class Mirror:
         return await self._render(page, base_url, "MISS")
 
     async def _ask(
-        self, path: str, *, accept: str, authorization: str | None, etag: str | None
+        self, path: str, *, accept: str, authorization: str | None, etag: str | None, quick: bool
     ) -> Answer:
         """GET from GitLab, honouring a Retry-After it gave us; 5xx and 429 raise."""
         if self._clock() < self._quiet_until:
             raise UpstreamStatus(429, retry_after=self._quiet_until - self._clock())
         answer = await self._upstream.get(
-            path, accept=accept, authorization=authorization, etag=etag
+            path, accept=accept, authorization=authorization, etag=etag, quick=quick
         )
         if answer.status >= 500 or answer.status == 429:
             retry = _seconds(answer.headers.get("retry-after"))

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from anyio import to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Send
 
 from proxy.errors import BadRequest, ProxyError, TooLarge
+from proxy.metrics import CONTENT_TYPE as METRICS_TYPE
+from proxy.metrics import Metrics
 from proxy.mirror import FileReply, Mirror, Reply
 from proxy.models import (
     Scope,
@@ -161,7 +164,17 @@ def serve_file(request: Request, reply: FileReply, filename: str, sha256: str) -
     if request.method == "HEAD":
         reply.release()
         return Response(None, status, headers=headers)
-    return AbortableStream(reply.chunks(start, end), status, headers=headers)
+    served: Metrics = request.state.metrics
+    counter = served.bytes_served.labels("cache" if reply.cache == "HIT" else "gitlab")
+    return AbortableStream(_counted(reply.chunks(start, end), counter.inc), status, headers=headers)
+
+
+async def _counted(
+    chunks: AsyncIterator[bytes], count: Callable[[int], None]
+) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        count(len(chunk))
+        yield chunk
 
 
 class AbortableStream(StreamingResponse):
@@ -230,10 +243,44 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+async def ready(request: Request) -> Response:
+    """Readiness: 200 when the cache is writable; says whether GitLab answers."""
+    can_serve, parts = await _mirror(request).readiness()
+    return JSONResponse({"ready": can_serve, **parts}, 200 if can_serve else 503)
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition of this process's metrics."""
+    registry: Metrics = request.state.metrics
+    body = await to_thread.run_sync(registry.render)
+    return Response(body, headers={"content-type": METRICS_TYPE})
+
+
+def route_kind(path: str) -> str:
+    """A small fixed label for a request path (metrics never carry the path itself)."""
+    if path.startswith("/-/"):
+        return (
+            path[3:].strip("/")
+            if path[3:].strip("/") in ("health", "ready", "metrics")
+            else "other"
+        )
+    match = _API.match(re.sub(r"/{2,}", "/", path))
+    if match is None:
+        return "other"
+    parts = [p for p in (match["rest"] or "").split("/") if p]
+    if not parts:
+        return "upload"
+    return {"simple": "index" if len(parts) == 1 else "page", "files": "file"}.get(
+        parts[0], "other"
+    )
+
+
 def routes() -> list[BaseRoute]:
     """The proxy's routes; everything not listed is a 404 that never reaches GitLab."""
     methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
     return [
         Route("/-/health", health, methods=["GET", "HEAD"]),
+        Route("/-/ready", ready, methods=["GET", "HEAD"]),
+        Route("/-/metrics", metrics, methods=["GET"]),
         Route("/api/v4/{rest:path}", pypi, methods=methods),
     ]

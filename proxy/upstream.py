@@ -13,6 +13,7 @@ import httpx
 
 from proxy import __version__
 from proxy.errors import UpstreamStatus, UpstreamUnavailable
+from proxy.metrics import Metrics
 
 USER_AGENT = f"gitlab-pypi-proxy/{__version__}"
 MAX_PAGE_BYTES = 20 * 1024 * 1024
@@ -80,8 +81,11 @@ class GitLab:
         read_timeout: float,
         ca_bundle: str = "",
         transport: httpx.AsyncBaseTransport | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self._metrics = metrics or Metrics()
+        self._connect_timeout = connect_timeout
         self._origin = _origin(self.url)
         timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self._client = httpx.AsyncClient(
@@ -109,19 +113,38 @@ class GitLab:
         url: str,
         headers: Mapping[str, str],
         content: AsyncIterator[bytes] | None = None,
+        *,
+        kind: str,
+        budget: float | None = None,
     ) -> httpx.Response:
         """Send one request; httpx's failures become UpstreamUnavailable here."""
-        request = self._client.build_request(method, url, headers=dict(headers), content=content)
+        request = self._client.build_request(
+            method,
+            url,
+            headers=dict(headers),
+            content=content,
+            timeout=httpx.USE_CLIENT_DEFAULT if budget is None else budget,
+        )
+        errors = self._metrics.upstream_errors
+        started = time.monotonic()
         try:
-            return await self._client.send(request, stream=True)
+            response = await self._client.send(request, stream=True)
         except httpx.TimeoutException as exc:
+            errors.labels("timeout").inc()
             raise UpstreamUnavailable(
                 f"GitLab did not answer in time ({type(exc).__name__})", timeout=True
             ) from exc
         except httpx.HTTPError as exc:
+            errors.labels("unreachable").inc()
             raise UpstreamUnavailable(
                 f"GitLab could not be reached ({type(exc).__name__})"
             ) from exc
+        self._metrics.upstream_seconds.labels(kind).observe(time.monotonic() - started)
+        if response.status_code >= 500:
+            errors.labels("status_5xx").inc()
+        elif response.status_code == 429:
+            errors.labels("rate_limited").inc()
+        return response
 
     async def _read(self, response: httpx.Response, limit: int) -> bytes:
         body = bytearray()
@@ -139,9 +162,19 @@ class GitLab:
         return bytes(body)
 
     async def get(
-        self, path: str, *, accept: str, authorization: str | None, etag: str | None = None
+        self,
+        path: str,
+        *,
+        accept: str,
+        authorization: str | None,
+        etag: str | None = None,
+        quick: bool = False,
     ) -> Answer:
-        """GET a page (or anything small) without following redirects; body read whole."""
+        """GET a page (or anything small) without following redirects; body read whole.
+
+        quick: the whole exchange gets only connect_timeout, for when a stale copy is
+        waiting to be served if GitLab is slow.
+        """
         headers = {"Accept": accept}
         if authorization:
             headers["Authorization"] = authorization
@@ -149,7 +182,8 @@ class GitLab:
             headers["If-None-Match"] = etag
         url = self.url + path
         started = time.monotonic()
-        response = await self._send("GET", url, headers)
+        budget = self._connect_timeout if quick else None
+        response = await self._send("GET", url, headers, kind="page", budget=budget)
         body = await self._read(response, MAX_PAGE_BYTES)
         return Answer(
             response.status_code, _kept(response.headers), body, url, time.monotonic() - started
@@ -168,7 +202,7 @@ class GitLab:
             headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
             if authorization and self._same_origin(url):
                 headers["Authorization"] = authorization
-            response = await self._send("GET", url, headers)
+            response = await self._send("GET", url, headers, kind="file")
             if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
                 await response.aclose()
                 url = urljoin(url, response.headers["location"])
@@ -198,12 +232,22 @@ class GitLab:
         finally:
             await response.aclose()
 
+    async def reachable(self) -> str:
+        """'reachable' when GitLab answers HTTP at all within connect_timeout, else why not."""
+        request = self._client.build_request("HEAD", self.url + "/", timeout=self._connect_timeout)
+        try:
+            response = await self._client.send(request)
+        except httpx.HTTPError as exc:
+            return f"unreachable ({type(exc).__name__})"
+        await response.aclose()
+        return "reachable"
+
     async def upload(
         self, path: str, *, headers: Mapping[str, str], body: AsyncIterator[bytes]
     ) -> Answer:
         """POST an upload, streaming the client's body; GitLab's answer is read whole."""
         started = time.monotonic()
-        response = await self._send("POST", self.url + path, headers, content=body)
+        response = await self._send("POST", self.url + path, headers, content=body, kind="upload")
         answer = await self._read(response, 1024 * 1024)
         return Answer(
             response.status_code,

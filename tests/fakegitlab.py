@@ -372,6 +372,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body[: len(body) // 2])
             self.close_connection = True
             return
+        stall = fake.stall_files_after
+        if response.download and status in (200, 206) and stall is not None:
+            # A download in progress, for as long as the test wants: the first bytes,
+            # then nothing until stall_release is set (or 60 s pass).
+            self.wfile.write(body[:stall])
+            self.wfile.flush()
+            fake.stalled.set()
+            fake.stall_release.wait(60)
+            body = body[stall:]
         self.wfile.write(body)
 
 
@@ -411,6 +420,9 @@ class FakeGitLab:
         self.retry_after: int | None = None
         self.truncate_files = False
         self.corrupt_files = False
+        self.stall_files_after: int | None = None  # send this many bytes, then wait
+        self.stalled = threading.Event()  # set when a download reached the stall
+        self.stall_release = threading.Event()  # set it to let stalled downloads finish
         self.counts: collections.Counter[str] = collections.Counter()
         self.requests: list[Recorded] = []
         self.upload_bytes_received = 0
@@ -437,6 +449,7 @@ class FakeGitLab:
 
     def stop(self) -> None:
         """Close both servers and every open connection."""
+        self.stall_release.set()
         for server in (self._gitlab, self._object):
             if server is not None:
                 server.close()
