@@ -126,6 +126,7 @@ def create_app(
             read_timeout=up.read_timeout,
             ca_bundle=up.ca_bundle,
             transport=transport,
+            metrics=metrics,
         )
         filler = Filler(store, upstream, spool, on_mismatch=metrics.hash_mismatches.inc)
         metrics.watch_cache(lambda: _size(store))

@@ -114,7 +114,15 @@ class Mirror:
         now = self._clock()
         if stored is not None and (self.offline or now - stored.fetched_at < self._page_ttl):
             return await self._render(stored.page, base_url, "HIT", only_held=self.offline)
+        # When GitLab can't be asked, the page in the other representation will do:
+        # every client that asks for JSON also accepts HTML.
+        other = Store.page_key(
+            scope.key, name or "", "html" if representation == "json" else "json"
+        )
+        fallback = stored or await to_thread.run_sync(self._store.get_page, other)
         if self.offline:
+            if fallback is not None:
+                return await self._render(fallback.page, base_url, "HIT", only_held=True)
             what = f"the page of {name!r}" if name else "the index"
             raise OfflineMiss(f"offline mode: {what} of {scope.kind}/{scope.id} is not cached")
         path = scope.api_path + ("/simple/" + name if name else "/simple")
@@ -129,10 +137,10 @@ class Mirror:
                 quick=stored is not None,
             )
         except UpstreamError as exc:
-            if stored is None:
+            if fallback is None:
                 raise
             log.warning("serving a stale page for %s: %s", key, exc)
-            return await self._render(stored.page, base_url, "STALE", only_held=True)
+            return await self._render(fallback.page, base_url, "STALE", only_held=True)
         if answer.status == 304 and stored is not None:
             stored = StoredPage(stored.page, now, stored.etag)
             await to_thread.run_sync(lambda: self._store.put_page(key, stored, name=name or ""))

@@ -40,7 +40,11 @@ def valid_filename(name: str) -> bool:
 
 def valid_scope_id(value: str) -> bool:
     """True for a numeric id or a URL-encoded full path, still encoded."""
-    return len(value) <= 512 and bool(_SCOPE_ID.match(value))
+    if len(value) > 512 or not _SCOPE_ID.match(value):
+        return False
+    # "." and ".." would be dot segments: httpx resolves them and the request would
+    # leave the PyPI surface (/api/v4/projects/../x is /api/v4/x).
+    return all(part.strip(".") for part in re.split("%2[Ff]", value))
 
 
 @dataclass(frozen=True, slots=True)

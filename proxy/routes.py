@@ -100,12 +100,16 @@ async def pypi(request: Request) -> Response:
         if kind == "projects" and method in ("POST", "PUT"):
             return await upload(request, scope)
         return _not_found()
+    is_page = parts[0] == "simple" and len(parts) <= 2
+    is_file = parts[0] == "files" and len(parts) == 3
+    if not (is_page or is_file):
+        return _not_found()
     if method not in ("GET", "HEAD"):
         return PlainTextResponse("405 Method Not Allowed", 405, headers={"allow": "GET, HEAD"})
     site: Site = request.state.site
     mirror = _mirror(request)
     authorization = request.headers.get("authorization")
-    if parts[0] == "simple" and len(parts) <= 2:
+    if is_page:
         name = unquote(parts[1]) if len(parts) == 2 else None
         if name is not None and not valid_project_name(name):
             return _not_found("404 Package Not Found")
@@ -118,15 +122,13 @@ async def pypi(request: Request) -> Response:
                 base_url=site.base_url(request),
             )
         )
-    if parts[0] == "files" and len(parts) == 3:
-        sha256, filename = parts[1], unquote(parts[2])
-        if not valid_sha256(sha256) or not valid_filename(filename):
-            return _not_found("404 Package Not Found")
-        answer = await mirror.file(scope, sha256, filename, authorization=authorization)
-        if isinstance(answer, Reply):
-            return _reply(answer)
-        return serve_file(request, answer, filename, sha256.lower())
-    return _not_found()
+    sha256, filename = parts[1], unquote(parts[2])
+    if not valid_sha256(sha256) or not valid_filename(filename):
+        return _not_found("404 Package Not Found")
+    answer = await mirror.file(scope, sha256, filename, authorization=authorization)
+    if isinstance(answer, Reply):
+        return _reply(answer)
+    return serve_file(request, answer, filename, sha256.lower())
 
 
 def serve_file(request: Request, reply: FileReply, filename: str, sha256: str) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -144,6 +145,8 @@ class ProxyProcess:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[str] | None = None
     log: Path | None = None
+    file_size_limit: int | None = None
+    """RLIMIT_FSIZE for the process: writes past it fail with EFBIG, like a full disk."""
 
     @property
     def url(self) -> str:
@@ -164,7 +167,12 @@ class ProxyProcess:
         ]
         with open(self.log, "a") as out:
             self.process = subprocess.Popen(
-                command, env=self.env, stdout=out, stderr=subprocess.STDOUT, text=True
+                command,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                preexec_fn=self._limits if self.file_size_limit else None,
             )
         end = time.monotonic() + deadline
         while time.monotonic() < end:
@@ -178,6 +186,16 @@ class ProxyProcess:
             except httpx.TransportError:
                 time.sleep(0.05)  # polling a condition with a deadline, not a fixed wait
         raise AssertionError(f"proxy did not become healthy:\n{self.log.read_text()}")
+
+    def _limits(self) -> None:
+        assert self.file_size_limit is not None
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_size_limit, resource.RLIM_INFINITY))
+
+    def lift_file_size_limit(self) -> None:
+        """Give the running process back an unlimited file size (the disk was freed)."""
+        assert self.process is not None
+        unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+        resource.prlimit(self.process.pid, resource.RLIMIT_FSIZE, unlimited)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop it (SIGKILL too) and reap it."""

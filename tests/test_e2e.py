@@ -17,28 +17,10 @@ from tests.clients import (
 )
 from tests.distfactory import make_sdist, make_wheel
 from tests.fakegitlab import FakeGitLab
+from tests.scenario import DEV, SERVICE, acme, publish
 
 pytestmark = pytest.mark.e2e
-SERVICE = "svc-token-0123456789"
-DEV = "dev-token-0123456789"
 Start = Callable[..., ProxyProcess]
-
-
-def _acme(gitlab: FakeGitLab) -> None:
-    """Groups acme (7) and acme/sub (8); private projects acme/tools (42), acme/sub/lib (43)."""
-    gitlab.add_group(7, "acme", name="Acme")
-    gitlab.add_group(8, "sub", name="Sub", parent=7)
-    gitlab.add_project(42, "tools", name="Tools", group=7)
-    gitlab.add_project(43, "lib", name="Lib", group=8)
-    for user, token, role in (("bot", SERVICE, "reporter"), ("dev", DEV, "developer")):
-        gitlab.add_user(user)
-        gitlab.add_token(token, user=user)
-        gitlab.add_member(user, group=7, role=role)
-
-
-def _publish(gitlab: FakeGitLab, pid: int, name: str, version: str) -> None:
-    filename, content = make_wheel(name, version)
-    gitlab.add_file(pid, name, version, filename, content)
 
 
 def _project(proxy: ProxyProcess, pid: int | str = 42) -> str:
@@ -49,7 +31,7 @@ def test_twine_uploads_and_pip_installs_through_the_proxy(
     gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
 ) -> None:
     """twine uploads wheels and an sdist; pip installs them; a new upload shows up at once."""
-    _acme(gitlab)
+    acme(gitlab)
     proxy = start_proxy(
         "--upstream", gitlab.url, "--cache-dir", str(tmp_path / "cache"), token=SERVICE
     )
@@ -78,8 +60,8 @@ def test_uv_installs_from_the_group_url(
     gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
 ) -> None:
     """uv installs a package of a subgroup's project through the group-level URL."""
-    _acme(gitlab)
-    _publish(gitlab, 43, "lib-pkg", "3.1")
+    acme(gitlab)
+    publish(gitlab, 43, "lib-pkg", "3.1")
     proxy = start_proxy(
         "--upstream", gitlab.url, "--cache-dir", str(tmp_path / "cache"), token=SERVICE
     )
@@ -95,8 +77,8 @@ def test_pip_installs_from_the_group_url(
     gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
 ) -> None:
     """pip installs through the group-level URL too."""
-    _acme(gitlab)
-    _publish(gitlab, 42, "tool-pkg", "0.5")
+    acme(gitlab)
+    publish(gitlab, 42, "tool-pkg", "0.5")
     proxy = start_proxy(
         "--upstream", gitlab.url, "--cache-dir", str(tmp_path / "cache"), token=SERVICE
     )
@@ -111,8 +93,8 @@ def test_second_install_fetches_nothing_from_gitlab(
     gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
 ) -> None:
     """A second install in a fresh venv, by pip and by uv, is served from the proxy's cache."""
-    _acme(gitlab)
-    _publish(gitlab, 42, "demo-pkg", "1.0")
+    acme(gitlab)
+    publish(gitlab, 42, "demo-pkg", "1.0")
     proxy = start_proxy(
         "--upstream", gitlab.url, "--cache-dir", str(tmp_path / "cache"), token=SERVICE
     )
@@ -132,8 +114,8 @@ def test_second_install_fetches_nothing_from_gitlab(
 
 def test_path_style_project_id(gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path) -> None:
     """A URL-encoded full path (acme%2Ftools) works as the project id, forwarded still encoded."""
-    _acme(gitlab)
-    _publish(gitlab, 42, "demo-pkg", "1.0")
+    acme(gitlab)
+    publish(gitlab, 42, "demo-pkg", "1.0")
     proxy = start_proxy(
         "--upstream", gitlab.url, "--cache-dir", str(tmp_path / "cache"), token=SERVICE
     )
@@ -147,8 +129,8 @@ def test_wrong_bytes_are_not_cached_and_the_client_fails(
     gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
 ) -> None:
     """A file that does not match its sha256 fails the install and is fetched again next time."""
-    _acme(gitlab)
-    _publish(gitlab, 42, "demo-pkg", "1.0")
+    acme(gitlab)
+    publish(gitlab, 42, "demo-pkg", "1.0")
     proxy = start_proxy(
         "--upstream", gitlab.url, "--cache-dir", str(tmp_path / "cache"), token=SERVICE
     )
@@ -165,8 +147,8 @@ def test_wrong_bytes_are_not_cached_and_the_client_fails(
 def test_object_storage_never_sees_credentials(start_proxy: Start, tmp_path: Path) -> None:
     """Behind a relative URL root with object-storage redirects, no Authorization leaves GitLab."""
     with FakeGitLab(relative_root="/gitlab", redirect_downloads=True) as gitlab:
-        _acme(gitlab)
-        _publish(gitlab, 42, "demo-pkg", "1.0")
+        acme(gitlab)
+        publish(gitlab, 42, "demo-pkg", "1.0")
         proxy = start_proxy(
             "--upstream", gitlab.url, "--cache-dir", str(tmp_path / "cache"), token=SERVICE
         )
