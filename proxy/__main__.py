@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging.config
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -11,8 +13,9 @@ from typing import Any
 
 import uvicorn
 
-from proxy import __version__, config
-from proxy.errors import ConfigError
+from proxy import __version__, config, maintenance
+from proxy.cache import Store
+from proxy.errors import CacheError, ConfigError
 
 PROG = "gitlab-pypi-proxy"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -74,7 +77,101 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", metavar="N", help="server processes (server.workers)")
     serve.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="default: info")
     serve.set_defaults(run=_serve)
+    _add_cache_commands(commands)
     return parser
+
+
+def _add_cache_commands(commands: Any) -> None:
+    """`cache stats | verify | prune`, each with --config and --cache-dir as serve has them."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", metavar="FILE", help=f"TOML config file (default: ${config.CONFIG_ENV})"
+    )
+    common.add_argument("--cache-dir", metavar="DIR", help="cache directory (cache.dir)")
+    cache = commands.add_parser(
+        "cache",
+        help="inspect, check and trim the cache",
+        description="Inspect, check and trim the cache of a proxy; safe while it runs.",
+    )
+    cache.set_defaults(run=lambda args: _usage(cache))
+    actions = cache.add_subparsers(metavar="ACTION")
+    actions.add_parser(
+        "stats", parents=[common], help="files, pinned files, pages and bytes held"
+    ).set_defaults(run=_cache_stats)
+    actions.add_parser(
+        "verify",
+        parents=[common],
+        help="re-hash every file; drop and list corrupt ones (exit status 1 if any)",
+    ).set_defaults(run=_cache_verify)
+    prune = actions.add_parser(
+        "prune",
+        parents=[common],
+        help="remove unpinned files, least recently used first",
+        description="Remove unpinned files unused for DAYS, then the least recently used "
+        "until all files take at most SIZE. Pinned files are never removed.",
+    )
+    prune.add_argument("--older-than", metavar="DAYS", help="unused for more than DAYS days")
+    prune.add_argument("--to", metavar="SIZE", help='total file size to shrink to, e.g. "10GiB"')
+    prune.set_defaults(run=_cache_prune)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_usage(sys.stderr)
+    return 2
+
+
+def _cache_stats(args: argparse.Namespace) -> int:
+    settings = _cache_settings(args)
+    return _on_store(
+        settings, lambda store: maintenance.stats(store, sys.stdout, max_size=settings.max_size)
+    )
+
+
+def _cache_verify(args: argparse.Namespace) -> int:
+    return _on_store(_cache_settings(args), lambda store: maintenance.verify(store, sys.stdout))
+
+
+def _cache_prune(args: argparse.Namespace) -> int:
+    if args.older_than is None and args.to is None:
+        raise ConfigError(
+            "cache prune: nothing to do (expected --older-than DAYS, --to SIZE or both)"
+        )
+    days = None if args.older_than is None else _days(args.older_than)
+    size = None if args.to is None else config.parse_size(args.to, where="--to")
+    return _on_store(
+        _cache_settings(args),
+        lambda store: maintenance.prune(store, sys.stdout, older_than_days=days, to_size=size),
+    )
+
+
+def _days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = math.nan
+    if not math.isfinite(days) or days < 0:
+        shown = json.dumps(text)
+        raise ConfigError(
+            f"--older-than: {shown} is not a number of days (expected e.g. 30 or 0.5)"
+        )
+    return days
+
+
+def _cache_settings(args: argparse.Namespace) -> config.CacheSettings:
+    return config.load(config_file=args.config, overrides={"cache.dir": args.cache_dir}).cache
+
+
+def _on_store(settings: config.CacheSettings, action: Callable[[Store], int]) -> int:
+    """Run `action` on the Store in cache.dir; a cache that cannot be read is exit status 2."""
+    try:
+        store = maintenance.open_store(settings)
+        try:
+            return action(store)
+        finally:
+            store.close()
+    except CacheError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
 
 
 def _serve(args: argparse.Namespace) -> int:

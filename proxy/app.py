@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.cache import Store
+from proxy.access import REALM, Gate, read_tokens, resolve_mode
+from proxy.cache import Grants, Store
 from proxy.config import Settings, load_for_workers
 from proxy.errors import (
     BadRequest,
@@ -23,6 +24,7 @@ from proxy.errors import (
     OfflineRefusal,
     ProxyError,
     TooLarge,
+    Unauthorized,
     UpstreamStatus,
     UpstreamUnavailable,
 )
@@ -46,6 +48,7 @@ def status_for(exc: ProxyError) -> int:
         return 504 if exc.timeout else 502
     table: list[tuple[type[ProxyError], int]] = [
         (BadRequest, 400),
+        (Unauthorized, 401),
         (OfflineMiss, 404),
         (OfflineRefusal, 503),
         (TooLarge, 413),
@@ -58,6 +61,8 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProxyError)
     status = status_for(exc)
     headers = {"x-cache": "BYPASS"}
+    if isinstance(exc, Unauthorized):
+        headers["www-authenticate"] = REALM
     if isinstance(exc, UpstreamStatus) and exc.retry_after:
         headers["retry-after"] = str(int(exc.retry_after + 0.999))
     log.info("%s %s -> %d: %s", request.method, request.url.path, status, exc)
@@ -106,6 +111,12 @@ def create_app(
         if up.token
         else None
     )
+    mode = resolve_mode(
+        settings.access.mode, host=settings.server.host, service_token=bool(service)
+    )
+    tokens = read_tokens(settings.access.tokens_file) if mode == "tokens" else {}
+    if mode == "tokens" and not tokens:
+        log.warning("access.mode is tokens but no token is set up: every read gets 401")
     metrics = Metrics()
     site = Site(
         public_url=settings.server.public_url,
@@ -118,6 +129,8 @@ def create_app(
         store = await to_thread.run_sync(
             lambda: Store(settings.cache.dir, max_size=settings.cache.max_size)
         )
+        grants = await to_thread.run_sync(Grants, settings.cache.dir)
+        gate = Gate(mode, tokens, await to_thread.run_sync(grants.salt), settings.access.auth_ttl)
         spool = Spool(settings.cache.dir)
         await to_thread.run_sync(spool.sweep)
         upstream = GitLab(
@@ -132,6 +145,9 @@ def create_app(
         metrics.watch_cache(lambda: _size(store))
         mirror = Mirror(
             store=store,
+            grants=grants,
+            gate=gate,
+            allow_service_upload=settings.access.allow_service_upload,
             upstream=upstream,
             filler=filler,
             page_ttl=settings.cache.page_ttl,
@@ -145,11 +161,12 @@ def create_app(
             " (offline)" if settings.cache.offline else "",
         )
         try:
-            yield {"mirror": mirror, "site": site, "metrics": metrics}
+            yield {"mirror": mirror, "site": site, "metrics": metrics, "gate": gate}
         finally:
             await filler.aclose()
             await upstream.aclose()
             store.close()
+            grants.close()
 
     app = Starlette(routes=routes(), lifespan=lifespan, exception_handlers={ProxyError: _on_error})
     app.add_middleware(Observed, metrics=metrics)

@@ -201,6 +201,14 @@ def _size(value: object, text: bool) -> int:
     return size
 
 
+def parse_size(value: str, *, where: str) -> int:
+    """Bytes in a size such as "20GiB", "500MB" or "1048576"; ConfigError naming `where`."""
+    try:
+        return _size(value, True)
+    except _Invalid as exc:
+        raise ConfigError(f"{where}: {json.dumps(value)} {exc}") from None
+
+
 _LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9._-]+)):([0-9]{1,5})")
 
 

@@ -3,6 +3,7 @@
 ProxyError
  +-- ConfigError             a setting is missing or malformed (stops start-up)
  +-- BadRequest              a path parameter or request the proxy refuses to forward
+ +-- Unauthorized            the client must authenticate (a proxy token, or its own GitLab one)
  +-- UpstreamError           GitLab could not give a usable answer
  |    +-- UpstreamUnavailable    connection refused, DNS, timeout
  |    +-- UpstreamStatus         GitLab answered 5xx or 429 (carries status, Retry-After)
@@ -28,6 +29,10 @@ class ConfigError(ProxyError):
 
 class BadRequest(ProxyError):
     """The client's request is refused before anything is forwarded."""
+
+
+class Unauthorized(ProxyError):
+    """The client sent no (acceptable) credentials for what it asked."""
 
 
 class UpstreamError(ProxyError):

@@ -6,7 +6,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Literal
 from urllib.parse import quote
@@ -14,10 +14,12 @@ from urllib.parse import quote
 from anyio import to_thread
 
 from proxy import pages
-from proxy.cache import Store, StoredPage
+from proxy.access import Gate
+from proxy.cache import Grants, Store, StoredPage
 from proxy.errors import (
     OfflineMiss,
     OfflineRefusal,
+    Unauthorized,
     UpstreamError,
     UpstreamStatus,
     UpstreamUnavailable,
@@ -63,14 +65,20 @@ class Mirror:
         self,
         *,
         store: Store,
+        grants: Grants,
         upstream: GitLab,
         filler: Filler,
         page_ttl: float,
         offline: bool,
         service_authorization: str | None,
+        gate: Gate | None = None,
+        allow_service_upload: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._gate = gate or Gate("open", {})
+        self._allow_service_upload = allow_service_upload
         self._store = store
+        self._grants = grants
         self._upstream = upstream
         self._filler = filler
         self._page_ttl = page_ttl
@@ -83,8 +91,45 @@ class Mirror:
         return f"Mirror(upstream={self._upstream!r}, offline={self.offline})"
 
     def read_authorization(self, client: str | None) -> str | None:
-        """What GitLab sees for a read: the service credentials, else the client's own."""
+        """What GitLab sees for a read: the service credentials, else the client's own
+        (never a proxy token: in tokens mode the client's header is ours, not GitLab's)."""
+        if self._gate.mode == "passthrough":
+            return client
+        if self._gate.mode == "tokens":
+            return self._service
         return self._service or client
+
+    @property
+    def _passthrough(self) -> bool:
+        return self._gate.mode == "passthrough"
+
+    async def _vouch(self, scope: Scope, authorization: str | None, shas: Iterable[str]) -> None:
+        """GitLab let this caller read this scope and these files: remember both."""
+        now = self._clock()
+        credential = self._gate.credential(scope.key, authorization)
+
+        def record() -> None:
+            self._grants.bind(scope.key, shas)
+            if self._passthrough:
+                self._grants.remember(credential, now)
+
+        await to_thread.run_sync(record)
+
+    async def _vouched(
+        self, scope: Scope, authorization: str | None, sha256: str
+    ) -> tuple[bool, bool]:
+        """(may serve now without asking GitLab, may serve while GitLab can't be asked)."""
+        credential = self._gate.credential(scope.key, authorization)
+
+        def look() -> tuple[bool, float | None]:
+            bound = self._grants.is_bound(scope.key, sha256)
+            return bound, self._grants.remembered(credential) if self._passthrough else 0.0
+
+        bound, when = await to_thread.run_sync(look)
+        if not bound or when is None:
+            return False, False
+        recent = not self._passthrough or self._clock() - when < self._gate.auth_ttl
+        return recent, True
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         """Whether the proxy can serve (its cache is writable), and whether GitLab answers."""
@@ -109,10 +154,17 @@ class Mirror:
     ) -> Reply:
         """A simple page (index when name is None), its links pointing at base_url."""
         representation = "json" if pages.wants_json(accept) else "html"
-        key = Store.page_key(scope.key, name or "", representation)
+        # Passthrough: GitLab answers each caller for itself (group listings are filtered
+        # per caller), so each credential has its own pages, fresh for auth_ttl at most.
+        owner = scope.key
+        ttl = self._page_ttl
+        if self._passthrough:
+            owner += "@" + self._gate.credential(scope.key, authorization)[:32]
+            ttl = min(ttl, self._gate.auth_ttl)
+        key = Store.page_key(owner, name or "", representation)
         stored: StoredPage | None = await to_thread.run_sync(self._store.get_page, key)
         now = self._clock()
-        if stored is not None and (self.offline or now - stored.fetched_at < self._page_ttl):
+        if stored is not None and (self.offline or now - stored.fetched_at < ttl):
             return await self._render(stored.page, base_url, "HIT", only_held=self.offline)
         # When GitLab can't be asked, the page in the other representation will do:
         # every client that asks for JSON also accepts HTML.
@@ -142,6 +194,7 @@ class Mirror:
             log.warning("serving a stale page for %s: %s", key, exc)
             return await self._render(fallback.page, base_url, "STALE", only_held=True)
         if answer.status == 304 and stored is not None:
+            await self._vouch(scope, authorization, _shas(stored.page))
             stored = StoredPage(stored.page, now, stored.etag)
             await to_thread.run_sync(lambda: self._store.put_page(key, stored, name=name or ""))
             return await self._render(stored.page, base_url, "REVALIDATED")
@@ -156,6 +209,7 @@ class Mirror:
             upstream_url=self._upstream.url,
             kind="project" if name else "index",
         )
+        await self._vouch(scope, authorization, _shas(page))
         fresh = StoredPage(page, now, answer.headers.get("etag", ""))
         await to_thread.run_sync(lambda: self._store.put_page(key, fresh, name=name or ""))
         return await self._render(page, base_url, "MISS")
@@ -192,18 +246,27 @@ class Mirror:
     ) -> FileReply | Reply:
         """A file from the cache, or from GitLab through one shared fill."""
         key = sha256.lower()
+        path = f"{scope.api_path}/files/{sha256}/{quote(filename, safe='+')}"
+        now_ok, later_ok = await self._vouched(scope, authorization, key)
+        if not now_ok and await to_thread.run_sync(self._store.has_file, key):
+            # Held, but not yet shown to be readable here by this caller: knowing a
+            # sha256 is not access. GitLab decides, or, when it can't be asked, what it
+            # decided before.
+            refusal = await self._check(scope, path, key, authorization, fallback=later_ok)
+            if refusal is not None:
+                return refusal
         hit = await self._open_cached(key)
         if hit is not None:
             return hit
         if self.offline:
             raise OfflineMiss(f"offline mode: {filename} is not cached")
-        path = f"{scope.api_path}/files/{sha256}/{quote(filename, safe='+')}"
         fill = self._filler.start(key, path, authorization=self.read_authorization(authorization))
         await fill.ready.wait()
         if fill.status == 0 and fill.error is not None:
             raise fill.error
         if fill.status != 200:
             return Reply(fill.status, fill.error_body, dict(fill.headers), "BYPASS")
+        await self._vouch(scope, authorization, [key])
         if fill.done:
             if fill.error is not None:
                 raise fill.error
@@ -217,6 +280,27 @@ class Mirror:
             "MISS",
             lambda start, end: self._filler.read(fill, start, end),
         )
+
+    async def _check(
+        self, scope: Scope, path: str, sha256: str, authorization: str | None, *, fallback: bool
+    ) -> Reply | None:
+        """None when GitLab (or, offline, its earlier word) lets the caller read the file."""
+        if self.offline:
+            if fallback:
+                return None
+            raise OfflineMiss("offline mode: this file was never served through this URL")
+        try:
+            answer = await self._upstream.check(
+                path, authorization=self.read_authorization(authorization)
+            )
+        except UpstreamError:
+            if fallback:
+                return None
+            raise
+        if answer.status < 400:
+            await self._vouch(scope, authorization, [sha256])
+            return None
+        return Reply(answer.status, answer.body, dict(answer.headers), "BYPASS")
 
     async def _open_cached(self, key: str) -> FileReply | None:
         opened = await to_thread.run_sync(self._open_with_size, key)
@@ -239,6 +323,10 @@ class Mirror:
         """Stream an upload to GitLab; on success drop the cached pages of its name."""
         if self.offline:
             raise OfflineRefusal("offline mode: uploads need GitLab")
+        if "authorization" not in headers and self._service:
+            if not self._allow_service_upload:
+                raise Unauthorized("uploads use your own GitLab credentials; none were sent")
+            headers = {**headers, "authorization": self._service}
         head = bytearray()
 
         async def sniffing() -> AsyncIterator[bytes]:
@@ -273,6 +361,10 @@ async def _read_handle(handle: IO[bytes], start: int, end: int | None) -> AsyncI
             yield chunk
     finally:
         await to_thread.run_sync(handle.close)
+
+
+def _shas(page: Page) -> list[str]:
+    return [link.sha256 for link in page.links if link.sha256]
 
 
 def _seconds(value: str | None) -> float | None:

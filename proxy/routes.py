@@ -14,7 +14,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import BaseRoute, Route
 from starlette.types import Send
 
-from proxy.errors import BadRequest, ProxyError, TooLarge
+from proxy.access import Gate
+from proxy.errors import BadRequest, ProxyError, TooLarge, Unauthorized
 from proxy.metrics import CONTENT_TYPE as METRICS_TYPE
 from proxy.metrics import Metrics
 from proxy.mirror import FileReply, Mirror, Reply
@@ -109,6 +110,9 @@ async def pypi(request: Request) -> Response:
     site: Site = request.state.site
     mirror = _mirror(request)
     authorization = request.headers.get("authorization")
+    gate: Gate = request.state.gate
+    if not gate.admits(authorization):
+        raise Unauthorized("this proxy needs a proxy token (Basic password or Bearer)")
     if is_page:
         name = unquote(parts[1]) if len(parts) == 2 else None
         if name is not None and not valid_project_name(name):

@@ -232,6 +232,15 @@ class GitLab:
         finally:
             await response.aclose()
 
+    async def check(self, path: str, *, authorization: str | None) -> Answer:
+        """HEAD a file without following its redirect: may this caller read it?"""
+        headers = {"Authorization": authorization} if authorization else {}
+        response = await self._send("HEAD", self.url + path, headers, kind="check")
+        await response.aclose()
+        if response.status_code >= 500 or response.status_code == 429:
+            raise UpstreamStatus(response.status_code, retry_after=_retry_after(response.headers))
+        return Answer(response.status_code, _kept(response.headers), b"", self.url + path)
+
     async def reachable(self) -> str:
         """'reachable' when GitLab answers HTTP at all within connect_timeout, else why not."""
         request = self._client.build_request("HEAD", self.url + "/", timeout=self._connect_timeout)

@@ -1,0 +1,154 @@
+"""Who may read through the proxy: access modes, proxy tokens, remembered GitLab credentials."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from proxy.errors import ConfigError
+
+Mode = Literal["open", "tokens", "passthrough"]
+REALM = 'Basic realm="gitlab-pypi-proxy"'
+_TOKEN_LINE = re.compile(r"^([A-Za-z0-9_.@-]{1,64}):([0-9a-f]{64})$")
+_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+
+
+def resolve_mode(mode: str, *, host: str, service_token: bool) -> Mode:
+    """The mode in force; `auto` is open on loopback, passthrough without a service token
+    elsewhere, and refused elsewhere with one (a token-holding proxy open to a network)."""
+    if mode == "passthrough" and service_token:
+        raise ConfigError(
+            "access.mode: passthrough forwards each client's own credentials; "
+            "remove the service token (upstream.token_env, upstream.token_file) or pick another"
+        )
+    if mode in ("open", "tokens", "passthrough"):
+        return mode  # type: ignore[return-value]
+    if _is_loopback(host):
+        return "open"
+    if service_token:
+        raise ConfigError(
+            f"access.mode: auto will not serve GitLab's private packages on {host} with a service "
+            'token; choose access.mode = "tokens", "open" or "passthrough"'
+        )
+    return "passthrough"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def token_hash(token: str) -> str:
+    """How a proxy token is stored: its sha256 (tokens are random, so no salt is needed)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def read_tokens(path: str) -> dict[str, str]:
+    """The tokens file as {hash: name}; a malformed line stops start-up naming its number."""
+    tokens: dict[str, str] = {}
+    if not path:
+        return tokens
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"access.tokens_file: cannot read {path!r} ({exc.strerror})") from exc
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        match = _TOKEN_LINE.match(line.strip())
+        if match is None:
+            raise ConfigError(
+                f"access.tokens_file: line {number} of {path!r} is not 'name:<sha256 hex>'"
+            )
+        tokens[match[2]] = match[1]
+    return tokens
+
+
+def add_token(path: str, name: str) -> str:
+    """Make a new proxy token for `name`, store only its hash, and return it (shown once)."""
+    if not path:
+        raise ConfigError("access.tokens_file: set it to a file where token hashes are kept")
+    if not _NAME.match(name):
+        raise ConfigError(f"token add: {name!r} is not a name (letters, digits, _ . @ -)")
+    if name in read_tokens(path).values():
+        raise ConfigError(f"token add: a token named {name!r} exists already")
+    token = "gpp_" + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as out:
+        out.write(f"{name}:{token_hash(token)}\n")
+    return token
+
+
+def presented_secret(authorization: str | None) -> str | None:
+    """The secret in a Basic (password; any username) or Bearer header, or None."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip() or None
+    if scheme.lower() == "basic":
+        import base64
+        import binascii
+
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        _, sep, password = decoded.partition(":")
+        return password if sep and password else None
+    return None
+
+
+class Ledger(Protocol):
+    """Where remembered credentials live (the Store implements it)."""
+
+    def remembered(self, key: str) -> float | None:
+        """When this key was last vouched for, or None."""
+
+    def remember(self, key: str, when: float) -> None:
+        """Record that this key was vouched for at `when`."""
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The access policy in force for reads."""
+
+    mode: Mode
+    tokens: dict[str, str]
+    """Proxy tokens, {sha256: name}, for mode "tokens"."""
+    salt: bytes = b""
+    """Per-cache secret salt for remembered credentials, for mode "passthrough"."""
+    auth_ttl: float = 300.0
+
+    def __repr__(self) -> str:
+        return f"Gate(mode={self.mode!r}, tokens={len(self.tokens)})"
+
+    def admits(self, authorization: str | None) -> bool:
+        """Whether a client may read at all (only "tokens" mode asks anything here)."""
+        if self.mode != "tokens":
+            return True
+        secret = presented_secret(authorization)
+        if secret is None:
+            return False
+        digest = token_hash(secret)
+        return any(hmac.compare_digest(digest, known) for known in self.tokens)
+
+    def credential(self, scope_key: str, authorization: str | None) -> str:
+        """A salted hash naming (scope, client credential): what passthrough remembers.
+
+        The raw header never reaches the disk; anonymous callers get a key too, so a
+        public project's pages are shared by every anonymous client.
+        """
+        material = f"{scope_key}\n{authorization or ''}".encode()
+        return hmac.new(self.salt, material, hashlib.sha256).hexdigest()

@@ -1,0 +1,74 @@
+"""The operator commands behind `gitlab-pypi-proxy cache stats | verify | prune`."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import TextIO
+
+from proxy.cache import Store
+from proxy.config import CacheSettings
+from proxy.errors import ConfigError
+from proxy.retention import StoredFile
+
+DAY = 86_400.0  # seconds
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def open_store(settings: CacheSettings) -> Store:
+    """The Store in cache.dir; ConfigError when that is not a directory (none is created)."""
+    if not settings.dir.is_dir():
+        shown = json.dumps(str(settings.dir))
+        raise ConfigError(f"cache.dir: {shown} is not a directory (expected the proxy's cache)")
+    return Store(settings.dir, max_size=settings.max_size)
+
+
+def stats(store: Store, out: TextIO, *, max_size: int) -> int:
+    """Print what the cache holds, one fact a line; returns 0."""
+    held = store.stats()
+    print(f"files: {held.files}", file=out)
+    print(f"pinned files: {held.pinned}", file=out)
+    print(f"pages: {held.pages}", file=out)
+    print(f"bytes: {held.bytes} ({human_size(held.bytes)})", file=out)
+    print(f"max size: {max_size} ({human_size(max_size)}, pinned files not counted)", file=out)
+    # Hits and misses are counted by the running proxy, in memory.
+    print("hit ratio: unknown (see /-/metrics)", file=out)
+    return 0
+
+
+def verify(store: Store, out: TextIO) -> int:
+    """Re-hash every file, print and drop the corrupt ones; returns 1 if there were any, else 0."""
+    checked = corrupt = 0
+    for file in store.iter_files():  # least recently used first, as Store.check asks
+        checked += 1
+        problem = store.check(file.sha256)
+        if problem is not None:
+            corrupt += 1
+            print(f"corrupt: {file.sha256}: {problem} (dropped)", file=out)
+    print(f"verified {checked} files: {checked - corrupt} intact, {corrupt} corrupt", file=out)
+    return 1 if corrupt else 0
+
+
+def prune(store: Store, out: TextIO, *, older_than_days: float | None, to_size: int | None) -> int:
+    """Remove unpinned files unused for `older_than_days`, then the least recently used
+    down to `to_size` bytes; print each file removed and a total. Returns 0.
+    """
+
+    def report(file: StoredFile) -> None:
+        used = datetime.fromtimestamp(file.last_used, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        print(f"removed: {file.sha256} ({human_size(file.size)}, last used {used})", file=out)
+
+    older_than = None if older_than_days is None else older_than_days * DAY
+    files, size = store.prune(older_than, to_size, on_remove=report)
+    print(f"pruned {files} files, {size} bytes ({human_size(size)})", file=out)
+    return 0
+
+
+def human_size(size: int) -> str:
+    """A size in binary units for people: "512 B", "1.5 GiB"."""
+    exponent = 0
+    while exponent < len(_UNITS) - 1 and size >= 1024 ** (exponent + 1):
+        exponent += 1
+    if exponent == 0:
+        return f"{size} B"
+    return f"{size / 1024**exponent:.1f} {_UNITS[exponent]}"

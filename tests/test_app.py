@@ -1,0 +1,472 @@
+"""The assembled app: errors mapped to statuses, health, X-Cache everywhere, settings wired in."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+import pytest
+import respx
+from asgi_lifespan import LifespanManager
+
+from proxy.app import create_app
+from proxy.config import load
+
+pytestmark = pytest.mark.anyio
+
+GITLAB = "https://git.example.com/gitlab"
+PROXY = "http://proxy.test"
+API = "/api/v4/projects/42/packages/pypi"
+HTML = {"content-type": "text/html; charset=utf-8"}
+WHEEL_NAME = "my_pkg-1.0-py3-none-any.whl"
+WHEEL = b"PK\x03\x04" + bytes(range(256)) * 16
+SHA = hashlib.sha256(WHEEL).hexdigest()
+SDIST_NAME = "my_pkg-1.0.tar.gz"
+SDIST = b"\x1f\x8b\x08\x00" + bytes(range(256)) * 8
+SDIST_SHA = hashlib.sha256(SDIST).hexdigest()
+FILE = f"{API}/files/{SHA}/{WHEEL_NAME}"
+PAGE = f"{API}/simple/my-pkg/"
+TOKEN = "glpat-service-0123456789"
+CLIENT_AUTH = "Basic Y2xpZW50OmNsaWVudC10b2tlbg=="
+
+
+def gitlab_page(*files: tuple[str, str]) -> bytes:
+    """GitLab's package page, byte for byte (gitlab-pypi-api.md 2.2), for (filename, sha256)."""
+    anchors = "".join(
+        f'<a href="{GITLAB}{API}/files/{sha}/{name}#sha256={sha}" '
+        f'data-requires-python="&gt;=3.8">{name}</a>'
+        for name, sha in files
+    )
+    return (
+        "<!DOCTYPE html>\n"
+        "        <html>\n"
+        "          <head>\n"
+        "            <title>Links for my-pkg</title>\n"
+        "          </head>\n"
+        "          <body>\n"
+        "            <h1>Links for my-pkg</h1>\n"
+        f"            {anchors}\n"
+        "          </body>\n"
+        "        </html>\n"
+    ).encode()
+
+
+PACKAGE_PAGE = gitlab_page((WHEEL_NAME, SHA), (SDIST_NAME, SDIST_SHA))
+
+
+class Serve(Protocol):
+    """Starts the proxy in process with extra settings and gives a client for it."""
+
+    def __call__(
+        self, overrides: Mapping[str, object] = ..., *, token: str = ...
+    ) -> AbstractAsyncContextManager[httpx.AsyncClient]: ...
+
+
+@pytest.fixture
+def gitlab_api() -> Iterator[respx.MockRouter]:
+    """GitLab's HTTP edge, mocked; a request that no route expects fails the test."""
+    with respx.mock(assert_all_called=False) as router:
+        yield router
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Serve:
+    """A factory of in-process proxies in front of GITLAB, all caching in one tmp_path folder."""
+
+    @asynccontextmanager
+    async def start(
+        overrides: Mapping[str, object] = {}, *, token: str = ""
+    ) -> AsyncIterator[httpx.AsyncClient]:
+        settings = load(
+            env={"GITLAB_PYPI_PROXY_TOKEN": token} if token else {},
+            overrides={"upstream.url": GITLAB, "cache.dir": str(tmp_path / "cache"), **overrides},
+        )
+        app = create_app(settings)
+        async with (
+            LifespanManager(app) as manager,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=manager.app), base_url=PROXY
+            ) as client,
+        ):
+            yield client
+
+    return start
+
+
+@pytest.fixture
+async def client(serve: Serve) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a proxy with default settings and no service token."""
+    async with serve() as started:
+        yield started
+
+
+def gitlab_answer(request: httpx.Request) -> httpx.Response:
+    """GitLab's 200 for any PyPI GET: the wheel under files/, else the package page."""
+    if b"/files/" in request.url.raw_path:
+        return httpx.Response(200, content=WHEEL)
+    return httpx.Response(200, content=PACKAGE_PAGE, headers=HTML)
+
+
+def basic_user_and_password(authorization: str) -> tuple[str, str]:
+    """The (user, password) of an `Authorization: Basic` value."""
+    scheme, _, encoded = authorization.partition(" ")
+    assert scheme == "Basic"
+    user, _, password = base64.b64decode(encoded).decode().partition(":")
+    return user, password
+
+
+# -- errors a client can read ------------------------------------------------------------
+
+Failure = Callable[[httpx.Request], httpx.Response]
+
+
+def refused(request: httpx.Request) -> httpx.Response:
+    """GitLab's host refuses the connection."""
+    raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+
+def connect_timeout(request: httpx.Request) -> httpx.Response:
+    """GitLab's host does not accept the connection in time."""
+    raise httpx.ConnectTimeout("timed out", request=request)
+
+
+def read_timeout(request: httpx.Request) -> httpx.Response:
+    """GitLab accepts the connection and then says nothing."""
+    raise httpx.ReadTimeout("timed out", request=request)
+
+
+def status(code: int) -> Failure:
+    """GitLab answers with `code` and a short body."""
+    return lambda request: httpx.Response(code, text=f"{code} from GitLab")
+
+
+FAILURES = [
+    pytest.param(refused, 502, id="unreachable"),
+    pytest.param(connect_timeout, 504, id="connect-timeout"),
+    pytest.param(read_timeout, 504, id="read-timeout"),
+    pytest.param(status(500), 502, id="500"),
+    pytest.param(status(502), 502, id="502"),
+    pytest.param(status(503), 502, id="503"),
+]
+
+
+@pytest.mark.parametrize("path", [PAGE, f"{API}/simple/", FILE], ids=["page", "index", "file"])
+@pytest.mark.parametrize(("failure", "expected"), FAILURES)
+async def test_gitlab_failure_with_nothing_cached_is_a_gateway_error_with_one_line(
+    client: httpx.AsyncClient,
+    gitlab_api: respx.MockRouter,
+    path: str,
+    failure: Failure,
+    expected: int,
+) -> None:
+    """Unreachable or 5xx is 502 and a timeout 504, each with a one-line reason."""
+    gitlab_api.get(host="git.example.com").mock(side_effect=failure)
+    response = await client.get(path)
+    assert response.status_code == expected
+    assert response.text.startswith(f"{expected} ")
+    assert response.text.count("\n") == 1
+    assert response.text.endswith("\n")
+
+
+async def test_gitlab_429_is_passed_on_with_retry_after_and_honoured(
+    client: httpx.AsyncClient, gitlab_api: respx.MockRouter
+) -> None:
+    """A rate limit reaches the client with Retry-After, and GitLab is left alone meanwhile."""
+    route = gitlab_api.get(GITLAB + API + "/simple/my-pkg").respond(
+        429, headers={"retry-after": "30"}
+    )
+    first = await client.get(PAGE)
+    second = await client.get(PAGE)
+    assert [(r.status_code, r.headers["retry-after"]) for r in (first, second)] == [
+        (429, "30"),
+        (429, "30"),
+    ]
+    assert route.call_count == 1
+
+
+async def test_an_unreadable_page_is_502(
+    client: httpx.AsyncClient, gitlab_api: respx.MockRouter
+) -> None:
+    """A page GitLab sends that cannot be parsed is a gateway error, not a 500."""
+    gitlab_api.get(GITLAB + API + "/simple/my-pkg").respond(
+        200, content=b"<html", headers={"content-type": "application/vnd.pypi.simple.v1+json"}
+    )
+    response = await client.get(PAGE)
+    assert response.status_code == 502
+
+
+@pytest.mark.parametrize("failure", [refused, status(503)], ids=["unreachable", "503"])
+async def test_an_expired_page_is_served_stale_when_gitlab_fails(
+    serve: Serve, gitlab_api: respx.MockRouter, failure: Failure
+) -> None:
+    """Past page_ttl, a GitLab failure serves the cached page with X-Cache STALE."""
+    gitlab_api.get(GITLAB + API + "/simple/my-pkg").mock(
+        side_effect=[httpx.Response(200, content=PACKAGE_PAGE, headers=HTML), failure]
+    )
+    gitlab_api.get(GITLAB + FILE).respond(200, content=WHEEL)
+    async with serve({"cache.page_ttl": 0}) as client:
+        await client.get(FILE)
+        await client.get(PAGE)
+        response = await client.get(PAGE)
+    assert (response.status_code, response.headers["x-cache"]) == (200, "STALE")
+    assert f"{PROXY}{FILE}#sha256={SHA}" in response.text
+
+
+async def test_an_expired_page_is_revalidated_with_its_etag(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """Past page_ttl, GitLab is asked with If-None-Match and its 304 is X-Cache REVALIDATED."""
+    route = gitlab_api.get(GITLAB + API + "/simple/my-pkg").mock(
+        side_effect=[
+            httpx.Response(200, content=PACKAGE_PAGE, headers={**HTML, "etag": 'W/"v1"'}),
+            httpx.Response(304),
+        ]
+    )
+    async with serve({"cache.page_ttl": 0}) as client:
+        first = await client.get(PAGE)
+        second = await client.get(PAGE)
+    assert (second.status_code, second.headers["x-cache"]) == (200, "REVALIDATED")
+    assert second.text == first.text
+    assert route.calls.last.request.headers["if-none-match"] == 'W/"v1"'
+
+
+# -- health and X-Cache ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_health_answers_200(client: httpx.AsyncClient, method: str) -> None:
+    """/-/health is the liveness probe and never needs GitLab."""
+    response = await client.request(method, "/-/health")
+    assert response.status_code == 200
+    if method == "GET":
+        assert response.json() == {"status": "ok"}
+
+
+EVERY_KIND = [
+    pytest.param("GET", "/-/health", "BYPASS", id="health"),
+    pytest.param("GET", "/foo", "BYPASS", id="unknown-path"),
+    pytest.param("GET", "/api/v4/user", "BYPASS", id="unknown-api"),
+    pytest.param("GET", f"{API}/files/nothex/{WHEEL_NAME}", "BYPASS", id="bad-sha256"),
+    pytest.param("DELETE", PAGE, "BYPASS", id="405"),
+    pytest.param("GET", PAGE, "MISS", id="page"),
+    pytest.param("GET", FILE, "MISS", id="file"),
+    pytest.param("GET", f"{API}/simple/missing/", "BYPASS", id="gitlab-404"),
+    pytest.param("GET", f"{API}/simple/broken/", "BYPASS", id="gitlab-500"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "cache"), EVERY_KIND)
+async def test_every_response_carries_x_cache(
+    client: httpx.AsyncClient, gitlab_api: respx.MockRouter, method: str, path: str, cache: str
+) -> None:
+    """X-Cache is on every answer, BYPASS when nothing was served from or into the cache."""
+    gitlab_api.get(GITLAB + API + "/simple/missing").respond(404, json={"message": "404"})
+    gitlab_api.get(GITLAB + API + "/simple/broken").respond(500)
+    gitlab_api.get(host="git.example.com").mock(side_effect=gitlab_answer)
+    response = await client.request(method, path)
+    assert response.headers.get("x-cache") == cache
+
+
+# -- settings wired in -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [PAGE, FILE], ids=["page", "file"])
+@pytest.mark.parametrize(
+    ("overrides", "user"),
+    [
+        pytest.param({"upstream.username": "deploy-token-7"}, "deploy-token-7", id="username"),
+        pytest.param({"upstream.username": "gitlab-ci-token"}, "gitlab-ci-token", id="job-token"),
+    ],
+)
+async def test_service_token_is_sent_as_basic_auth_instead_of_the_clients(
+    serve: Serve,
+    gitlab_api: respx.MockRouter,
+    path: str,
+    overrides: Mapping[str, object],
+    user: str,
+) -> None:
+    """With a token configured, reads carry upstream.username and it, never the client's own."""
+    route = gitlab_api.get(host="git.example.com").mock(side_effect=gitlab_answer)
+    async with serve(overrides, token=TOKEN) as client:
+        response = await client.get(path, headers={"authorization": CLIENT_AUTH})
+    assert response.status_code == 200
+    sent = route.calls.last.request.headers["authorization"]
+    assert basic_user_and_password(sent) == (user, TOKEN)
+
+
+async def test_service_token_without_a_username_still_goes_as_the_basic_password(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """GitLab ignores the user for access tokens, so some user name is filled in."""
+    route = gitlab_api.get(host="git.example.com").mock(side_effect=gitlab_answer)
+    async with serve(token=TOKEN) as client:
+        await client.get(PAGE)
+    user, password = basic_user_and_password(route.calls.last.request.headers["authorization"])
+    assert (bool(user), password) == (True, TOKEN)
+
+
+async def test_service_token_can_come_from_a_file(
+    serve: Serve, gitlab_api: respx.MockRouter, tmp_path: Path
+) -> None:
+    """upstream.token_file (a mounted secret) gives the service token."""
+    secret = tmp_path / "token"
+    secret.write_text(TOKEN + "\n")
+    secret.chmod(0o600)
+    route = gitlab_api.get(host="git.example.com").mock(side_effect=gitlab_answer)
+    async with serve({"upstream.token_file": str(secret)}) as client:
+        await client.get(PAGE)
+    sent = route.calls.last.request.headers["authorization"]
+    assert basic_user_and_password(sent)[1] == TOKEN
+
+
+@pytest.mark.parametrize("path", [PAGE, FILE], ids=["page", "file"])
+@pytest.mark.parametrize("authorization", [CLIENT_AUTH, "Bearer glpat-client", None])
+async def test_without_a_token_the_clients_authorization_is_forwarded(
+    client: httpx.AsyncClient, gitlab_api: respx.MockRouter, path: str, authorization: str | None
+) -> None:
+    """Passthrough: GitLab sees exactly the client's Authorization, or none."""
+    route = gitlab_api.get(host="git.example.com").mock(side_effect=gitlab_answer)
+    headers = {"authorization": authorization} if authorization else {}
+    await client.get(path, headers=headers)
+    assert route.calls.last.request.headers.get("authorization") == authorization
+
+
+async def test_uploads_carry_the_clients_credentials_even_with_a_service_token(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """The service token is for reads: an upload goes with the client's own."""
+    route = gitlab_api.post(GITLAB + API).respond(401, json={"message": "401 Unauthorized"})
+    headers = {"content-type": "multipart/form-data; boundary=x", "authorization": CLIENT_AUTH}
+    async with serve(token=TOKEN) as client:
+        await client.post(API, content=b"--x--\r\n", headers=headers)
+    assert route.calls.last.request.headers.get("authorization") == CLIENT_AUTH
+
+
+async def test_upload_without_credentials_is_refused_when_a_service_token_is_set(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """With a service token and no client credentials an upload is a 401; GitLab is not asked."""
+    route = gitlab_api.post(GITLAB + API).respond(201)
+    async with serve(token=TOKEN) as client:
+        response = await client.post(
+            API, content=b"--x--\r\n", headers={"content-type": "multipart/form-data; boundary=x"}
+        )
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Basic realm="gitlab-pypi-proxy"'
+    assert route.call_count == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "headers", "base"),
+    [
+        pytest.param({}, {}, PROXY, id="host"),
+        pytest.param({}, {"host": "pypi.local:8080"}, "http://pypi.local:8080", id="host-port"),
+        pytest.param(
+            {},
+            {"x-forwarded-proto": "https", "x-forwarded-host": "evil.example"},
+            PROXY,
+            id="untrusted-forwarded",
+        ),
+        pytest.param(
+            {"server.trusted_proxies": ["127.0.0.1"]},
+            {"x-forwarded-proto": "https", "x-forwarded-host": "pypi.example.org"},
+            "https://pypi.example.org",
+            id="trusted-forwarded",
+        ),
+        pytest.param(
+            {"server.public_url": "https://pypi.example.org"},
+            {"host": "other.example"},
+            "https://pypi.example.org",
+            id="public-url",
+        ),
+    ],
+)
+async def test_links_use_the_base_url_the_settings_allow(
+    serve: Serve,
+    gitlab_api: respx.MockRouter,
+    overrides: Mapping[str, object],
+    headers: Mapping[str, str],
+    base: str,
+) -> None:
+    """Host by default, X-Forwarded-* only from trusted_proxies, public_url above both."""
+    gitlab_api.get(GITLAB + API + "/simple/my-pkg").respond(200, content=PACKAGE_PAGE, headers=HTML)
+    async with serve(overrides) as client:
+        response = await client.get(PAGE, headers=headers)
+    assert f'href="{base}{FILE}#sha256={SHA}"' in response.text
+
+
+async def test_a_host_header_that_is_not_a_host_name_is_400(
+    client: httpx.AsyncClient, gitlab_api: respx.MockRouter
+) -> None:
+    """A Host that cannot go into a link is refused rather than echoed into pages."""
+    catch_all = gitlab_api.route()
+    response = await client.get(PAGE, headers={"host": 'a"><script>'})
+    assert (response.status_code, response.headers["x-cache"]) == (400, "BYPASS")
+    assert catch_all.call_count == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [("GET", PAGE, 404), ("GET", f"{API}/simple/", 404), ("GET", FILE, 404), ("POST", API, 503)],
+)
+async def test_offline_without_a_cached_answer_never_asks_gitlab(
+    serve: Serve, gitlab_api: respx.MockRouter, method: str, path: str, expected: int
+) -> None:
+    """cache.offline: a miss is 404 naming offline mode, an upload 503; GitLab is not asked."""
+    catch_all = gitlab_api.route()
+    async with serve({"cache.offline": True}) as client:
+        response = await client.request(method, path, content=b"" if method == "POST" else None)
+    assert response.status_code == expected
+    assert "offline" in response.text
+    assert catch_all.call_count == 0
+
+
+async def test_offline_page_lists_only_the_files_the_cache_holds(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """A page warmed online, served offline, links the cached wheel and not the missing sdist."""
+    gitlab_api.get(GITLAB + API + "/simple/my-pkg").respond(200, content=PACKAGE_PAGE, headers=HTML)
+    gitlab_api.get(GITLAB + FILE).respond(200, content=WHEEL)
+    async with serve() as online:
+        await online.get(PAGE)
+        await online.get(FILE)
+    gitlab_api.reset()
+    async with serve({"cache.offline": True}) as offline:
+        page = await offline.get(PAGE)
+        file = await offline.get(FILE)
+    assert page.headers["x-cache"] == "HIT"
+    assert WHEEL_NAME in page.text
+    assert SDIST_NAME not in page.text
+    assert (file.headers["x-cache"], file.content) == ("HIT", WHEEL)
+    assert gitlab_api.calls.call_count == 0
+
+
+async def test_the_file_cache_survives_a_restart(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """A second proxy on the same cache.dir serves a file fetched by the first without GitLab."""
+    route = gitlab_api.get(GITLAB + FILE).respond(200, content=WHEEL)
+    async with serve() as first:
+        await first.get(FILE)
+    async with serve() as second:
+        response = await second.get(FILE)
+    assert (response.headers["x-cache"], response.content) == ("HIT", WHEEL)
+    assert route.call_count == 1
+
+
+async def test_page_ttl_zero_asks_gitlab_every_time(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """cache.page_ttl bounds how long a page is served without asking GitLab."""
+    route = gitlab_api.get(GITLAB + API + "/simple/my-pkg").respond(
+        200, content=PACKAGE_PAGE, headers=HTML
+    )
+    async with serve({"cache.page_ttl": 0}) as client:
+        answers = [await client.get(PAGE) for _ in range(2)]
+    assert [a.headers["x-cache"] for a in answers] == ["MISS", "MISS"]
+    assert route.call_count == 2

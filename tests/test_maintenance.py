@@ -1,0 +1,206 @@
+"""`gitlab-pypi-proxy cache stats | verify | prune`: plain lines out, exit 0, 1 or 2."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from proxy import __main__ as cli
+from proxy.cache import Store, StoredPage
+from proxy.maintenance import human_size
+from proxy.models import Page
+
+DAY = 86_400.0
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No GITLAB_PYPI_PROXY_* variable of the developer's leaks in; caches go to tmp_path."""
+    for name in list(os.environ):
+        if name.startswith("GITLAB_PYPI_PROXY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
+def _fill(
+    cache: Path, *contents: bytes, used_days_ago: float = 0, pinned: bool = False
+) -> list[str]:
+    """Store files in the cache at `cache` as a proxy would have, last used days ago."""
+    store = Store(cache, max_size=10**9, clock=lambda: time.time() - used_days_ago * DAY)
+    shas = []
+    for content in contents:
+        sha = hashlib.sha256(content).hexdigest()
+        path = cache.parent / f"{sha}.part"
+        path.write_bytes(content)
+        store.put_file(sha, path, pinned=pinned)
+        shas.append(sha)
+    store.close()
+    return shas
+
+
+def _held(cache: Path, sha: str) -> bool:
+    store = Store(cache, max_size=10**9)
+    try:
+        return store.has_file(sha)
+    finally:
+        store.close()
+
+
+def _corrupt(cache: Path, sha: str) -> None:
+    store = Store(cache, max_size=10**9)
+    handle = store.open_file(sha)
+    assert handle is not None
+    handle.close()
+    store.close()
+    Path(handle.name).write_bytes(b"not the wheel")
+
+
+def test_stats_prints_one_fact_a_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """stats prints files, pinned files, pages, bytes, max size and the hit ratio; exit 0."""
+    cache = tmp_path / "cache"
+    _fill(cache, b"a", b"b")
+    _fill(cache, b"p", pinned=True)
+    store = Store(cache, max_size=10**9)
+    store.put_page("k", StoredPage(Page("t"), 1.0), name="a")
+    store.close()
+    assert cli.main(["cache", "stats", "--cache-dir", str(cache)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == ["files: 3", "pinned files: 1", "pages: 1"]
+    assert lines[3].startswith("bytes: ")
+    assert lines[4] == "max size: 21474836480 (20.0 GiB, pinned files not counted)"
+    assert lines[5] == "hit ratio: unknown (see /-/metrics)"
+
+
+def test_verify_of_a_clean_cache_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verify re-hashes every file, finds none corrupt, prints a summary and exits 0."""
+    cache = tmp_path / "cache"
+    _fill(cache, b"a", b"b")
+    assert cli.main(["cache", "verify", "--cache-dir", str(cache)]) == 0
+    assert capsys.readouterr().out == "verified 2 files: 2 intact, 0 corrupt\n"
+
+
+def test_verify_reports_and_drops_a_corrupt_file_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file altered on disk is named with the reason, dropped, and the exit status is 1."""
+    cache = tmp_path / "cache"
+    bad, good = _fill(cache, b"a", b"b")
+    _corrupt(cache, bad)
+    assert cli.main(["cache", "verify", "--cache-dir", str(cache)]) == 1
+    wrong = hashlib.sha256(b"not the wheel").hexdigest()
+    assert capsys.readouterr().out.splitlines() == [
+        f"corrupt: {bad}: hashes to {wrong} (dropped)",
+        "verified 2 files: 1 intact, 1 corrupt",
+    ]
+    assert (_held(cache, bad), _held(cache, good)) == (False, True)
+
+
+def test_prune_older_than_removes_files_unused_for_that_many_days(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--older-than DAYS removes the files last used longer ago, prints each and a total."""
+    cache = tmp_path / "cache"
+    (old,) = _fill(cache, b"o" * 2048, used_days_ago=40)
+    (recent,) = _fill(cache, b"r" * 10, used_days_ago=1)
+    assert cli.main(["cache", "prune", "--older-than", "30", "--cache-dir", str(cache)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"removed: {old} (2.0 KiB, last used ")
+    assert lines[1] == "pruned 1 files, 2048 bytes (2.0 KiB)"
+    assert (_held(cache, old), _held(cache, recent)) == (False, True)
+
+
+def test_prune_to_size_removes_the_least_recently_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--to SIZE removes files, least recently used first, until the rest fit in SIZE."""
+    cache = tmp_path / "cache"
+    shas = [_fill(cache, bytes([i]) * 1000, used_days_ago=3 - i)[0] for i in range(3)]
+    assert cli.main(["cache", "prune", "--to", "2KB", "--cache-dir", str(cache)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "pruned 1 files, 1000 bytes (1000 B)"
+    assert [_held(cache, sha) for sha in shas] == [False, True, True]
+
+
+def test_prune_keeps_pinned_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Pinned files survive a prune that removes everything else."""
+    cache = tmp_path / "cache"
+    (pinned,) = _fill(cache, b"p", used_days_ago=400, pinned=True)
+    _fill(cache, b"o", used_days_ago=400)
+    assert (
+        cli.main(["cache", "prune", "--older-than", "0", "--to", "1", "--cache-dir", str(cache)])
+        == 0
+    )
+    assert capsys.readouterr().out.splitlines()[-1] == "pruned 1 files, 1 bytes (1 B)"
+    assert _held(cache, pinned)
+
+
+def test_cache_dir_comes_from_the_config_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --cache-dir, the cache is the one the --config file names, as for serve."""
+    cache = tmp_path / "configured"
+    _fill(cache, b"a")
+    config = tmp_path / "proxy.toml"
+    config.write_text(f'[cache]\ndir = "{cache}"\nmax_size = "1GiB"\n')
+    assert cli.main(["cache", "stats", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "files: 1\n" in out
+    assert "max size: 1073741824 (1.0 GiB" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["prune"], "gitlab-pypi-proxy: cache prune: nothing to do"),
+        (["prune", "--to", "ten"], 'gitlab-pypi-proxy: --to: "ten" is not a size'),
+        (["prune", "--older-than", "soon"], 'gitlab-pypi-proxy: --older-than: "soon" is not'),
+        (["prune", "--older-than", "-1"], 'gitlab-pypi-proxy: --older-than: "-1" is not'),
+        (["stats", "--cache-dir", "absent"], 'gitlab-pypi-proxy: cache.dir: "absent" is not'),
+    ],
+)  # fmt: skip
+def test_usage_errors_are_one_line_and_exit_2(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    """A missing limit, a bad value or a cache dir that is not there: one line, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["cache", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message)
+    assert err.count("\n") == 1
+
+
+def test_commands_never_create_a_cache(tmp_path: Path) -> None:
+    """Pointing a cache command at a directory that does not exist leaves it absent."""
+    assert cli.main(["cache", "verify", "--cache-dir", str(tmp_path / "absent")]) == 2
+    assert not (tmp_path / "absent").exists()
+
+
+def test_cache_without_an_action_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    """`cache` alone prints its usage on stderr and exits 2."""
+    assert cli.main(["cache"]) == 2
+    assert capsys.readouterr().err.startswith("usage: gitlab-pypi-proxy cache")
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (1536 * 1024, "1.5 MiB"),
+        (20 * 1024**3, "20.0 GiB"),
+    ],
+)  # fmt: skip
+def test_human_size(size: int, shown: str) -> None:
+    """Sizes are shown in binary units with one decimal, bytes below 1 KiB."""
+    assert human_size(size) == shown
