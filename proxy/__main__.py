@@ -13,7 +13,7 @@ from typing import Any
 
 import uvicorn
 
-from proxy import __version__, config, maintenance
+from proxy import __version__, access, config, maintenance
 from proxy.cache import Store
 from proxy.errors import CacheError, ConfigError
 
@@ -78,7 +78,32 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="default: info")
     serve.set_defaults(run=_serve)
     _add_cache_commands(commands)
+    token = commands.add_parser(
+        "token", help="manage proxy tokens (access.mode = tokens)", description="Proxy tokens."
+    )
+    token.set_defaults(run=lambda args: _usage(token))
+    token_actions = token.add_subparsers(metavar="ACTION")
+    add = token_actions.add_parser(
+        "add",
+        help="make a token for NAME, print it once, keep only its hash",
+        description="Make a new proxy token for NAME. It is printed once; only its sha256 "
+        "is written to access.tokens_file.",
+    )
+    add.add_argument("name", metavar="NAME")
+    add.add_argument(
+        "--config", metavar="FILE", help=f"TOML config file (default: ${config.CONFIG_ENV})"
+    )
+    add.add_argument("--tokens-file", metavar="FILE", help="where hashes go (access.tokens_file)")
+    add.set_defaults(run=_token_add)
     return parser
+
+
+def _token_add(args: argparse.Namespace) -> int:
+    path = args.tokens_file or config.load(config_file=args.config).access.tokens_file
+    token = access.add_token(path, args.name)
+    print(token)
+    print(f"{PROG}: stored the hash of {args.name}'s token in {path}", file=sys.stderr)
+    return 0
 
 
 def _add_cache_commands(commands: Any) -> None:
@@ -184,6 +209,13 @@ def _serve(args: argparse.Namespace) -> int:
         if getattr(args, dest) is not None
     }
     settings = config.load(config_file=args.config, overrides=overrides)
+    # Refuse a setup that would open GitLab's private packages to a network, and a bad
+    # tokens file, before anything listens.
+    mode = access.resolve_mode(
+        settings.access.mode, host=settings.server.host, service_token=bool(settings.upstream.token)
+    )
+    if mode == "tokens":
+        access.read_tokens(settings.access.tokens_file)
     options: dict[str, Any] = {
         "host": settings.server.host,
         "port": settings.server.port,

@@ -81,7 +81,7 @@ def add_token(path: str, name: str) -> str:
         raise ConfigError("access.tokens_file: set it to a file where token hashes are kept")
     if not _NAME.match(name):
         raise ConfigError(f"token add: {name!r} is not a name (letters, digits, _ . @ -)")
-    if name in read_tokens(path).values():
+    if Path(path).exists() and name in read_tokens(path).values():
         raise ConfigError(f"token add: a token named {name!r} exists already")
     token = "gpp_" + secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

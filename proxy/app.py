@@ -141,7 +141,13 @@ def create_app(
             transport=transport,
             metrics=metrics,
         )
-        filler = Filler(store, upstream, spool, on_mismatch=metrics.hash_mismatches.inc)
+        filler = Filler(
+            store,
+            upstream,
+            spool,
+            on_mismatch=metrics.hash_mismatches.inc,
+            on_evict=metrics.evictions.inc,
+        )
         metrics.watch_cache(lambda: _size(store))
         mirror = Mirror(
             store=store,

@@ -69,8 +69,10 @@ class Store:
         try:
             self.tmp.mkdir(parents=True, exist_ok=True)
             self._pages = self._open_cache("pages", eviction_policy="none", tag_index=True)
+            # cull_limit=0: diskcache evicts only when put_file calls cull(), which
+            # counts what it removed (for the evictions metric).
             self._files = self._open_cache(
-                "files", size_limit=max_size, eviction_policy="least-recently-used"
+                "files", size_limit=max_size, eviction_policy="least-recently-used", cull_limit=0
             )
             self._pinned = self._open_cache("pinned", eviction_policy="none")
             self._meta = self._open_cache("meta", eviction_policy="none")
@@ -136,8 +138,11 @@ class Store:
             self._record_use(sha256, os.fstat(handle.fileno()).st_size)
         return handle
 
-    def put_file(self, sha256: str, path: Path, *, pinned: bool = False) -> None:
-        """Publish a verified file (pinned: never evicted); readers see all of it or nothing."""
+    def put_file(self, sha256: str, path: Path, *, pinned: bool = False) -> int:
+        """Publish a verified file (pinned: never evicted); readers see all of it or nothing.
+
+        Returns how many least recently used files were evicted to stay under max_size.
+        """
         pinned = pinned or self.is_pinned(sha256)
         with open(path, "rb") as source:
             # Recorded first: a crash in between leaves a record prune drops, not a file
@@ -146,6 +151,8 @@ class Store:
             self._guard((self._pinned if pinned else self._files).set, sha256, source, read=True)
         if pinned:
             self._guard(self._files.delete, sha256)
+        evicted: int = self._guard(self._files.cull)
+        return evicted
 
     def pin(self, sha256: str) -> bool:
         """Exempt a held file from eviction and prune (copies it once); False if not held."""

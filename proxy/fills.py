@@ -168,12 +168,14 @@ class Filler:
         spool: Spool,
         *,
         on_mismatch: Callable[[], None] = lambda: None,
+        on_evict: Callable[[int], None] = lambda count: None,
         follow_timeout: float = 60.0,
     ) -> None:
         self._store = store
         self._upstream = upstream
         self._spool = spool
         self._on_mismatch = on_mismatch
+        self._on_evict = on_evict
         self._follow_timeout = follow_timeout
         self._active: dict[str, Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -247,9 +249,10 @@ class Filler:
             if digest.hexdigest() != fill.sha256:
                 self._on_mismatch()
                 raise HashMismatch(f"{fill.sha256[:12]}… hashes to {digest.hexdigest()[:12]}…")
-            await to_thread.run_sync(
+            evicted = await to_thread.run_sync(
                 self._store.put_file, fill.sha256, self._spool.part(fill.sha256)
             )
+            self._on_evict(evicted)
         finally:
             await to_thread.run_sync(self._end_lead, fill.sha256, writer, lock)
 
