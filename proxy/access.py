@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
 import os
 import re
 import secrets
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
+from anyio import to_thread
+
+from proxy.cache import Grants
 from proxy.errors import ConfigError
 
 Mode = Literal["open", "tokens", "passthrough"]
@@ -98,9 +105,6 @@ def presented_secret(authorization: str | None) -> str | None:
     if scheme.lower() == "bearer":
         return value.strip() or None
     if scheme.lower() == "basic":
-        import base64
-        import binascii
-
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
@@ -108,16 +112,6 @@ def presented_secret(authorization: str | None) -> str | None:
         _, sep, password = decoded.partition(":")
         return password if sep and password else None
     return None
-
-
-class Ledger(Protocol):
-    """Where remembered credentials live (the Store implements it)."""
-
-    def remembered(self, key: str) -> float | None:
-        """When this key was last vouched for, or None."""
-
-    def remember(self, key: str, when: float) -> None:
-        """Record that this key was vouched for at `when`."""
 
 
 @dataclass(frozen=True)
@@ -152,3 +146,79 @@ class Gate:
         """
         material = f"{scope_key}\n{authorization or ''}".encode()
         return hmac.new(self.salt, material, hashlib.sha256).hexdigest()
+
+
+class Keeper:
+    """Applies the Gate to reads: what GitLab sees, whose pages are whose, and what GitLab
+    has already let a caller read (scope bindings and remembered credentials)."""
+
+    def __init__(
+        self,
+        gate: Gate,
+        grants: Grants,
+        *,
+        service: str | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.gate = gate
+        self._grants = grants
+        self._service = service
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"Keeper({self.gate!r})"
+
+    @property
+    def passthrough(self) -> bool:
+        """True when each caller's own GitLab credentials decide."""
+        return self.gate.mode == "passthrough"
+
+    def upstream_authorization(self, client: str | None) -> str | None:
+        """What GitLab sees for a read: the service credentials, else the client's own
+        (never a proxy token: in tokens mode the client's header is ours, not GitLab's)."""
+        if self.passthrough:
+            return client
+        if self.gate.mode == "tokens":
+            return self._service
+        return self._service or client
+
+    def page_owner(self, scope_key: str, client: str | None, page_ttl: float) -> tuple[str, float]:
+        """Whose copy of a page to use and for how long it is fresh.
+
+        Passthrough: GitLab answers each caller for itself (group listings are filtered
+        per caller), so each credential has its own pages, fresh for auth_ttl at most.
+        """
+        if not self.passthrough:
+            return scope_key, page_ttl
+        owner = f"{scope_key}@{self.gate.credential(scope_key, client)[:32]}"
+        return owner, min(page_ttl, self.gate.auth_ttl)
+
+    async def vouch(self, scope_key: str, client: str | None, shas: Iterable[str]) -> None:
+        """GitLab let this caller read this scope and these files: remember both."""
+        now = self._clock()
+        credential = self.gate.credential(scope_key, client)
+
+        def record() -> None:
+            self._grants.bind(scope_key, shas)
+            if self.passthrough:
+                self._grants.remember(credential, now)
+
+        await to_thread.run_sync(record)
+
+    async def vouched(self, scope_key: str, client: str | None, sha256: str) -> tuple[bool, bool]:
+        """(may serve it now without asking GitLab, may serve it while GitLab can't be asked).
+
+        The file must have been listed or served through this scope; in passthrough the
+        caller must also have been accepted by GitLab for it, within auth_ttl for "now".
+        """
+        credential = self.gate.credential(scope_key, client)
+
+        def look() -> tuple[bool, float | None]:
+            bound = self._grants.is_bound(scope_key, sha256)
+            return bound, self._grants.remembered(credential) if self.passthrough else 0.0
+
+        bound, when = await to_thread.run_sync(look)
+        if not bound or when is None:
+            return False, False
+        recent = not self.passthrough or self._clock() - when < self.gate.auth_ttl
+        return recent, True

@@ -14,9 +14,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.access import REALM, Gate, read_tokens, resolve_mode
+from proxy.access import REALM, Gate, Keeper, read_tokens, resolve_mode
 from proxy.cache import Grants, Store
 from proxy.config import Settings, load_for_workers
+from proxy.downloads import Downloads
 from proxy.errors import (
     BadRequest,
     CacheError,
@@ -149,16 +150,23 @@ def create_app(
             on_evict=metrics.evictions.inc,
         )
         metrics.watch_cache(lambda: _size(store))
+        keeper = Keeper(gate, grants, service=service)
         mirror = Mirror(
             store=store,
-            grants=grants,
-            gate=gate,
-            allow_service_upload=settings.access.allow_service_upload,
             upstream=upstream,
-            filler=filler,
+            keeper=keeper,
             page_ttl=settings.cache.page_ttl,
             offline=settings.cache.offline,
             service_authorization=service,
+            allow_service_upload=settings.access.allow_service_upload,
+            probe_writable=filler.probe_writable,
+        )
+        downloads = Downloads(
+            store=store,
+            upstream=upstream,
+            filler=filler,
+            keeper=keeper,
+            offline=settings.cache.offline,
         )
         log.info(
             "proxying %s, cache in %s%s",
@@ -167,7 +175,13 @@ def create_app(
             " (offline)" if settings.cache.offline else "",
         )
         try:
-            yield {"mirror": mirror, "site": site, "metrics": metrics, "gate": gate}
+            yield {
+                "mirror": mirror,
+                "downloads": downloads,
+                "site": site,
+                "metrics": metrics,
+                "gate": gate,
+            }
         finally:
             await filler.aclose()
             await upstream.aclose()

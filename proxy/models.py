@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal, NewType
 
 NormalizedName = NewType("NormalizedName", str)
+CacheStatus = Literal["HIT", "MISS", "STALE", "REVALIDATED", "BYPASS"]
 
 _SEPARATORS = re.compile(r"[-_.]+")
 # PEP 508 names: letters, digits, and . _ - inside; bounded so a key stays small.
@@ -111,3 +113,13 @@ class Page:
     def only(self, keep: frozenset[str]) -> Page:
         """This page with only the file links whose sha256 is in `keep`."""
         return replace(self, links=tuple(link for link in self.links if link.sha256 in keep))
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A complete answer for the client (a page, or GitLab's own error passed on)."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+    cache: CacheStatus

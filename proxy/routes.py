@@ -15,11 +15,13 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Send
 
 from proxy.access import Gate
+from proxy.downloads import Downloads, FileReply
 from proxy.errors import BadRequest, ProxyError, TooLarge, Unauthorized
 from proxy.metrics import CONTENT_TYPE as METRICS_TYPE
 from proxy.metrics import Metrics
-from proxy.mirror import FileReply, Mirror, Reply
+from proxy.mirror import Mirror
 from proxy.models import (
+    Reply,
     Scope,
     normalize,
     valid_filename,
@@ -129,7 +131,8 @@ async def pypi(request: Request) -> Response:
     sha256, filename = parts[1], unquote(parts[2])
     if not valid_sha256(sha256) or not valid_filename(filename):
         return _not_found("404 Package Not Found")
-    answer = await mirror.file(scope, sha256, filename, authorization=authorization)
+    downloads: Downloads = request.state.downloads
+    answer = await downloads.file(scope, sha256, filename, authorization=authorization)
     if isinstance(answer, Reply):
         return _reply(answer)
     return serve_file(request, answer, filename, sha256.lower())

@@ -86,6 +86,7 @@ class GitLab:
         self.url = url.rstrip("/")
         self._metrics = metrics or Metrics()
         self._connect_timeout = connect_timeout
+        self._quiet_until = 0.0
         self._origin = _origin(self.url)
         timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self._client = httpx.AsyncClient(
@@ -127,6 +128,9 @@ class GitLab:
         )
         errors = self._metrics.upstream_errors
         started = time.monotonic()
+        if started < self._quiet_until:
+            # GitLab said 429 with Retry-After: don't ask again before it.
+            raise UpstreamStatus(429, retry_after=self._quiet_until - started)
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TimeoutException as exc:
@@ -144,6 +148,9 @@ class GitLab:
             errors.labels("status_5xx").inc()
         elif response.status_code == 429:
             errors.labels("rate_limited").inc()
+            retry = _retry_after(response.headers)
+            if retry:
+                self._quiet_until = time.monotonic() + retry
         return response
 
     async def _read(self, response: httpx.Response, limit: int) -> bytes:
