@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -59,6 +60,23 @@ def gitlab_page(*files: tuple[str, str]) -> bytes:
 PACKAGE_PAGE = gitlab_page((WHEEL_NAME, SHA), (SDIST_NAME, SDIST_SHA))
 
 
+def edge(router: respx.MockRouter) -> httpx.MockTransport:
+    """The app's HTTP transport: each request answered by `router` with a fresh response.
+
+    Handing it to create_app spares each app loading a CA bundle it would never use.
+    """
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        response = await router.async_handler(request)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=httpx.ByteStream(response.content),
+        )
+
+    return httpx.MockTransport(answer)
+
+
 class Serve(Protocol):
     """Starts the proxy in process with extra settings and gives a client for it."""
 
@@ -75,7 +93,7 @@ def gitlab_api() -> Iterator[respx.MockRouter]:
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Serve:
+def serve(tmp_path: Path, gitlab_api: respx.MockRouter) -> Serve:
     """A factory of in-process proxies in front of GITLAB, all caching in one tmp_path folder."""
 
     @asynccontextmanager
@@ -86,7 +104,7 @@ def serve(tmp_path: Path) -> Serve:
             env={"GITLAB_PYPI_PROXY_TOKEN": token} if token else {},
             overrides={"upstream.url": GITLAB, "cache.dir": str(tmp_path / "cache"), **overrides},
         )
-        app = create_app(settings)
+        app = create_app(settings, transport=edge(gitlab_api))
         async with (
             LifespanManager(app) as manager,
             httpx.AsyncClient(
@@ -205,8 +223,13 @@ async def test_an_expired_page_is_served_stale_when_gitlab_fails(
     serve: Serve, gitlab_api: respx.MockRouter, failure: Failure
 ) -> None:
     """Past page_ttl, a GitLab failure serves the cached page with X-Cache STALE."""
+    asked = itertools.count()
     gitlab_api.get(GITLAB + API + "/simple/my-pkg").mock(
-        side_effect=[httpx.Response(200, content=PACKAGE_PAGE, headers=HTML), failure]
+        side_effect=lambda request: (
+            failure(request)
+            if next(asked)
+            else httpx.Response(200, content=PACKAGE_PAGE, headers=HTML)
+        )
     )
     gitlab_api.get(GITLAB + FILE).respond(200, content=WHEEL)
     async with serve({"cache.page_ttl": 0}) as client:

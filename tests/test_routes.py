@@ -133,6 +133,23 @@ def finishing(app: ASGIApp) -> ASGIApp:
     return guarded
 
 
+def edge(router: respx.MockRouter) -> httpx.MockTransport:
+    """The app's HTTP transport: each request answered by `router` with a fresh response.
+
+    Handing it to create_app spares each app loading a CA bundle it would never use.
+    """
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        response = await router.async_handler(request)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=httpx.ByteStream(response.content),
+        )
+
+    return httpx.MockTransport(answer)
+
+
 class Serve(Protocol):
     """Starts the proxy in process with extra settings and gives a client for it."""
 
@@ -149,7 +166,7 @@ def gitlab_api() -> Iterator[respx.MockRouter]:
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Serve:
+def serve(tmp_path: Path, gitlab_api: respx.MockRouter) -> Serve:
     """A factory of in-process proxies in front of GITLAB, caching in tmp_path."""
 
     @asynccontextmanager
@@ -160,7 +177,7 @@ def serve(tmp_path: Path) -> Serve:
             env={"GITLAB_PYPI_PROXY_TOKEN": token} if token else {},
             overrides={"upstream.url": GITLAB, "cache.dir": str(tmp_path / "cache"), **overrides},
         )
-        app = create_app(settings)
+        app = create_app(settings, transport=edge(gitlab_api))
         async with (
             LifespanManager(app) as manager,
             httpx.AsyncClient(
@@ -329,7 +346,7 @@ async def test_a_dot_segment_id_is_404_and_never_forwarded(
     """An id of '.' or '..' would move the forwarded path elsewhere on GitLab, so it is refused."""
     catch_all = gitlab_api.route().respond(200, content=PACKAGE_PAGE, headers=HTML)
     settings = load(env={}, overrides={"upstream.url": GITLAB, "cache.dir": str(tmp_path)})
-    app = create_app(settings)
+    app = create_app(settings, transport=edge(gitlab_api))
     async with LifespanManager(app) as manager:
         status = await _raw_get(manager.app, raw_path)
     assert (status, catch_all.call_count) == (404, 0)

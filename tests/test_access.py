@@ -1,0 +1,778 @@
+"""Access control: modes, proxy tokens, credential keys, and hostile paths never leaving the API."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import stat
+import unicodedata
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+import httpx
+import pytest
+import respx
+from asgi_lifespan import LifespanManager
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from proxy import __main__ as cli
+from proxy.access import (
+    REALM,
+    Gate,
+    Keeper,
+    add_token,
+    presented_secret,
+    read_tokens,
+    resolve_mode,
+    token_hash,
+)
+from proxy.app import create_app
+from proxy.cache import Grants
+from proxy.config import load
+from proxy.errors import ConfigError
+from proxy.models import valid_filename, valid_scope_id, valid_sha256
+
+TOKEN = "gpp_s3cr3t-proxy-token-0123456789"
+OTHER = "gpp_another-proxy-token-9876543210"
+GITLAB_TOKEN = "glpat-s3cr3t-gitlab-token"
+GITLAB = "https://git.example.com"
+SHA = "0123456789abcdef" * 4
+WHEEL_NAME = "my_pkg-1.0-py3-none-any.whl"
+
+
+def basic(username: str, password: str) -> str:
+    """An `Authorization: Basic` value."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No GITLAB_PYPI_PROXY_* variable of the developer's leaks in; caches go to tmp_path."""
+    for name in list(os.environ):
+        if name.startswith("GITLAB_PYPI_PROXY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logger() -> Iterator[None]:
+    """serve configures the root logger; put it back for the tests that follow."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+# -- resolve_mode ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "host", "service_token", "expected"),
+    [
+        ("auto", "127.0.0.1", True, "open"),
+        ("auto", "::1", True, "open"),
+        ("auto", "[::1]", True, "open"),
+        ("auto", "localhost", True, "open"),
+        ("auto", "127.0.0.1", False, "open"),
+        ("auto", "0.0.0.0", False, "passthrough"),
+        ("auto", "10.1.2.3", False, "passthrough"),
+        ("open", "0.0.0.0", True, "open"),
+        ("tokens", "0.0.0.0", True, "tokens"),
+        ("tokens", "127.0.0.1", False, "tokens"),
+        ("passthrough", "0.0.0.0", False, "passthrough"),
+        ("passthrough", "127.0.0.1", False, "passthrough"),
+    ],
+)
+def test_resolve_mode_gives_the_mode_in_force(
+    mode: str, host: str, service_token: bool, expected: str
+) -> None:
+    """auto is open on loopback and passthrough elsewhere without a token; explicit modes stay."""
+    assert resolve_mode(mode, host=host, service_token=service_token) == expected
+
+
+@pytest.mark.parametrize(
+    ("mode", "host"),
+    [
+        ("auto", "0.0.0.0"),
+        ("auto", "10.1.2.3"),
+        ("auto", "::"),
+        ("auto", "proxy.internal"),
+        ("passthrough", "127.0.0.1"),
+        ("passthrough", "0.0.0.0"),
+    ],
+)
+def test_resolve_mode_refuses_in_one_line_naming_access_mode(mode: str, host: str) -> None:
+    """auto off loopback with a service token, and passthrough with one, stop start-up in a line."""
+    with pytest.raises(ConfigError) as refused:
+        resolve_mode(mode, host=host, service_token=True)
+    message = str(refused.value)
+    assert message.startswith("access.mode: ")
+    assert "\n" not in message
+
+
+# -- tokens file -------------------------------------------------------------------------
+
+
+def test_read_tokens_maps_each_hash_to_its_name(tmp_path: Path) -> None:
+    """Each `name:sha256` line becomes {sha256: name}."""
+    path = tmp_path / "tokens"
+    path.write_text(f"ci:{token_hash(TOKEN)}\nlaptop@alice:{token_hash(OTHER)}\n")
+    assert read_tokens(str(path)) == {token_hash(TOKEN): "ci", token_hash(OTHER): "laptop@alice"}
+
+
+def test_read_tokens_skips_comments_and_blank_lines(tmp_path: Path) -> None:
+    """Lines starting with # and blank lines carry no token."""
+    path = tmp_path / "tokens"
+    path.write_text(f"# made by token add\n\n   \nci:{token_hash(TOKEN)}\n# end\n")
+    assert read_tokens(str(path)) == {token_hash(TOKEN): "ci"}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "ci",
+        "ci:not-a-hash",
+        f"ci:{token_hash(TOKEN)[:63]}",
+        f"ci:{token_hash(TOKEN).upper()}",
+        f":{token_hash(TOKEN)}",
+        f"two words:{token_hash(TOKEN)}",
+        TOKEN,
+    ],
+)
+def test_read_tokens_names_the_line_number_of_a_malformed_line(tmp_path: Path, bad: str) -> None:
+    """A malformed line stops start-up with one line naming its number and not echoing it."""
+    path = tmp_path / "tokens"
+    path.write_text(f"# tokens\nci:{token_hash(TOKEN)}\n{bad}\n")
+    with pytest.raises(ConfigError) as refused:
+        read_tokens(str(path))
+    message = str(refused.value)
+    assert message.startswith("access.tokens_file: line 3 ")
+    assert "\n" not in message
+    assert TOKEN not in message
+
+
+def test_read_tokens_of_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    """A tokens file that cannot be read stops start-up naming the key."""
+    with pytest.raises(ConfigError, match=r"^access\.tokens_file: cannot read"):
+        read_tokens(str(tmp_path / "absent"))
+
+
+def test_add_token_stores_only_the_hash_of_the_token_it_returns(tmp_path: Path) -> None:
+    """The file holds `name:sha256(token)` and never the token itself."""
+    path = tmp_path / "tokens"
+    token = add_token(str(path), "ci")
+    text = path.read_text()
+    assert text == f"ci:{hashlib.sha256(token.encode()).hexdigest()}\n"
+    assert token not in text
+    assert read_tokens(str(path)) == {token_hash(token): "ci"}
+
+
+def test_add_token_gives_a_new_token_each_time(tmp_path: Path) -> None:
+    """Two names get two different tokens, both kept."""
+    path = tmp_path / "tokens"
+    first, second = add_token(str(path), "ci"), add_token(str(path), "laptop")
+    assert first != second
+    assert read_tokens(str(path)) == {token_hash(first): "ci", token_hash(second): "laptop"}
+
+
+def test_add_token_creates_the_file_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """A new tokens file is mode 0600."""
+    path = tmp_path / "tokens"
+    add_token(str(path), "ci")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_add_token_refuses_a_name_that_exists(tmp_path: Path) -> None:
+    """A second token under the same name is refused and the file is unchanged."""
+    path = tmp_path / "tokens"
+    add_token(str(path), "ci")
+    before = path.read_text()
+    with pytest.raises(ConfigError, match="exists already"):
+        add_token(str(path), "ci")
+    assert path.read_text() == before
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "two words",
+        "ci:admin",
+        "x" * 65,
+        "naïve",
+        "ci/..",
+        "ci\x00",
+        pytest.param(
+            "ci\n",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="proxy/access.py:27 _NAME ends in `$`, which also matches before a "
+                "trailing newline, so add_token accepts 'ci\\n' and writes a line break into "
+                "the tokens file (the next read_tokens fails on line ':<sha256>'); use "
+                "fullmatch or \\Z",
+            ),
+        ),
+    ],
+)
+def test_add_token_refuses_a_bad_name(tmp_path: Path, name: str) -> None:
+    """A name outside letters, digits and `_ . @ -` (1-64 of them) is refused, nothing written."""
+    path = tmp_path / "tokens"
+    with pytest.raises(ConfigError, match="is not a name"):
+        add_token(str(path), name)
+    assert not path.exists()
+
+
+def test_add_token_without_a_tokens_file_is_refused() -> None:
+    """With no access.tokens_file there is nowhere to keep the hash: refused, naming the key."""
+    with pytest.raises(ConfigError, match=r"^access\.tokens_file: "):
+        add_token("", "ci")
+
+
+# -- presented_secret --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("authorization", "secret"),
+    [
+        (basic("ci", TOKEN), TOKEN),
+        (basic("anyone at all", TOKEN), TOKEN),
+        (basic("", TOKEN), TOKEN),
+        (basic("ci", "pass:with:colons"), "pass:with:colons"),
+        ("basic " + basic("ci", TOKEN).split(" ")[1], TOKEN),
+        (f"Bearer {TOKEN}", TOKEN),
+        (f"bearer   {TOKEN}  ", TOKEN),
+        ("Basic !!!not-base64!!!", None),
+        ("Basic " + base64.b64encode(b"\xff\xfe:\xff").decode(), None),
+        ("Basic " + base64.b64encode(b"no-colon-at-all").decode(), None),
+        (basic("ci", ""), None),
+        ("Basic ", None),
+        ("Bearer ", None),
+        (f"Token {TOKEN}", None),
+        (f"Digest {TOKEN}", None),
+        (TOKEN, None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_presented_secret(authorization: str | None, secret: str | None) -> None:
+    """The Basic password (any username) or the Bearer token; anything else is no secret."""
+    assert presented_secret(authorization) == secret
+
+
+# -- Gate --------------------------------------------------------------------------------
+
+TOKENS = {token_hash(TOKEN): "ci"}
+
+
+@pytest.mark.parametrize(
+    ("mode", "authorization", "admitted"),
+    [
+        ("open", None, True),
+        ("open", basic("x", "anything"), True),
+        ("passthrough", None, True),
+        ("passthrough", basic("alice", GITLAB_TOKEN), True),
+        ("tokens", None, False),
+        ("tokens", basic("ci", "gpp_wrong"), False),
+        ("tokens", basic("ci", GITLAB_TOKEN), False),
+        ("tokens", basic("ci", token_hash(TOKEN)), False),
+        ("tokens", basic("ci", ""), False),
+        ("tokens", f"Token {TOKEN}", False),
+        ("tokens", basic("ci", TOKEN), True),
+        ("tokens", basic("whoever", TOKEN), True),
+        ("tokens", f"Bearer {TOKEN}", True),
+    ],
+)
+def test_gate_admits(mode: str, authorization: str | None, admitted: bool) -> None:
+    """Only tokens mode asks anything: a known proxy token as Basic password or Bearer."""
+    gate = Gate(mode, TOKENS if mode == "tokens" else {})  # type: ignore[arg-type]
+    assert gate.admits(authorization) is admitted
+
+
+def test_gate_in_tokens_mode_without_tokens_admits_nobody() -> None:
+    """An empty tokens file lets no one in, whatever they send."""
+    gate = Gate("tokens", {})
+    assert not any(gate.admits(a) for a in (None, basic("ci", TOKEN), f"Bearer {TOKEN}"))
+
+
+SALT = b"\x01" * 32
+ALICE = basic("alice", GITLAB_TOKEN)
+
+
+def test_gate_credential_is_stable() -> None:
+    """The same scope, credential and salt give the same key (an offline laptop finds it again)."""
+    first, again = Gate("passthrough", {}, SALT), Gate("passthrough", {}, SALT)
+    assert first.credential("projects/42", ALICE) == again.credential("projects/42", ALICE)
+
+
+@pytest.mark.parametrize(
+    ("scope", "authorization", "salt"),
+    [
+        ("projects/43", ALICE, SALT),
+        ("groups/42", ALICE, SALT),
+        ("projects/42", basic("mallory", GITLAB_TOKEN), SALT),
+        ("projects/42", basic("alice", GITLAB_TOKEN + "x"), SALT),
+        ("projects/42", f"Bearer {GITLAB_TOKEN}", SALT),
+        ("projects/42", None, SALT),
+        ("projects/42", ALICE, b"\x02" * 32),
+    ],
+)
+def test_gate_credential_differs_by_scope_credential_and_salt(
+    scope: str, authorization: str | None, salt: bytes
+) -> None:
+    """Changing the scope, the credential or the salt changes the remembered key."""
+    reference = Gate("passthrough", {}, SALT).credential("projects/42", ALICE)
+    assert Gate("passthrough", {}, salt).credential(scope, authorization) != reference
+
+
+@pytest.mark.parametrize("authorization", [ALICE, f"Bearer {GITLAB_TOKEN}"])
+def test_gate_credential_never_contains_the_token(authorization: str) -> None:
+    """The key is a keyed hash: neither the token, the header nor its base64 is in it."""
+    key = Gate("passthrough", {}, SALT).credential("projects/42", authorization)
+    assert GITLAB_TOKEN not in key
+    assert authorization.split(" ")[1] not in key
+    assert len(key) == 64
+    assert int(key, 16) >= 0
+
+
+def test_gate_repr_shows_no_token_hash_or_salt() -> None:
+    """repr and str of a Gate give the mode and a count, never a token, its hash or the salt."""
+    gate = Gate("tokens", TOKENS, SALT)
+    for shown in (repr(gate), str(gate)):
+        assert TOKEN not in shown
+        assert token_hash(TOKEN) not in shown
+        assert repr(SALT) not in shown
+        assert SALT.hex() not in shown
+    assert repr(gate) == "Gate(mode='tokens', tokens=1)"
+
+
+def test_realm_is_the_proxys_own() -> None:
+    """A 401 of the proxy names its own realm, so clients don't send GitLab's credentials."""
+    assert REALM == 'Basic realm="gitlab-pypi-proxy"'
+
+
+# -- Keeper ------------------------------------------------------------------------------
+
+SERVICE = basic("gitlab-pypi-proxy", GITLAB_TOKEN)
+
+
+@pytest.mark.parametrize(
+    ("mode", "service", "client", "sent"),
+    [
+        ("open", SERVICE, ALICE, SERVICE),
+        ("open", None, ALICE, ALICE),
+        ("open", None, None, None),
+        ("tokens", SERVICE, basic("ci", TOKEN), SERVICE),
+        ("tokens", None, basic("ci", TOKEN), None),
+        ("passthrough", None, ALICE, ALICE),
+        ("passthrough", None, None, None),
+    ],
+)
+def test_keeper_sends_gitlab_the_service_or_the_clients_own_credentials(
+    tmp_path: Path, mode: str, service: str | None, client: str | None, sent: str | None
+) -> None:
+    """Reads carry the service credential, else the client's; a proxy token never goes on."""
+    gate = Gate(mode, TOKENS if mode == "tokens" else {}, SALT)  # type: ignore[arg-type]
+    keeper = Keeper(gate, Grants(tmp_path), service=service)
+    assert keeper.upstream_authorization(client) == sent
+
+
+@pytest.mark.parametrize("mode", ["open", "tokens"])
+def test_keeper_shares_pages_by_scope_outside_passthrough(tmp_path: Path, mode: str) -> None:
+    """With a service token every client sees the same page of a scope, fresh for page_ttl."""
+    keeper = Keeper(Gate(mode, {}, SALT), Grants(tmp_path), service=SERVICE)  # type: ignore[arg-type]
+    assert keeper.page_owner("projects/42", ALICE, 300.0) == ("projects/42", 300.0)
+    assert keeper.page_owner("projects/42", None, 300.0) == ("projects/42", 300.0)
+
+
+def test_keeper_gives_each_passthrough_credential_its_own_pages(tmp_path: Path) -> None:
+    """Passthrough pages belong to one credential, never name the token and last auth_ttl."""
+    keeper = Keeper(Gate("passthrough", {}, SALT, auth_ttl=60.0), Grants(tmp_path), service=None)
+    owners = {
+        keeper.page_owner("projects/42", a, 300.0) for a in (ALICE, None, f"Bearer {GITLAB_TOKEN}")
+    }
+    assert len(owners) == 3
+    assert all(ttl == 60.0 and GITLAB_TOKEN not in owner for owner, ttl in owners)
+
+
+class Clock:
+    """A clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.anyio
+async def test_keeper_vouches_for_a_passthrough_credential_within_auth_ttl(tmp_path: Path) -> None:
+    """Accepted by GitLab: served now for auth_ttl; after it, only while GitLab can't be asked."""
+    clock = Clock()
+    gate = Gate("passthrough", {}, SALT, auth_ttl=300.0)
+    keeper = Keeper(gate, Grants(tmp_path), service=None, clock=clock)
+    assert await keeper.vouched("projects/42", ALICE, SHA) == (False, False)
+    await keeper.vouch("projects/42", ALICE, [SHA])
+    assert await keeper.vouched("projects/42", ALICE, SHA) == (True, True)
+    clock.now += 301
+    assert await keeper.vouched("projects/42", ALICE, SHA) == (False, True)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("scope", "client", "sha"),
+    [
+        ("projects/43", ALICE, SHA),
+        ("projects/42", basic("mallory", "glpat-mallory"), SHA),
+        ("projects/42", None, SHA),
+        ("projects/42", ALICE, "f" * 64),
+    ],
+)
+async def test_keeper_vouches_for_nobody_else(
+    tmp_path: Path, scope: str, client: str | None, sha: str
+) -> None:
+    """Another scope, another credential, no credential or an unlisted file: not vouched for."""
+    keeper = Keeper(Gate("passthrough", {}, SALT), Grants(tmp_path), service=None)
+    await keeper.vouch("projects/42", ALICE, [SHA])
+    assert await keeper.vouched(scope, client, sha) == (False, False)
+
+
+@pytest.mark.anyio
+async def test_keeper_outside_passthrough_binds_files_to_scopes(tmp_path: Path) -> None:
+    """With a service token any client may have a file its scope listed, and only through it."""
+    keeper = Keeper(Gate("open", {}, SALT), Grants(tmp_path), service=SERVICE)
+    await keeper.vouch("projects/42", None, [SHA])
+    assert await keeper.vouched("projects/42", ALICE, SHA) == (True, True)
+    assert await keeper.vouched("projects/43", None, SHA) == (False, False)
+
+
+@pytest.mark.anyio
+async def test_keeper_remembers_across_restarts(tmp_path: Path) -> None:
+    """A new Keeper on the same cache (and so the same salt) still knows what GitLab allowed."""
+    first = Grants(tmp_path)
+    gate = Gate("passthrough", {}, first.salt())
+    await Keeper(gate, first, service=None).vouch("projects/42", ALICE, [SHA])
+    first.close()
+    again = Grants(tmp_path)
+    assert again.salt() == gate.salt
+    keeper = Keeper(Gate("passthrough", {}, again.salt()), again, service=None)
+    assert await keeper.vouched("projects/42", ALICE, SHA) == (True, True)
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+def test_token_add_prints_the_token_once_and_nothing_secret_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`token add NAME` prints the token alone on stdout; stderr says where its hash went."""
+    path = tmp_path / "tokens"
+    assert cli.main(["token", "add", "ci", "--tokens-file", str(path)]) == 0
+    out, err = capsys.readouterr()
+    token = out.strip()
+    assert out == token + "\n"
+    assert read_tokens(str(path)) == {token_hash(token): "ci"}
+    assert token not in err
+    assert token_hash(token) not in err
+    assert str(path) in err
+
+
+def test_token_add_refusal_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A duplicate name exits 2 with one line on stderr and prints no token."""
+    path = tmp_path / "tokens"
+    cli.main(["token", "add", "ci", "--tokens-file", str(path)])
+    capsys.readouterr()
+    assert cli.main(["token", "add", "ci", "--tokens-file", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1
+
+
+def test_serve_on_a_network_address_with_a_token_refuses_before_listening(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """auto mode, 0.0.0.0 and a service token: exit 2, one line naming access.mode, no server."""
+
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        pytest.fail("uvicorn.run was called")
+
+    monkeypatch.setattr("proxy.__main__.uvicorn.run", must_not_run)
+    monkeypatch.setenv("GITLAB_PYPI_PROXY_TOKEN", GITLAB_TOKEN)
+    assert cli.main(["serve", "--listen", "0.0.0.0:8080"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("gitlab-pypi-proxy: access.mode: ")
+    assert err.count("\n") == 1
+    assert GITLAB_TOKEN not in err
+
+
+# -- hostile paths in process ------------------------------------------------------------
+
+
+class RawPath:
+    """Puts the raw path of header x-raw-path (hex) into the ASGI scope, as a server would
+    pass on a request target sent as is (httpx itself would normalize it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            if b"x-raw-path" in headers:
+                raw, _, query = bytes.fromhex(headers[b"x-raw-path"].decode()).partition(b"?")
+                scope = {
+                    **scope,
+                    "raw_path": raw,
+                    "path": unquote(raw.decode("latin-1")),
+                    "query_string": query,
+                    "headers": [(k, v) for k, v in scope["headers"] if k != b"x-raw-path"],
+                }
+        await self.app(scope, receive, send)
+
+
+@dataclass
+class InProcess:
+    """A proxy in process in front of a mocked git.example.com."""
+
+    client: httpx.AsyncClient
+    gitlab: respx.MockRouter
+
+    async def get(self, raw_path: bytes, method: str = "GET") -> tuple[int, list[httpx.Request]]:
+        """The status for `raw_path` sent as is, and the requests it caused at GitLab."""
+        before = len(self.gitlab.calls)
+        response = await self.client.request(
+            method, "/api/v4/placeholder", headers={"x-raw-path": raw_path.hex()}
+        )
+        return response.status_code, [call.request for call in self.gitlab.calls[before:]]
+
+
+@pytest.fixture
+async def in_process(tmp_path: Path) -> AsyncIterator[InProcess]:
+    """One proxy for all examples of a property: GitLab answers 404, so nothing is cached."""
+    settings = load(
+        env={}, overrides={"upstream.url": GITLAB, "cache.dir": str(tmp_path / "cache")}
+    )
+    app = create_app(settings)
+    with respx.mock(assert_all_called=False) as gitlab:
+        gitlab.route().respond(404, json={"message": "404 Not Found"})
+        async with LifespanManager(app) as manager:
+            transport = httpx.ASGITransport(app=RawPath(manager.app), raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://proxy.test") as c:
+                yield InProcess(c, gitlab)
+
+
+_PIECES = [
+    "projects", "groups", "-", "packages", "pypi", "simple", "files", "42", "acme%2Ftools",
+    "acme%2F..%2Fx", "..", ".", "%2e%2e", "%2E.", ".%2e", "..%2F..", "%2F", "%2f", "", "?",
+    "?x=1", "#", "%00", "%0A", "%0d%0a", "%20", "%", "%zz", "@evil.example", "http:",
+    "//evil.example", "\\..\\", "%5C", SHA, SHA.upper(), SHA[:63], WHEEL_NAME, "my-pkg",
+    "My_Pkg", "a" * 300, "user", "runners", "..;", ";", "~",
+]  # fmt: skip
+_SAFE = "/%?:@!$&'()*+,;=-._~"
+
+
+def _segments(alphabet: st.SearchStrategy[str]) -> st.SearchStrategy[list[str]]:
+    return st.lists(st.one_of(st.sampled_from(_PIECES), alphabet), max_size=7)
+
+
+_SCOPES = st.one_of(
+    st.sampled_from(["projects/", "groups/"]).flatmap(
+        lambda kind: st.one_of(st.sampled_from(_PIECES), st.text(max_size=10)).map(
+            lambda ident: f"{kind}{ident}{'/-' if kind == 'groups/' else ''}/packages/pypi/"
+        )
+    ),
+    st.just(""),
+)
+TEXT_PATHS = st.builds(
+    lambda scope, parts: "/api/v4/" + scope + "/".join(parts),
+    _SCOPES,
+    _segments(st.text(max_size=12)),
+).map(lambda path: quote(path, safe=_SAFE).encode("ascii"))
+"""Paths a client could send: any text, percent-encoded where a URL needs it."""
+BYTE_PATHS = st.builds(
+    lambda scope, parts: b"/api/v4/" + scope.encode() + b"/".join(parts),
+    _SCOPES.map(lambda scope: quote(scope, safe=_SAFE)),
+    st.lists(
+        st.one_of(st.sampled_from([p.encode() for p in _PIECES]), st.binary(max_size=12)),
+        max_size=7,
+    ),
+)
+"""Request targets sent as raw bytes, controls and non-ASCII included."""
+PROPERTY = settings(
+    max_examples=150,
+    deadline=None,
+    # One in-process proxy serves every example: GitLab answers 404, so nothing is cached.
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+
+def _on_the_pypi_api(request: httpx.Request) -> bool:
+    path = request.url.raw_path.decode("ascii")
+    decoded = unquote(path)
+    return (
+        request.url.scheme == "https"
+        and request.url.host == "git.example.com"
+        and path.startswith(("/api/v4/projects/", "/api/v4/groups/"))
+        and "/packages/pypi/" in path
+        and "//" not in path
+        and ".." not in path.split("/")
+        and ".." not in decoded.split("/")
+        and "." not in decoded.split("/")
+        and request.url.query == b""
+    )
+
+
+@pytest.mark.anyio
+@PROPERTY
+@given(raw=st.one_of(TEXT_PATHS, BYTE_PATHS), method=st.sampled_from(["GET", "HEAD"]))
+@example(raw=b"/api/v4/projects/../../user/packages/pypi/simple", method="GET")
+@example(raw=b"/api/v4/projects/acme%2F..%2F..%2Fuser/packages/pypi/simple", method="GET")
+@example(raw=b"/api/v4/projects/42/packages/pypi/files/../../../../users", method="GET")
+@example(raw=b"/api/v4/projects/42/packages/pypi/simple/..%2F..%2Fx", method="GET")
+@example(raw=b"/api/v4/projects/42/packages/pypi//simple//my-pkg", method="GET")
+@example(raw=f"/api/v4/groups/7/-/packages/pypi/files/{SHA}/{WHEEL_NAME}".encode(), method="GET")
+async def test_any_path_reaches_gitlab_only_on_its_pypi_api(
+    in_process: InProcess, raw: bytes, method: str
+) -> None:
+    """Whatever the path, every request GitLab gets is on git.example.com's PyPI API, no dot
+    segments, no empty segments and no query."""
+    _, upstream = await in_process.get(raw, method)
+    assert all(_on_the_pypi_api(request) for request in upstream), [str(r.url) for r in upstream]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="proxy/models.py:15 _NAME ends in `$`, which matches before a trailing newline, so "
+    "valid_project_name('pkg\\n') is True; routes.py unquotes .../simple/pkg%0A to 'pkg\\n', "
+    "and upstream.py:122 GitLab._send builds the httpx request before its try (line 134), so "
+    "httpx.InvalidURL (not an HTTPError) escapes as an unhandled 500. Also: a path whose "
+    "decoded form ends in a newline plus '/' (/api/v4/%0A/%2F) gets Starlette's "
+    "redirect_slashes 307, as routes.py:294 `{rest:path}` (`.*`) stops at newlines",
+)
+@pytest.mark.anyio
+@PROPERTY
+@given(raw=st.one_of(TEXT_PATHS, BYTE_PATHS), method=st.sampled_from(["GET", "HEAD"]))
+@example(raw=b"/api/v4/projects/42/packages/pypi/simple/pkg%0A", method="GET")
+async def test_a_path_that_never_reaches_gitlab_is_refused_as_400_404_or_405(
+    in_process: InProcess, raw: bytes, method: str
+) -> None:
+    """A path the proxy does not send to GitLab gets 400, 404 or 405, never a crash."""
+    status, upstream = await in_process.get(raw, method)
+    assert upstream or status in (400, 404, 405), status
+
+
+# -- path parameter validators -----------------------------------------------------------
+
+_HOSTILE = ["/", "\\", "..", "\x00", "\n", "\r", "\t", "\x1f", "\x7f", " ", "\u2028", "%2F"]
+_FILENAME_CHARS = st.sampled_from(
+    [*"abcxyzABCXYZ0189_.+-!", "my_pkg-1.0-py3-none-any.whl", ".tar.gz"]
+)
+
+
+@st.composite
+def _with_hostile_piece(draw: st.DrawFn, base: st.SearchStrategy[str]) -> str:
+    text = draw(base)
+    where = draw(st.integers(0, len(text)))
+    return text[:where] + draw(st.sampled_from(_HOSTILE)) + text[where:]
+
+
+FILENAMES = st.one_of(
+    st.text(max_size=300),
+    st.lists(_FILENAME_CHARS, min_size=1, max_size=300).map("".join),
+    _with_hostile_piece(st.lists(_FILENAME_CHARS, min_size=1, max_size=40).map("".join)),
+)
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="proxy/models.py:18 _FILENAME ends in `$`, which matches before a trailing "
+    "newline, so valid_filename('a.whl\\n') is True (and a 256-character name with it); use "
+    "re.fullmatch or \\Z",
+)
+@settings(max_examples=300, deadline=None)
+@given(name=FILENAMES)
+@example(name="my_pkg-1.0-py3-none-any.whl\n")
+def test_an_accepted_filename_is_one_plain_bounded_segment(name: str) -> None:
+    """Any filename valid_filename accepts has no /, \\, .., NUL or control characters and at
+    most 255 characters."""
+    if valid_filename(name):
+        assert "/" not in name
+        assert "\\" not in name
+        assert ".." not in name
+        assert "\x00" not in name
+        assert not _has_control(name)
+        assert len(name) <= 255
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=FILENAMES.filter(lambda n: not n.endswith("\n")))
+def test_an_accepted_filename_without_a_final_newline_is_one_plain_bounded_segment(
+    name: str,
+) -> None:
+    """Leaving aside a final line break, accepted filenames are plain bounded segments."""
+    if valid_filename(name):
+        assert not {"/", "\\", "\x00"} & set(name)
+        assert ".." not in name
+        assert not _has_control(name)
+        assert len(name) <= 255
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="proxy/models.py:16 _SHA256 ends in `$`, which matches before a trailing newline, "
+    "so valid_sha256('0'*64 + '\\n') is True; use re.fullmatch or \\Z",
+)
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.one_of(
+        st.text(max_size=70),
+        st.text(alphabet="0123456789abcdefABCDEF", min_size=60, max_size=66),
+        _with_hostile_piece(st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)),
+    )
+)
+@example(value=SHA + "\n")
+def test_an_accepted_sha256_is_64_hex_digits(value: str) -> None:
+    """valid_sha256 accepts exactly 64 hexadecimal digits and nothing else."""
+    if valid_sha256(value):
+        assert len(value) == 64
+        assert all(c in "0123456789abcdefABCDEF" for c in value)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="proxy/models.py:20 _SCOPE_ID ends in `$`, which matches before a trailing "
+    "newline, so valid_scope_id('42\\n') is True; use re.fullmatch or \\Z",
+)
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.one_of(
+        st.text(max_size=40),
+        st.lists(st.sampled_from(["acme", "sub", "42", "%2F", "%2f", ".", "..", "-", "_"]))
+        .map("".join)
+        .filter(bool),
+        _with_hostile_piece(st.sampled_from(["42", "acme%2Ftools", "acme%2Fsub%2Flib"])),
+    )
+)
+@example(value="42\n")
+def test_an_accepted_scope_id_is_one_segment_without_dot_segments(value: str) -> None:
+    """valid_scope_id accepts one segment that, decoded, has no dot segments or controls."""
+    if valid_scope_id(value):
+        assert "/" not in value
+        assert not _has_control(value)
+        decoded = unquote(value).split("/")
+        assert "." not in decoded
+        assert ".." not in decoded
+        assert "" not in decoded
