@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import IO
 from urllib.parse import quote
@@ -13,7 +13,7 @@ from anyio import to_thread
 from proxy.access import Keeper
 from proxy.cache import Store
 from proxy.errors import OfflineMiss, UpstreamError, UpstreamUnavailable
-from proxy.fills import Filler
+from proxy.fills import Body, Filler
 from proxy.models import CacheStatus, Reply, Scope
 from proxy.upstream import GitLab
 
@@ -26,7 +26,7 @@ class FileReply:
 
     size: int | None
     cache: CacheStatus
-    chunks: Callable[[int, int | None], AsyncIterator[bytes]]
+    chunks: Callable[[int, int | None], Body]
     """chunks(start, end): the bytes [start, end); end None means to the end."""
     release: Callable[[], None] = field(default=lambda: None)
     """Frees what `chunks` would have used, for a HEAD that reads nothing."""
@@ -115,7 +115,10 @@ class Downloads:
             return None
         handle, size = opened
         return FileReply(
-            size, "HIT", lambda start, end: _read_handle(handle, start, end), handle.close
+            size,
+            "HIT",
+            lambda start, end: Body(_read_handle(handle, start, end), handle.close),
+            handle.close,
         )
 
     def _open_with_size(self, key: str) -> tuple[IO[bytes], int] | None:
@@ -123,7 +126,9 @@ class Downloads:
         return None if handle is None else (handle, os.fstat(handle.fileno()).st_size)
 
 
-async def _read_handle(handle: IO[bytes], start: int, end: int | None) -> AsyncIterator[bytes]:
+async def _read_handle(
+    handle: IO[bytes], start: int, end: int | None
+) -> AsyncGenerator[bytes, None]:
     """Bytes [start, end) of an open cached file; closes it when done."""
     try:
         await to_thread.run_sync(handle.seek, start)

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +79,37 @@ class Fill:
         if self.done and self.readers == 0 and self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+class Body:
+    """An async iterator over a body whose cleanup runs even if it is never iterated.
+
+    Starlette may drop a response's iterator before its first step (a client gone
+    before the head was sent); a plain generator's `finally` would then never run.
+    """
+
+    def __init__(self, chunks: AsyncGenerator[bytes, None], cleanup: Callable[[], None]) -> None:
+        self._chunks = chunks
+        self._cleanup = cleanup
+        self._started = False
+        self._closed = False
+
+    def __aiter__(self) -> Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self._started = True
+        return await self._chunks.__anext__()
+
+    async def aclose(self) -> None:
+        """Finish the generator, or run the cleanup it never reached."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._started:
+            await self._chunks.aclose()
+        else:
+            self._cleanup()
 
 
 class Spool:
@@ -297,7 +328,7 @@ class Filler:
                 raise UpstreamUnavailable("the worker fetching this file stalled", timeout=True)
             await asyncio.sleep(FOLLOW_POLL)
 
-    def read(self, fill: Fill, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    def read(self, fill: Fill, start: int = 0, end: int | None = None) -> Body:
         """The bytes [start, end) of a fill as they arrive.
 
         The last byte is held back until the file is verified, so a client never sees a
@@ -307,9 +338,16 @@ class Filler:
         """
         assert fill.fd is not None, "read() needs a fill that started its body"
         fill.readers += 1
-        return self._read(fill, fill.fd, start, end)
 
-    async def _read(self, fill: Fill, fd: int, start: int, end: int | None) -> AsyncIterator[bytes]:
+        def unread() -> None:
+            fill.readers -= 1
+            fill.release()
+
+        return Body(self._read(fill, fill.fd, start, end), unread)
+
+    async def _read(
+        self, fill: Fill, fd: int, start: int, end: int | None
+    ) -> AsyncGenerator[bytes, None]:
         try:
             position = start
             while end is None or position < end:

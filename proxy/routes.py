@@ -17,6 +17,7 @@ from starlette.types import Send
 from proxy.access import Gate
 from proxy.downloads import Downloads, FileReply
 from proxy.errors import BadRequest, ProxyError, TooLarge, Unauthorized
+from proxy.fills import Body
 from proxy.metrics import CONTENT_TYPE as METRICS_TYPE
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
@@ -175,15 +176,7 @@ def serve_file(request: Request, reply: FileReply, filename: str, sha256: str) -
         return Response(None, status, headers=headers)
     served: Metrics = request.state.metrics
     counter = served.bytes_served.labels("cache" if reply.cache == "HIT" else "gitlab")
-    return AbortableStream(_counted(reply.chunks(start, end), counter.inc), status, headers=headers)
-
-
-async def _counted(
-    chunks: AsyncIterator[bytes], count: Callable[[int], None]
-) -> AsyncIterator[bytes]:
-    async for chunk in chunks:
-        count(len(chunk))
-        yield chunk
+    return AbortableStream(reply.chunks(start, end), counter.inc, status, headers=headers)
 
 
 class AbortableStream(StreamingResponse):
@@ -194,18 +187,37 @@ class AbortableStream(StreamingResponse):
     connection short of Content-Length (or without the last chunk).
     """
 
+    def __init__(
+        self, body: Body, count: Callable[[int], None], status: int, headers: dict[str, str]
+    ) -> None:
+        super().__init__(body, status, headers=headers)
+        self._body = body
+        self._count = count
+
     async def stream_response(self, send: Send) -> None:
-        """Send the head, then the chunks; on a ProxyError stop without finishing."""
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
+        """Send the head, then the chunks; on a ProxyError stop without finishing.
+
+        The body is closed however this ends, so a cached file or a fill's reader is
+        released even when the client left before the first byte.
+        """
         try:
-            async for chunk in self.body_iterator:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except ProxyError as exc:
-            log.warning("aborted a download mid-body: %s", exc)
-            return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            try:
+                async for chunk in self._body:
+                    self._count(len(chunk))
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except ProxyError as exc:
+                log.warning("aborted a download mid-body: %s", exc)
+                return
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await self._body.aclose()
 
 
 def _byte_range(header: str, size: int) -> tuple[int, int] | None:
