@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+import respx
 
 from tests.clients import ProxyProcess, clean_env
 from tests.fakegitlab import FakeGitLab
+from tests.inproc import Serve, in_process
 
 
 @pytest.fixture
@@ -42,3 +45,23 @@ def start_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
     yield start
     for proxy in started:
         proxy.stop()
+
+
+@pytest.fixture
+def gitlab_api() -> Iterator[respx.MockRouter]:
+    """GitLab's HTTP edge, mocked; a request that no route expects fails the test."""
+    with respx.mock(assert_all_called=False) as router:
+        yield router
+
+
+@pytest.fixture
+def serve(tmp_path: Path, gitlab_api: respx.MockRouter) -> Serve:
+    """A factory of in-process proxies in front of GITLAB, caching in tmp_path."""
+    return in_process(tmp_path, gitlab_api)
+
+
+@pytest.fixture
+async def client(serve: Serve) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a proxy with default settings and no service token."""
+    async with serve() as started:
+        yield started

@@ -5,23 +5,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
 
 import httpx
 import pytest
 import respx
-from asgi_lifespan import LifespanManager
 
-from proxy.app import create_app
-from proxy.config import load
+from tests.inproc import GITLAB, PROXY, Serve, gitlab_page
 
 pytestmark = pytest.mark.anyio
 
-GITLAB = "https://git.example.com/gitlab"
-PROXY = "http://proxy.test"
 API = "/api/v4/projects/42/packages/pypi"
 HTML = {"content-type": "text/html; charset=utf-8"}
 WHEEL_NAME = "my_pkg-1.0-py3-none-any.whl"
@@ -36,91 +30,17 @@ TOKEN = "glpat-service-0123456789"
 CLIENT_AUTH = "Basic Y2xpZW50OmNsaWVudC10b2tlbg=="
 
 
-def gitlab_page(*files: tuple[str, str]) -> bytes:
+def package_page(*files: tuple[str, str]) -> bytes:
     """GitLab's package page, byte for byte (gitlab-pypi-api.md 2.2), for (filename, sha256)."""
     anchors = "".join(
         f'<a href="{GITLAB}{API}/files/{sha}/{name}#sha256={sha}" '
         f'data-requires-python="&gt;=3.8">{name}</a>'
         for name, sha in files
     )
-    return (
-        "<!DOCTYPE html>\n"
-        "        <html>\n"
-        "          <head>\n"
-        "            <title>Links for my-pkg</title>\n"
-        "          </head>\n"
-        "          <body>\n"
-        "            <h1>Links for my-pkg</h1>\n"
-        f"            {anchors}\n"
-        "          </body>\n"
-        "        </html>\n"
-    ).encode()
+    return gitlab_page("my-pkg", anchors)
 
 
-PACKAGE_PAGE = gitlab_page((WHEEL_NAME, SHA), (SDIST_NAME, SDIST_SHA))
-
-
-def edge(router: respx.MockRouter) -> httpx.MockTransport:
-    """The app's HTTP transport: each request answered by `router` with a fresh response.
-
-    Handing it to create_app spares each app loading a CA bundle it would never use.
-    """
-
-    async def answer(request: httpx.Request) -> httpx.Response:
-        response = await router.async_handler(request)
-        return httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            stream=httpx.ByteStream(response.content),
-        )
-
-    return httpx.MockTransport(answer)
-
-
-class Serve(Protocol):
-    """Starts the proxy in process with extra settings and gives a client for it."""
-
-    def __call__(
-        self, overrides: Mapping[str, object] = ..., *, token: str = ...
-    ) -> AbstractAsyncContextManager[httpx.AsyncClient]: ...
-
-
-@pytest.fixture
-def gitlab_api() -> Iterator[respx.MockRouter]:
-    """GitLab's HTTP edge, mocked; a request that no route expects fails the test."""
-    with respx.mock(assert_all_called=False) as router:
-        yield router
-
-
-@pytest.fixture
-def serve(tmp_path: Path, gitlab_api: respx.MockRouter) -> Serve:
-    """A factory of in-process proxies in front of GITLAB, all caching in one tmp_path folder."""
-
-    @asynccontextmanager
-    async def start(
-        overrides: Mapping[str, object] = {}, *, token: str = ""
-    ) -> AsyncIterator[httpx.AsyncClient]:
-        settings = load(
-            env={"GITLAB_PYPI_PROXY_TOKEN": token} if token else {},
-            overrides={"upstream.url": GITLAB, "cache.dir": str(tmp_path / "cache"), **overrides},
-        )
-        app = create_app(settings, transport=edge(gitlab_api))
-        async with (
-            LifespanManager(app) as manager,
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=manager.app), base_url=PROXY
-            ) as client,
-        ):
-            yield client
-
-    return start
-
-
-@pytest.fixture
-async def client(serve: Serve) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of a proxy with default settings and no service token."""
-    async with serve() as started:
-        yield started
+PACKAGE_PAGE = package_page((WHEEL_NAME, SHA), (SDIST_NAME, SDIST_SHA))
 
 
 def gitlab_answer(request: httpx.Request) -> httpx.Response:

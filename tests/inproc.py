@@ -1,0 +1,116 @@
+"""The proxy in process for tests of the HTTP surface: GitLab mocked at its edge with respx."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+import respx
+from asgi_lifespan import LifespanManager
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from proxy.app import create_app
+from proxy.config import load
+
+GITLAB = "https://git.example.com/gitlab"
+PROXY = "http://proxy.test"
+
+
+def gitlab_page(title: str, anchors: str) -> bytes:
+    """GitLab's simple-page template byte for byte (gitlab-pypi-api.md 2.2): links on one line."""
+    return (
+        "<!DOCTYPE html>\n"
+        "        <html>\n"
+        "          <head>\n"
+        f"            <title>Links for {title}</title>\n"
+        "          </head>\n"
+        "          <body>\n"
+        f"            <h1>Links for {title}</h1>\n"
+        f"            {anchors}\n"
+        "          </body>\n"
+        "        </html>\n"
+    ).encode()
+
+
+class BrokenBody(Exception):
+    """The proxy ended a response without its final body message: a server breaks the line."""
+
+    def __init__(self, headers: httpx.Headers, received: bytes) -> None:
+        super().__init__(f"the response ended after {len(received)} bytes without finishing")
+        self.headers = headers
+        self.received = received
+
+
+def finishing(app: ASGIApp) -> ASGIApp:
+    """`app`, raising BrokenBody when it returns from a started response it did not finish."""
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        head: list[tuple[bytes, bytes]] | None = None
+        finished = False
+        received = bytearray()
+
+        async def watching(message: Message) -> None:
+            nonlocal head, finished
+            if message["type"] == "http.response.start":
+                head = list(message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                received.extend(message.get("body", b""))
+                finished = not message.get("more_body", False)
+            await send(message)
+
+        await app(scope, receive, watching)
+        if head is not None and not finished:
+            raise BrokenBody(httpx.Headers(head), bytes(received))
+
+    return guarded
+
+
+def edge(router: respx.MockRouter) -> httpx.MockTransport:
+    """The app's HTTP transport: each request answered by `router` with a fresh response.
+
+    Handing it to create_app spares each app loading a CA bundle it would never use.
+    """
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        response = await router.async_handler(request)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=httpx.ByteStream(response.content),
+        )
+
+    return httpx.MockTransport(answer)
+
+
+class Serve(Protocol):
+    """Starts the proxy in process with extra settings and gives a client for it."""
+
+    def __call__(
+        self, overrides: Mapping[str, object] = ..., *, token: str = ...
+    ) -> AbstractAsyncContextManager[httpx.AsyncClient]: ...
+
+
+def in_process(tmp_path: Path, gitlab_api: respx.MockRouter) -> Serve:
+    """A factory of in-process proxies in front of GITLAB, caching in tmp_path."""
+
+    @asynccontextmanager
+    async def start(
+        overrides: Mapping[str, object] = {}, *, token: str = ""
+    ) -> AsyncIterator[httpx.AsyncClient]:
+        settings = load(
+            env={"GITLAB_PYPI_PROXY_TOKEN": token} if token else {},
+            overrides={"upstream.url": GITLAB, "cache.dir": str(tmp_path / "cache"), **overrides},
+        )
+        app = create_app(settings, transport=edge(gitlab_api))
+        async with (
+            LifespanManager(app) as manager,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=finishing(manager.app)), base_url=PROXY
+            ) as client,
+        ):
+            yield client
+
+    return start
