@@ -56,10 +56,11 @@ def test_twine_uploads_and_pip_installs_through_the_proxy(
     assert installed_version(python, "demo_pkg") == "2.0"
 
 
-def test_uv_installs_from_the_group_url(
-    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
+@pytest.mark.parametrize("installer", ["pip", "uv"])
+def test_installs_from_the_group_url(
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path, installer: str
 ) -> None:
-    """uv installs a package of a subgroup's project through the group-level URL."""
+    """pip and uv install a package of a subgroup's project through the group-level URL."""
     acme(gitlab)
     publish(gitlab, 43, "lib-pkg", "3.1")
     proxy = start_proxy(
@@ -67,26 +68,13 @@ def test_uv_installs_from_the_group_url(
     )
     python = new_venv(tmp_path / "venv")
     index = f"{proxy.url}/api/v4/groups/7/-/packages/pypi/simple"
-    result = uv_install(python, index, "lib-pkg", cache=tmp_path / "uv-cache")
+    if installer == "uv":
+        result = uv_install(python, index, "lib-pkg", cache=tmp_path / "uv-cache")
+    else:
+        result = pip_install(python, index, "lib-pkg")
     assert result.returncode == 0, result.stdout + result.stderr
     assert installed_version(python, "lib_pkg") == "3.1"
     assert gitlab.counts["file"] == 1
-
-
-def test_pip_installs_from_the_group_url(
-    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
-) -> None:
-    """pip installs through the group-level URL too."""
-    acme(gitlab)
-    publish(gitlab, 42, "tool-pkg", "0.5")
-    proxy = start_proxy(
-        "--upstream", gitlab.url, "--cache-dir", str(tmp_path / "cache"), token=SERVICE
-    )
-    python = new_venv(tmp_path / "venv")
-    index = f"{proxy.url}/api/v4/groups/7/-/packages/pypi/simple"
-    result = pip_install(python, index, "tool-pkg")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert installed_version(python, "tool_pkg") == "0.5"
 
 
 def test_second_install_fetches_nothing_from_gitlab(
