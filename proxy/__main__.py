@@ -13,7 +13,7 @@ from typing import Any
 
 import uvicorn
 
-from proxy import __version__, access, config, maintenance
+from proxy import __version__, access, config, maintenance, values
 from proxy.cache import Store
 from proxy.errors import CacheError, ConfigError
 
@@ -162,7 +162,7 @@ def _cache_prune(args: argparse.Namespace) -> int:
             "cache prune: nothing to do (expected --older-than DAYS, --to SIZE or both)"
         )
     days = None if args.older_than is None else _days(args.older_than)
-    size = None if args.to is None else config.parse_size(args.to, where="--to")
+    size = None if args.to is None else values.parse_size(args.to, where="--to")
     return _on_store(
         _cache_settings(args),
         lambda store: maintenance.prune(store, sys.stdout, older_than_days=days, to_size=size),

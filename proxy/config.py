@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import hmac
-import ipaddress
 import json
 import logging
-import math
 import os
-import re
 import stat
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
-from urllib.parse import urlsplit
+from typing import Any
 
+from proxy import values
 from proxy.errors import ConfigError
+from proxy.values import AccessMode
 
 GiB = 1024**3
 ENV_PREFIX = "GITLAB_PYPI_PROXY_"
@@ -28,7 +24,6 @@ CONFIG_ENV = "GITLAB_PYPI_PROXY_CONFIG"
 TOKEN_ENV = "GITLAB_PYPI_PROXY_TOKEN"  # noqa: S105 (a variable's name, not a token)
 SERVE_ARGS_ENV = "GITLAB_PYPI_PROXY__SERVE_ARGS"
 
-AccessMode = Literal["auto", "open", "tokens", "passthrough"]
 
 log = logging.getLogger("proxy.config")
 
@@ -129,174 +124,28 @@ class Settings:
     access: AccessSettings = field(default_factory=AccessSettings)
 
 
-class _Invalid(Exception):
-    """A value was refused; the message says what it is not and what was expected."""
-
-    def __init__(self, message: str, *, hide_value: bool = False) -> None:
-        super().__init__(message)
-        self.hide_value = hide_value
-
-
-# Each converter takes the raw value and whether it came as text (environment, flags),
-# where "8" may stand for 8 and "yes" for true; TOML values must have the right type.
-_Converter = Callable[[object, bool], Any]
-
-
-def _string(value: object, text: bool) -> str:
-    if not isinstance(value, str):
-        raise _Invalid("is not a string (expected text in quotes)")
-    return value
-
-
-def _file(value: object, text: bool) -> str:
-    path = _string(value, text)
-    if path and not Path(path).expanduser().is_file():
-        raise _Invalid("is not a file (expected the path of an existing file, or empty)")
-    return path
-
-
-def _boolean(value: object, text: bool) -> bool:
-    if text and isinstance(value, str):
-        words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-        value = words.get(value.strip().lower(), value)
-    if not isinstance(value, bool):
-        raise _Invalid("is not a boolean (expected true or false)")
-    return value
-
-
-def _number(value: object, text: bool, *, above_zero: bool) -> float:
-    if text and isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            value = float(value)
-    number = math.nan
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        number = float(value)
-    if not math.isfinite(number) or number < 0 or (above_zero and number == 0):
-        bound = "above 0" if above_zero else "0 or more"
-        raise _Invalid(f"is not a number of seconds (expected a number {bound}, e.g. 60)")
-    return number
-
-
-def _workers(value: object, text: bool) -> int:
-    if text and isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise _Invalid("is not a number of processes (expected a whole number, 1 or more)")
-    return value
-
-
-_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B|B)?", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
-_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def _size(value: object, text: bool) -> int:
-    size = 0
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    elif isinstance(value, str) and (match := _SIZE.fullmatch(value.strip())):
-        size = int(Decimal(match[1]) * _UNITS[(match[2] or "").lower()])
-    if size <= 0:
-        raise _Invalid('is not a size (expected e.g. "20GiB", "500MB" or a number of bytes)')
-    return size
-
-
-def parse_size(value: str, *, where: str) -> int:
-    """Bytes in a size such as "20GiB", "500MB" or "1048576"; ConfigError naming `where`."""
-    try:
-        return _size(value, True)
-    except _Invalid as exc:
-        raise ConfigError(f"{where}: {json.dumps(value)} {exc}") from None
-
-
-_LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9._-]+)):([0-9]{1,5})")
-
-
-def _listen(value: object, text: bool) -> tuple[str, int]:
-    match = _LISTEN.fullmatch(value) if isinstance(value, str) else None
-    try:
-        host = str(ipaddress.IPv6Address(match[1])) if match and match[1] else ""
-    except ValueError:
-        match = None
-    if not match or int(match[3]) > 65535:
-        raise _Invalid('is not HOST:PORT (expected e.g. "127.0.0.1:8080" or "[::1]:8080")')
-    return host or match[2], int(match[3])
-
-
-def _url(value: object, text: bool, *, optional: bool = False) -> str:
-    expected = 'is not an http(s) URL with a host (expected e.g. "https://gitlab.example.com")'
-    url = _string(value, text).strip()
-    if optional and not url:
-        return ""
-    try:
-        parts = urlsplit(url)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except ValueError:  # a port that is not a number
-        ok = False
-    if not ok or any(c.isspace() for c in url):
-        raise _Invalid(expected)
-    if "@" in parts.netloc:
-        raise _Invalid(
-            "holds credentials (expected them in upstream.token_env or token_file)",
-            hide_value=True,
-        )
-    if parts.query or parts.fragment:
-        raise _Invalid('is not a base URL (expected no "?query" or "#fragment")')
-    return url.rstrip("/")
-
-
-def _addresses(value: object, text: bool) -> tuple[str, ...]:
-    if text and isinstance(value, str):
-        value = [item.strip() for item in value.split(",") if item.strip()]
-    example = '(expected e.g. ["10.0.0.1", "::1"])'
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise _Invalid(f"is not a list of IP addresses {example}")
-    try:  # canonical, since the app compares them with the client's address as text
-        return tuple(str(ipaddress.ip_address(item)) for item in value)
-    except ValueError:
-        raise _Invalid(f"holds something that is not an IP address {example}") from None
-
-
-def _mode(value: object, text: bool) -> AccessMode:
-    modes = get_args(AccessMode)
-    if value not in modes:
-        raise _Invalid(f"is not an access mode (expected one of {', '.join(modes)})")
-    return cast(AccessMode, value)
-
-
-def _variable_name(value: object, text: bool) -> str:
-    # Never echoed: a token pasted here by mistake must not reach the terminal.
-    if not isinstance(value, str) or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", value):
-        raise _Invalid(
-            'is not a variable name (expected e.g. "GITLAB_PYPI_PROXY_TOKEN", '
-            "the name of the variable holding the token, not the token)",
-            hide_value=True,
-        )
-    return value
-
-
 # Every key load() accepts, as "section.key"; server.listen sets host and port.
-_KEYS: dict[str, _Converter] = {
-    "server.listen": _listen,
-    "server.public_url": partial(_url, optional=True),
-    "server.trusted_proxies": _addresses,
-    "server.max_upload_size": _size,
-    "server.workers": _workers,
-    "upstream.url": _url,
-    "upstream.username": _string,
-    "upstream.token_env": _variable_name,
-    "upstream.token_file": _string,
-    "upstream.connect_timeout": partial(_number, above_zero=True),
-    "upstream.read_timeout": partial(_number, above_zero=True),
-    "upstream.ca_bundle": _file,
-    "cache.dir": _string,
-    "cache.max_size": _size,
-    "cache.page_ttl": partial(_number, above_zero=False),
-    "cache.offline": _boolean,
-    "access.mode": _mode,
-    "access.tokens_file": _file,
-    "access.auth_ttl": partial(_number, above_zero=False),
-    "access.allow_service_upload": _boolean,
+_KEYS: dict[str, values.Converter] = {
+    "server.listen": values.listen,
+    "server.public_url": partial(values.url, optional=True),
+    "server.trusted_proxies": values.addresses,
+    "server.max_upload_size": values.size,
+    "server.workers": values.workers,
+    "upstream.url": values.url,
+    "upstream.username": values.string,
+    "upstream.token_env": values.variable_name,
+    "upstream.token_file": values.string,
+    "upstream.connect_timeout": partial(values.number, above_zero=True),
+    "upstream.read_timeout": partial(values.number, above_zero=True),
+    "upstream.ca_bundle": values.file,
+    "cache.dir": values.string,
+    "cache.max_size": values.size,
+    "cache.page_ttl": partial(values.number, above_zero=False),
+    "cache.offline": values.boolean,
+    "access.mode": values.mode,
+    "access.tokens_file": values.file,
+    "access.auth_ttl": partial(values.number, above_zero=False),
+    "access.allow_service_upload": values.boolean,
 }
 _SECTIONS = tuple(dict.fromkeys(key.partition(".")[0] for key in _KEYS))
 
@@ -361,7 +210,7 @@ def _check_env_names(env: Mapping[str, str], token_env: str) -> None:
 def _convert(key: str, value: object, text: bool, where: str) -> Any:
     try:
         return _KEYS[key](value, text)
-    except _Invalid as exc:
+    except values.Invalid as exc:
         if exc.hide_value:
             raise ConfigError(f"{where}: the value {exc}") from None
         shown = json.dumps(value, default=str)

@@ -1,0 +1,164 @@
+"""Setting values, each kind parsed and checked; a refusal says what it is not and what fits."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import math
+import re
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal, cast, get_args
+from urllib.parse import urlsplit
+
+from proxy.errors import ConfigError
+
+AccessMode = Literal["auto", "open", "tokens", "passthrough"]
+
+
+class Invalid(Exception):
+    """A value was refused; the message says what it is not and what was expected."""
+
+    def __init__(self, message: str, *, hide_value: bool = False) -> None:
+        super().__init__(message)
+        self.hide_value = hide_value
+
+
+# Each converter takes the raw value and whether it came as text (environment, flags),
+# where "8" may stand for 8 and "yes" for true; TOML values must have the right type.
+Converter = Callable[[object, bool], Any]
+
+
+def string(value: object, text: bool) -> str:
+    if not isinstance(value, str):
+        raise Invalid("is not a string (expected text in quotes)")
+    return value
+
+
+def file(value: object, text: bool) -> str:
+    path = string(value, text)
+    if path and not Path(path).expanduser().is_file():
+        raise Invalid("is not a file (expected the path of an existing file, or empty)")
+    return path
+
+
+def boolean(value: object, text: bool) -> bool:
+    if text and isinstance(value, str):
+        words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+        value = words.get(value.strip().lower(), value)
+    if not isinstance(value, bool):
+        raise Invalid("is not a boolean (expected true or false)")
+    return value
+
+
+def number(value: object, text: bool, *, above_zero: bool) -> float:
+    if text and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    number = math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    if not math.isfinite(number) or number < 0 or (above_zero and number == 0):
+        bound = "above 0" if above_zero else "0 or more"
+        raise Invalid(f"is not a number of seconds (expected a number {bound}, e.g. 60)")
+    return number
+
+
+def workers(value: object, text: bool) -> int:
+    if text and isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise Invalid("is not a number of processes (expected a whole number, 1 or more)")
+    return value
+
+
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B|B)?", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def size(value: object, text: bool) -> int:
+    size = 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE.fullmatch(value.strip())):
+        size = int(Decimal(match[1]) * _UNITS[(match[2] or "").lower()])
+    if size <= 0:
+        raise Invalid('is not a size (expected e.g. "20GiB", "500MB" or a number of bytes)')
+    return size
+
+
+def parse_size(value: str, *, where: str) -> int:
+    """Bytes in a size such as "20GiB", "500MB" or "1048576"; ConfigError naming `where`."""
+    try:
+        return size(value, True)
+    except Invalid as exc:
+        raise ConfigError(f"{where}: {json.dumps(value)} {exc}") from None
+
+
+_LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9._-]+)):([0-9]{1,5})")
+
+
+def listen(value: object, text: bool) -> tuple[str, int]:
+    match = _LISTEN.fullmatch(value) if isinstance(value, str) else None
+    try:
+        host = str(ipaddress.IPv6Address(match[1])) if match and match[1] else ""
+    except ValueError:
+        match = None
+    if not match or int(match[3]) > 65535:
+        raise Invalid('is not HOST:PORT (expected e.g. "127.0.0.1:8080" or "[::1]:8080")')
+    return host or match[2], int(match[3])
+
+
+def url(value: object, text: bool, *, optional: bool = False) -> str:
+    expected = 'is not an http(s) URL with a host (expected e.g. "https://gitlab.example.com")'
+    url = string(value, text).strip()
+    if optional and not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number
+        ok = False
+    if not ok or any(c.isspace() for c in url):
+        raise Invalid(expected)
+    if "@" in parts.netloc:
+        raise Invalid(
+            "holds credentials (expected them in upstream.token_env or token_file)",
+            hide_value=True,
+        )
+    if parts.query or parts.fragment:
+        raise Invalid('is not a base URL (expected no "?query" or "#fragment")')
+    return url.rstrip("/")
+
+
+def addresses(value: object, text: bool) -> tuple[str, ...]:
+    if text and isinstance(value, str):
+        value = [item.strip() for item in value.split(",") if item.strip()]
+    example = '(expected e.g. ["10.0.0.1", "::1"])'
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise Invalid(f"is not a list of IP addresses {example}")
+    try:  # canonical, since the app compares them with the client's address as text
+        return tuple(str(ipaddress.ip_address(item)) for item in value)
+    except ValueError:
+        raise Invalid(f"holds something that is not an IP address {example}") from None
+
+
+def mode(value: object, text: bool) -> AccessMode:
+    modes = get_args(AccessMode)
+    if value not in modes:
+        raise Invalid(f"is not an access mode (expected one of {', '.join(modes)})")
+    return cast(AccessMode, value)
+
+
+def variable_name(value: object, text: bool) -> str:
+    # Never echoed: a token pasted here by mistake must not reach the terminal.
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", value):
+        raise Invalid(
+            'is not a variable name (expected e.g. "GITLAB_PYPI_PROXY_TOKEN", '
+            "the name of the variable holding the token, not the token)",
+            hide_value=True,
+        )
+    return value
