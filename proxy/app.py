@@ -29,10 +29,11 @@ from proxy.errors import (
     UpstreamStatus,
     UpstreamUnavailable,
 )
-from proxy.fills import Filler, Spool
+from proxy.fills import Filler
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
 from proxy.routes import Site, route_kind, routes
+from proxy.spool import Spool
 from proxy.upstream import GitLab, basic_authorization
 
 log = logging.getLogger("proxy.app")

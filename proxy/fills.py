@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
-import json
 import logging
 import os
 import secrets
@@ -25,7 +23,7 @@ from anyio import to_thread
 
 from proxy.cache import Store
 from proxy.errors import CacheError, HashMismatch, IncompleteBody, ProxyError, UpstreamUnavailable
-from proxy.models import valid_sha256
+from proxy.spool import Spool
 from proxy.upstream import GitLab
 
 log = logging.getLogger("proxy.fills")
@@ -110,83 +108,6 @@ class Body:
             await self._chunks.aclose()
         else:
             self._cleanup()
-
-
-class Spool:
-    """Lock, temp and announcement files of fills, in the cache's tmp folder."""
-
-    def __init__(self, directory: Path) -> None:
-        self.tmp = directory / "tmp"
-        self.locks = directory / "locks"
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        self.locks.mkdir(parents=True, exist_ok=True)
-
-    def part(self, sha256: str) -> Path:
-        """Where the leader writes the file."""
-        return self.tmp / f"{sha256}.fill"
-
-    def notice(self, sha256: str) -> Path:
-        """Where the leader announces the status and length it got from GitLab."""
-        return self.tmp / f"{sha256}.json"
-
-    def try_lock(self, sha256: str) -> int | None:
-        """The lock's descriptor if this process now leads the fill, else None."""
-        fd = os.open(self.locks / f"{sha256}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return fd
-
-    def unlock(self, sha256: str, fd: int) -> None:
-        """Give up leading: drop the announcement, then the lock."""
-        self.notice(sha256).unlink(missing_ok=True)
-        os.close(fd)
-
-    def create_part(self, sha256: str) -> tuple[int, int]:
-        """A fresh inode for the body (never reuse another fill's): write and read descriptors."""
-        path = self.part(sha256)
-        path.unlink(missing_ok=True)
-        writer = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        return writer, os.open(path, os.O_RDONLY)
-
-    def announce(self, sha256: str, token: str, status: int, length: int | None) -> None:
-        """Tell followers in other workers what GitLab answered (atomically replaced)."""
-        staged = self.tmp / f"{sha256}.{token}.staged"
-        staged.write_text(json.dumps({"token": token, "status": status, "length": length}))
-        staged.replace(self.notice(sha256))
-
-    def read_notice(self, sha256: str) -> dict[str, object] | None:
-        """The leader's announcement, or None when there is none (yet)."""
-        try:
-            value = json.loads(self.notice(sha256).read_text())
-        except (OSError, ValueError):
-            return None
-        return value if isinstance(value, dict) else None
-
-    def probe(self) -> None:
-        """Raise OSError unless a file can be created, written and removed here."""
-        probe = self.tmp / f"ready.{secrets.token_hex(4)}.probe"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-
-    def sweep(self) -> int:
-        """Remove what dead fills left behind (no live lock); returns how many files."""
-        removed = 0
-        for path in self.tmp.iterdir():
-            sha256 = path.name.split(".", 1)[0]
-            if not valid_sha256(sha256):
-                continue
-            lock = self.try_lock(sha256)
-            if lock is None:
-                continue  # a live fill in another worker
-            try:
-                path.unlink(missing_ok=True)
-                removed += 1
-            finally:
-                os.close(lock)
-        return removed
 
 
 class Filler:

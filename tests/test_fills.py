@@ -13,7 +13,8 @@ import respx
 
 from proxy.cache import Store
 from proxy.errors import HashMismatch
-from proxy.fills import Filler, Spool
+from proxy.fills import Filler
+from proxy.spool import Spool
 from proxy.upstream import GitLab
 
 pytestmark = pytest.mark.anyio
