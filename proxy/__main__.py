@@ -223,6 +223,9 @@ def _serve(args: argparse.Namespace) -> int:
         "log_config": log_config,
         # The app decides which X-Forwarded-* to believe (server.trusted_proxies).
         "proxy_headers": False,
+        # The app keeps its own access log (proxy.access): uvicorn's would print query
+        # strings, where a client may have put a token.
+        "access_log": False,
         "server_header": False,
     }
     if settings.server.workers > 1:

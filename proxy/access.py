@@ -73,7 +73,7 @@ def read_tokens(path: str) -> dict[str, str]:
     for number, line in enumerate(lines, 1):
         if not line.strip() or line.startswith("#"):
             continue
-        match = _TOKEN_LINE.match(line.strip())
+        match = _TOKEN_LINE.fullmatch(line.strip())
         if match is None:
             raise ConfigError(
                 f"access.tokens_file: line {number} of {path!r} is not 'name:<sha256 hex>'"
@@ -86,7 +86,7 @@ def add_token(path: str, name: str) -> str:
     """Make a new proxy token for `name`, store only its hash, and return it (shown once)."""
     if not path:
         raise ConfigError("access.tokens_file: set it to a file where token hashes are kept")
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ConfigError(f"token add: {name!r} is not a name (letters, digits, _ . @ -)")
     if Path(path).exists() and name in read_tokens(path).values():
         raise ConfigError(f"token add: a token named {name!r} exists already")
@@ -182,24 +182,28 @@ class Keeper:
             return self._service
         return self._service or client
 
-    def page_owner(self, scope_key: str, client: str | None, page_ttl: float) -> tuple[str, float]:
-        """Whose copy of a page to use and for how long it is fresh.
-
-        Passthrough: GitLab answers each caller for itself (group listings are filtered
-        per caller), so each credential has its own pages, fresh for auth_ttl at most.
-        """
+    def owner(self, scope_key: str, client: str | None) -> str:
+        """Whose pages and file bindings these are: the scope's, or in passthrough the
+        scope's as this caller sees it (GitLab filters group listings per caller)."""
         if not self.passthrough:
-            return scope_key, page_ttl
-        owner = f"{scope_key}@{self.gate.credential(scope_key, client)[:32]}"
-        return owner, min(page_ttl, self.gate.auth_ttl)
+            return scope_key
+        return f"{scope_key}@{self.gate.credential(scope_key, client)[:32]}"
+
+    def page_owner(self, scope_key: str, client: str | None, page_ttl: float) -> tuple[str, float]:
+        """Whose copy of a page to use and for how long it is fresh (in passthrough,
+        auth_ttl at most: the page stands for GitLab's word on this caller)."""
+        ttl = min(page_ttl, self.gate.auth_ttl) if self.passthrough else page_ttl
+        return self.owner(scope_key, client), ttl
 
     async def vouch(self, scope_key: str, client: str | None, shas: Iterable[str]) -> None:
         """GitLab let this caller read this scope and these files: remember both."""
         now = self._clock()
         credential = self.gate.credential(scope_key, client)
 
+        owner = self.owner(scope_key, client)
+
         def record() -> None:
-            self._grants.bind(scope_key, shas)
+            self._grants.bind(owner, shas)
             if self.passthrough:
                 self._grants.remember(credential, now)
 
@@ -208,13 +212,15 @@ class Keeper:
     async def vouched(self, scope_key: str, client: str | None, sha256: str) -> tuple[bool, bool]:
         """(may serve it now without asking GitLab, may serve it while GitLab can't be asked).
 
-        The file must have been listed or served through this scope; in passthrough the
-        caller must also have been accepted by GitLab for it, within auth_ttl for "now".
+        The file must have been listed or served through this scope (in passthrough, to
+        this caller), and in passthrough GitLab must have accepted the caller for the
+        scope, within auth_ttl for "now".
         """
         credential = self.gate.credential(scope_key, client)
+        owner = self.owner(scope_key, client)
 
         def look() -> tuple[bool, float | None]:
-            bound = self._grants.is_bound(scope_key, sha256)
+            bound = self._grants.is_bound(owner, sha256)
             return bound, self._grants.remembered(credential) if self.passthrough else 0.0
 
         bound, when = await to_thread.run_sync(look)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -37,6 +38,7 @@ from proxy.spool import Spool
 from proxy.upstream import GitLab, basic_authorization
 
 log = logging.getLogger("proxy.app")
+access_log = logging.getLogger("proxy.access")
 # A username for service tokens when none is set: GitLab ignores it for personal,
 # project and group access tokens and accepts any for deploy tokens.
 DEFAULT_USERNAME = "gitlab-pypi-proxy"
@@ -88,6 +90,9 @@ class Observed:
             await self.app(scope, receive, send)
             return
 
+        started = time.monotonic()
+        outcome: list[tuple[int, str]] = []
+
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
@@ -98,9 +103,23 @@ class Observed:
                 message["headers"] = headers
                 route = route_kind(scope["path"])
                 self.metrics.requests.labels(route, cache.decode("latin-1")).inc()
+                outcome.append((message["status"], cache.decode("latin-1")))
             await send(message)
 
-        await self.app(scope, receive, sending)
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            status, cache = outcome[0] if outcome else (0, "-")
+            # The access log: no query string (tokens can travel there), no headers.
+            access_log.info(
+                '%s - "%s %s" %d %s %.3fs',
+                (scope.get("client") or ("-",))[0],
+                scope["method"],
+                (scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
+                status,
+                cache,
+                time.monotonic() - started,
+            )
 
 
 def create_app(
@@ -190,6 +209,8 @@ def create_app(
             grants.close()
 
     app = Starlette(routes=routes(), lifespan=lifespan, exception_handlers={ProxyError: _on_error})
+    # A path Starlette cannot route is a 404 here, never a redirect to another path.
+    app.router.redirect_slashes = False
     app.add_middleware(Observed, metrics=metrics)
     return app
 

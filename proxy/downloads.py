@@ -54,10 +54,14 @@ class Downloads:
         key = sha256.lower()
         path = f"{scope.api_path}/files/{sha256}/{quote(filename, safe='+')}"
         now_ok, later_ok = await self._keeper.vouched(scope.key, authorization, key)
-        if not now_ok and await to_thread.run_sync(self._store.has_file, key):
-            # Held, but not yet shown to be readable here by this caller: knowing a
-            # sha256 is not access. GitLab decides, or, when it can't be asked, what it
-            # decided before.
+        upstream_auth = self._keeper.upstream_authorization(authorization)
+        if not now_ok and (
+            self._filler.rival(key, path, authorization=upstream_auth)
+            or await to_thread.run_sync(self._store.has_file, key)
+        ):
+            # Held (or being fetched for someone else), but not yet shown to be readable
+            # here by this caller: knowing a sha256 is not access. GitLab decides, or,
+            # when it can't be asked, what it decided before.
             refusal = await self._check(scope, path, key, authorization, fallback=later_ok)
             if refusal is not None:
                 return refusal
@@ -66,7 +70,6 @@ class Downloads:
             return hit
         if self.offline:
             raise OfflineMiss(f"offline mode: {filename} is not cached")
-        upstream_auth = self._keeper.upstream_authorization(authorization)
         fill = self._filler.start(key, path, authorization=upstream_auth)
         await fill.ready.wait()
         if fill.status == 0 and fill.error is not None:

@@ -37,6 +37,8 @@ class Fill:
     """The state of one download into the cache, shared by all its readers."""
 
     sha256: str
+    origin: str = ""
+    """A hash of the scope and credentials it was fetched with (never the credentials)."""
     status: int = 0
     headers: Mapping[str, str] = field(default_factory=dict)
     error_body: bytes = b""
@@ -136,12 +138,18 @@ class Filler:
         """Raise OSError unless the cache can take new files (blocking)."""
         self._spool.probe()
 
+    def rival(self, sha256: str, path: str, *, authorization: str | None) -> bool:
+        """Whether this process is fetching the file right now for another scope or
+        other credentials: GitLab's answer to that fetch says nothing about this caller."""
+        fill = self._active.get(sha256)
+        return fill is not None and fill.origin != _origin(path, authorization)
+
     def start(self, sha256: str, path: str, *, authorization: str | None) -> Fill:
         """The running fill for this file, or a new one; it runs whether or not anyone reads."""
         fill = self._active.get(sha256)
         if fill is not None:
             return fill
-        fill = Fill(sha256)
+        fill = Fill(sha256, _origin(path, authorization))
         self._active[sha256] = fill
         task = asyncio.create_task(self._run(fill, path, authorization))
         self._tasks.add(task)
@@ -292,6 +300,11 @@ class Filler:
         finally:
             fill.readers -= 1
             fill.release()
+
+
+def _origin(path: str, authorization: str | None) -> str:
+    scope = path.rsplit("/files/", 1)[0]
+    return hashlib.sha256(f"{scope}\n{authorization or ''}".encode()).hexdigest()
 
 
 def _write_all(fd: int, data: bytes) -> None:

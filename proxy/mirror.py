@@ -147,7 +147,22 @@ class Mirror:
         body, content_type = pages.render(page, base_url=base_url)
         return Reply(200, body, {"content-type": content_type, "vary": "Accept"}, cache)
 
-    # -- uploads -----------------------------------------------------------------------
+    # -- uploads ----
+
+    def _upload_authorization(self, client: str | None) -> str | None:
+        """What GitLab sees for an upload: the client's own GitLab credentials; the
+        service token only where access.allow_service_upload says so; never a proxy token."""
+        gate = self._keeper.gate
+        proxy_token = gate.mode == "tokens" and gate.admits(client)
+        if client and not proxy_token:
+            return client
+        if gate.mode == "tokens" and not proxy_token:
+            raise Unauthorized("uploads need your GitLab credentials, or a proxy token")
+        if self._service and self._allow_service_upload:
+            return self._service
+        if self._service or proxy_token:
+            raise Unauthorized("uploads use your own GitLab credentials; none were sent")
+        return None
 
     async def upload(
         self, scope: Scope, *, headers: Mapping[str, str], body: AsyncIterator[bytes]
@@ -155,10 +170,10 @@ class Mirror:
         """Stream an upload to GitLab; on success drop the cached pages of its name."""
         if self.offline:
             raise OfflineRefusal("offline mode: uploads need GitLab")
-        if "authorization" not in headers and self._service:
-            if not self._allow_service_upload:
-                raise Unauthorized("uploads use your own GitLab credentials; none were sent")
-            headers = {**headers, "authorization": self._service}
+        headers = {**headers}
+        credentials = self._upload_authorization(headers.pop("authorization", None))
+        if credentials:
+            headers["authorization"] = credentials
         head = bytearray()
 
         async def sniffing() -> AsyncIterator[bytes]:

@@ -27,22 +27,22 @@ def normalize(name: str) -> NormalizedName:
 
 def valid_project_name(name: str) -> bool:
     """True for a name that could be a Python project's name (bounded length)."""
-    return bool(_NAME.match(name))
+    return bool(_NAME.fullmatch(name))
 
 
 def valid_sha256(value: str) -> bool:
     """True for 64 hexadecimal digits."""
-    return bool(_SHA256.match(value))
+    return bool(_SHA256.fullmatch(value))
 
 
 def valid_filename(name: str) -> bool:
     """True for a plausible distribution file name: no separators, '..' or controls."""
-    return bool(_FILENAME.match(name)) and ".." not in name
+    return bool(_FILENAME.fullmatch(name)) and ".." not in name
 
 
 def valid_scope_id(value: str) -> bool:
     """True for a numeric id or a URL-encoded full path, still encoded."""
-    if len(value) > 512 or not _SCOPE_ID.match(value):
+    if len(value) > 512 or not _SCOPE_ID.fullmatch(value):
         return False
     # "." and ".." would be dot segments: httpx resolves them and the request would
     # leave the PyPI surface (/api/v4/projects/../x is /api/v4/x).

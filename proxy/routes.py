@@ -67,7 +67,7 @@ class Site:
         if request.client is not None and request.client.host in self.trusted_proxies:
             scheme = headers.get("x-forwarded-proto", scheme).split(",")[0].strip()
             host = headers.get("x-forwarded-host", host).split(",")[0].strip()
-        if scheme not in ("http", "https") or not _HOST.match(host):
+        if scheme not in ("http", "https") or not _HOST.fullmatch(host):
             raise BadRequest("the Host header is not a host name")
         return f"{scheme}://{host}"
 
@@ -89,7 +89,7 @@ async def pypi(request: Request) -> Response:
     """Every route under .../packages/pypi, dispatched on the raw path."""
     raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
     path = re.sub(r"/{2,}", "/", raw.split(b"?", 1)[0].decode("latin-1"))
-    match = _API.match(path)
+    match = _API.fullmatch(path)
     if match is None:
         return _not_found()
     scope = (
@@ -222,7 +222,7 @@ class AbortableStream(StreamingResponse):
 
 def _byte_range(header: str, size: int) -> tuple[int, int] | None:
     """[start, end) of one `bytes=` range; None if unsatisfiable; all of it if unparsable."""
-    match = _RANGE.match(header.strip())
+    match = _RANGE.fullmatch(header.strip())
     if match is None:
         return (0, size)  # several ranges or another unit: RFC 9110 lets us send it all
     first, last, suffix = match.groups()
@@ -285,7 +285,7 @@ def route_kind(path: str) -> str:
             if path[3:].strip("/") in ("health", "ready", "metrics")
             else "other"
         )
-    match = _API.match(re.sub(r"/{2,}", "/", path))
+    match = _API.fullmatch(re.sub(r"/{2,}", "/", path))
     if match is None:
         return "other"
     parts = [p for p in (match["rest"] or "").split("/") if p]

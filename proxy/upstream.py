@@ -12,7 +12,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from proxy import __version__
-from proxy.errors import UpstreamStatus, UpstreamUnavailable
+from proxy.errors import BadRequest, UpstreamStatus, UpstreamUnavailable
 from proxy.metrics import Metrics
 
 USER_AGENT = f"gitlab-pypi-proxy/{__version__}"
@@ -119,13 +119,16 @@ class GitLab:
         budget: float | None = None,
     ) -> httpx.Response:
         """Send one request; httpx's failures become UpstreamUnavailable here."""
-        request = self._client.build_request(
-            method,
-            url,
-            headers=dict(headers),
-            content=content,
-            timeout=httpx.USE_CLIENT_DEFAULT if budget is None else budget,
-        )
+        try:
+            request = self._client.build_request(
+                method,
+                url,
+                headers=dict(headers),
+                content=content,
+                timeout=httpx.USE_CLIENT_DEFAULT if budget is None else budget,
+            )
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise BadRequest("the request cannot be made into a URL for GitLab") from exc
         errors = self._metrics.upstream_errors
         started = time.monotonic()
         if started < self._quiet_until:

@@ -209,16 +209,7 @@ def test_add_token_refuses_a_name_that_exists(tmp_path: Path) -> None:
         "naïve",
         "ci/..",
         "ci\x00",
-        pytest.param(
-            "ci\n",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="proxy/access.py:27 _NAME ends in `$`, which also matches before a "
-                "trailing newline, so add_token accepts 'ci\\n' and writes a line break into "
-                "the tokens file (the next read_tokens fails on line ':<sha256>'); use "
-                "fullmatch or \\Z",
-            ),
-        ),
+        "ci\n",
     ],
 )
 def test_add_token_refuses_a_bad_name(tmp_path: Path, name: str) -> None:
@@ -649,15 +640,6 @@ async def test_any_path_reaches_gitlab_only_on_its_pypi_api(
     assert all(_on_the_pypi_api(request) for request in upstream), [str(r.url) for r in upstream]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/models.py:15 _NAME ends in `$`, which matches before a trailing newline, so "
-    "valid_project_name('pkg\\n') is True; routes.py unquotes .../simple/pkg%0A to 'pkg\\n', "
-    "and upstream.py:122 GitLab._send builds the httpx request before its try (line 134), so "
-    "httpx.InvalidURL (not an HTTPError) escapes as an unhandled 500. Also: a path whose "
-    "decoded form ends in a newline plus '/' (/api/v4/%0A/%2F) gets Starlette's "
-    "redirect_slashes 307, as routes.py:294 `{rest:path}` (`.*`) stops at newlines",
-)
 @pytest.mark.anyio
 @PROPERTY
 @given(raw=st.one_of(TEXT_PATHS, BYTE_PATHS), method=st.sampled_from(["GET", "HEAD"]))
@@ -696,12 +678,6 @@ def _has_control(text: str) -> bool:
     return any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/models.py:18 _FILENAME ends in `$`, which matches before a trailing "
-    "newline, so valid_filename('a.whl\\n') is True (and a 256-character name with it); use "
-    "re.fullmatch or \\Z",
-)
 @settings(max_examples=300, deadline=None)
 @given(name=FILENAMES)
 @example(name="my_pkg-1.0-py3-none-any.whl\n")
@@ -730,11 +706,6 @@ def test_an_accepted_filename_without_a_final_newline_is_one_plain_bounded_segme
         assert len(name) <= 255
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/models.py:16 _SHA256 ends in `$`, which matches before a trailing newline, "
-    "so valid_sha256('0'*64 + '\\n') is True; use re.fullmatch or \\Z",
-)
 @settings(max_examples=300, deadline=None)
 @given(
     value=st.one_of(
@@ -751,11 +722,6 @@ def test_an_accepted_sha256_is_64_hex_digits(value: str) -> None:
         assert all(c in "0123456789abcdefABCDEF" for c in value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/models.py:20 _SCOPE_ID ends in `$`, which matches before a trailing "
-    "newline, so valid_scope_id('42\\n') is True; use re.fullmatch or \\Z",
-)
 @settings(max_examples=300, deadline=None)
 @given(
     value=st.one_of(

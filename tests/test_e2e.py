@@ -127,9 +127,10 @@ def test_wrong_bytes_are_not_cached_and_the_client_fails(
     failed = pip_install(python, _project(proxy) + "/simple", "demo-pkg")
     assert failed.returncode != 0
     gitlab.corrupt_files = False
+    fetched = gitlab.counts["file"]  # pip may have retried: each retry was a new fetch
     result = pip_install(python, _project(proxy) + "/simple", "demo-pkg")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert gitlab.counts["file"] == 2
+    assert gitlab.counts["file"] == fetched + 1
 
 
 def test_object_storage_never_sees_credentials(start_proxy: Start, tmp_path: Path) -> None:

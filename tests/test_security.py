@@ -245,6 +245,8 @@ def test_pip_installs_through_tokens_mode_with_the_token_in_the_index_url(
     index = f"http://ci:{token}@127.0.0.1:{proxy.port}/api/v4/projects/42/packages/pypi/simple"
     result = pip_install(new_venv(tmp_path / "venv"), index, world.private.name)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert gitlab.counts["file"] == 1  # through the proxy, which read as the service
+    assert set(gitlab_passwords(gitlab)) == {SERVICE}
 
 
 # -- passthrough -------------------------------------------------------------------------
@@ -370,14 +372,6 @@ def test_passthrough_others_get_no_wheel_while_gitlab_is_down(
         assert_no_wheel(read(proxy, path, headers), world.private)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/fills.py:187-190 Filler.start hands the running fill of a sha256 to whoever "
-    "asks, and proxy/downloads.py:57 Downloads.file asks GitLab (_check) only about a file "
-    "already committed (has_file); so a request made while another caller's download is in "
-    "flight skips the check, joins that fill (downloads.py:70), is streamed its bytes and is "
-    "then remembered as accepted for the scope (downloads.py:76 keeper.vouch)",
-)
 def test_passthrough_non_member_cannot_join_a_members_download(
     gitlab: FakeGitLab, world: World, start_proxy: Start, tmp_path: Path
 ) -> None:
@@ -447,13 +441,6 @@ def test_an_offline_restart_does_not_serve_a_file_through_a_project_that_never_h
     assert len(gitlab.requests) == asked
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/fills.py:187-190 Filler.start keys a running fill by sha256 alone, and "
-    "proxy/downloads.py:57 asks GitLab only about a file already committed, so a request "
-    "through another project's URL during the fill joins it (downloads.py:70), gets the "
-    "bytes and binds the file to that project (downloads.py:76)",
-)
 def test_a_file_being_filled_through_one_project_is_not_served_through_another(
     gitlab: FakeGitLab, world: World, start_proxy: Start, tmp_path: Path
 ) -> None:
@@ -541,12 +528,6 @@ def test_upload_goes_with_the_clients_credentials_not_the_service_token(
     assert gitlab_passwords(gitlab, "POST") == [ALICE]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/routes.py:102-104 pypi() dispatches uploads (`if not parts: ... return await "
-    "upload(...)`) before the tokens gate (`gate.admits`, routes.py:116), so in tokens mode "
-    "with allow_service_upload a client without a proxy token publishes as the service",
-)
 def test_tokens_mode_asks_for_a_proxy_token_before_a_service_upload(
     gitlab: FakeGitLab, world: World, start_proxy: Start, tmp_path: Path
 ) -> None:
@@ -558,6 +539,16 @@ def test_tokens_mode_asks_for_a_proxy_token_before_a_service_upload(
     response = upload(proxy, ANONYMOUS)
     assert response.status_code == 401
     assert gitlab.counts["upload"] == 0
+
+
+def test_tokens_mode_never_sends_the_proxy_token_to_gitlab_on_upload(
+    gitlab: FakeGitLab, world: World, start_proxy: Start, tmp_path: Path
+) -> None:
+    """An upload carrying the proxy token does not hand that token to GitLab."""
+    proxy, token = tokens_mode(start_proxy, gitlab, tmp_path)
+    upload(proxy, basic("ci", token))
+    assert not any(token in value for r in gitlab.requests for value in r.headers.values())
+    assert token not in gitlab_passwords(gitlab)
 
 
 # -- secrets -----------------------------------------------------------------------------
@@ -621,6 +612,21 @@ def test_the_metrics_hold_no_secret(
         assert metrics.status_code == 200
         for secret in secrets_of(token):
             assert secret not in metrics.text, secret
+
+
+def test_a_token_in_the_query_string_is_not_logged(
+    gitlab: FakeGitLab, world: World, start_proxy: Start, tmp_path: Path
+) -> None:
+    """GitLab's private_token and job_token query parameters never reach the log."""
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE)
+    for query in (f"?private_token={ALICE}", f"?job_token={MALLORY}"):
+        assert read(proxy, world.private.page + query, ANONYMOUS).status_code == 200
+    proxy.stop()
+    assert proxy.log is not None
+    log = proxy.log.read_text()
+    assert "GET /api/v4/projects/42/packages/pypi/simple/secret-pkg/" in log
+    assert ALICE not in log
+    assert MALLORY not in log
 
 
 def test_a_world_readable_token_file_gives_a_warning_without_the_token(
