@@ -42,6 +42,7 @@ access_log = logging.getLogger("proxy.access")
 # A username for service tokens when none is set: GitLab ignores it for personal,
 # project and group access tokens and accepts any for deploy tokens.
 DEFAULT_USERNAME = "gitlab-pypi-proxy"
+MAX_HEADER_BYTES = 64 * 1024
 
 
 def status_for(exc: ProxyError) -> int:
@@ -92,6 +93,13 @@ class Observed:
 
         started = time.monotonic()
         outcome: list[tuple[int, str]] = []
+        if sum(len(name) + len(value) for name, value in scope["headers"]) > MAX_HEADER_BYTES:
+            # Nothing the PyPI clients send comes near this; refuse before any work.
+            app: ASGIApp = PlainTextResponse(
+                "431 request headers too large\n", 431, headers={"x-cache": "BYPASS"}
+            )
+        else:
+            app = self.app
 
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -107,7 +115,7 @@ class Observed:
             await send(message)
 
         try:
-            await self.app(scope, receive, sending)
+            await app(scope, receive, sending)
         finally:
             status, cache = outcome[0] if outcome else (0, "-")
             # The access log: no query string (tokens can travel there), no headers.

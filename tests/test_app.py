@@ -413,3 +413,14 @@ async def test_page_ttl_zero_asks_gitlab_every_time(
         answers = [await client.get(PAGE) for _ in range(2)]
     assert [a.headers["x-cache"] for a in answers] == ["MISS", "MISS"]
     assert route.call_count == 2
+
+
+async def test_oversized_request_headers_get_431_and_gitlab_is_not_asked(
+    client: httpx.AsyncClient, gitlab_api: respx.MockRouter
+) -> None:
+    """A request head above 64 KiB is refused with 431 before anything is forwarded."""
+    route = gitlab_api.route().respond(200, content=PACKAGE_PAGE, headers=HTML)
+    response = await client.get(PAGE, headers={"x-padding": "a" * 70_000})
+    assert response.status_code == 431
+    assert response.headers["x-cache"] == "BYPASS"
+    assert route.call_count == 0
