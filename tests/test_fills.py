@@ -135,3 +135,30 @@ async def test_range_of_a_growing_file(tmp_path: Path) -> None:
         pytest.skip("the fill finished before a reader could join")  # pragma: no cover
     assert await _collect(filler.read(fill, 1000, 5000)) == CONTENT[1000:5000]
     await filler.aclose()
+
+
+@respx.mock
+async def test_a_second_worker_follows_the_first_workers_download(tmp_path: Path) -> None:
+    """Two Fillers on one cache directory (as two workers are) make one GitLab request;
+    the follower streams the leader's growing file and ends with the committed file."""
+    gate = Gate(CONTENT)
+    route = respx.get(BASE + PATH).mock(
+        return_value=httpx.Response(200, headers={"Content-Length": str(len(CONTENT))}, stream=gate)
+    )
+    leader, store = _filler(tmp_path)
+    follower, _ = _filler(tmp_path)
+    led = leader.start(SHA, PATH, authorization=None)
+    await led.ready.wait()
+    followed = follower.start(SHA, PATH, authorization=None)
+    await asyncio.wait_for(followed.ready.wait(), timeout=10)
+    assert followed.length == len(CONTENT)
+    stream = follower.read(followed)
+    first = await asyncio.wait_for(anext(stream), timeout=10)
+    assert not followed.done  # bytes before the leader has them all
+    gate.release.set()
+    assert first + await _collect(stream) == CONTENT
+    assert followed.ok
+    assert route.call_count == 1
+    assert store.has_file(SHA)
+    await leader.aclose()
+    await follower.aclose()
