@@ -19,7 +19,7 @@ from proxy.errors import CacheError, ConfigError
 
 PROG = "gitlab-pypi-proxy"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 
 # serve's flags that override a setting: argparse dest -> "section.key".
 _SERVE_OVERRIDES = {
