@@ -17,6 +17,7 @@ import os
 import secrets
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from anyio import to_thread
@@ -168,7 +169,7 @@ class Filler:
         try:
             lock = await to_thread.run_sync(self._spool.try_lock, fill.sha256)
             if lock is None:
-                lock = await self._follow(fill)
+                lock = await self._follow(fill, path, authorization)
             if lock is not None:
                 await self._lead(fill, path, authorization, lock)
         except ProxyError as exc:
@@ -196,7 +197,16 @@ class Filler:
                 fill.length = download.length
                 out, fill.fd = await to_thread.run_sync(self._spool.create_part, fill.sha256)
                 writer = out
-                await to_thread.run_sync(self._spool.announce, fill.sha256, token, 200, fill.length)
+                await to_thread.run_sync(
+                    partial(
+                        self._spool.announce,
+                        fill.sha256,
+                        token,
+                        origin=fill.origin,
+                        status=200,
+                        length=fill.length,
+                    )
+                )
                 fill.ready.set()
                 digest = hashlib.sha256()
                 async for chunk in download.chunks:
@@ -222,8 +232,12 @@ class Filler:
             self._spool.part(sha256).unlink(missing_ok=True)
         self._spool.unlock(sha256, lock)
 
-    async def _follow(self, fill: Fill) -> int | None:
-        """Follow another worker's fill; returns a lock if that worker gave up before the body."""
+    async def _follow(self, fill: Fill, path: str, authorization: str | None) -> int | None:
+        """Follow another worker's fill; returns a lock if that worker gave up before the body.
+
+        A fill for another scope or other credentials is followed only once GitLab says
+        this caller may read the file here (knowing a sha256 is not access).
+        """
         deadline = asyncio.get_running_loop().time() + self._follow_timeout
         token = ""
         while True:
@@ -241,6 +255,10 @@ class Filler:
                 notice = await to_thread.run_sync(self._spool.read_notice, fill.sha256)
                 if notice and notice.get("token") != token:
                     token = str(notice["token"])
+                    if notice.get("origin") != fill.origin and not await self._may_follow(
+                        fill, path, authorization
+                    ):
+                        return None
                     fill.fd = await to_thread.run_sync(_open_read, self._spool.part(fill.sha256))
                     if fill.fd is not None:
                         fill.status = 200
@@ -256,6 +274,15 @@ class Filler:
             if asyncio.get_running_loop().time() > deadline:
                 raise UpstreamUnavailable("the worker fetching this file stalled", timeout=True)
             await asyncio.sleep(FOLLOW_POLL)
+
+    async def _may_follow(self, fill: Fill, path: str, authorization: str | None) -> bool:
+        """Ask GitLab (HEAD) whether this caller may read the file; if not, its answer
+        becomes this fill's."""
+        answer = await self._upstream.check(path, authorization=authorization)
+        if answer.status < 400:
+            return True
+        fill.status, fill.headers = answer.status, answer.headers
+        return False
 
     def read(self, fill: Fill, start: int = 0, end: int | None = None) -> Body:
         """The bytes [start, end) of a fill as they arrive.

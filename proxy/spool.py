@@ -50,10 +50,14 @@ class Spool:
         writer = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         return writer, os.open(path, os.O_RDONLY)
 
-    def announce(self, sha256: str, token: str, status: int, length: int | None) -> None:
-        """Tell followers in other workers what GitLab answered (atomically replaced)."""
+    def announce(
+        self, sha256: str, token: str, *, origin: str, status: int, length: int | None
+    ) -> None:
+        """Tell followers in other workers what GitLab answered, and to whom (`origin`: a
+        hash of scope and credentials), atomically replaced."""
         staged = self.tmp / f"{sha256}.{token}.staged"
-        staged.write_text(json.dumps({"token": token, "status": status, "length": length}))
+        notice = {"token": token, "origin": origin, "status": status, "length": length}
+        staged.write_text(json.dumps(notice))
         staged.replace(self.notice(sha256))
 
     def read_notice(self, sha256: str) -> dict[str, object] | None:

@@ -162,3 +162,30 @@ async def test_a_second_worker_follows_the_first_workers_download(tmp_path: Path
     assert store.has_file(SHA)
     await leader.aclose()
     await follower.aclose()
+
+
+@pytest.mark.parametrize(("head", "follows"), [(404, False), (200, True)])
+@respx.mock
+async def test_another_workers_fill_for_another_scope_is_followed_only_if_gitlab_agrees(
+    tmp_path: Path, head: int, follows: bool
+) -> None:
+    """A worker asked for the file through another project first asks GitLab (HEAD) there;
+    a refusal is its answer, and it never streams the other project's bytes."""
+    gate = Gate(CONTENT)
+    respx.get(BASE + PATH).mock(
+        return_value=httpx.Response(200, headers={"Content-Length": str(len(CONTENT))}, stream=gate)
+    )
+    other = PATH.replace("/projects/1/", "/projects/2/")
+    check = respx.head(BASE + other).respond(head)
+    leader, _ = _filler(tmp_path)
+    follower, _ = _filler(tmp_path)
+    led = leader.start(SHA, PATH, authorization=None)
+    await led.ready.wait()
+    followed = follower.start(SHA, other, authorization=None)
+    await asyncio.wait_for(followed.ready.wait(), timeout=10)
+    assert check.call_count == 1
+    assert (followed.status == 200) is follows
+    assert (followed.fd is not None) is follows
+    gate.release.set()
+    await leader.aclose()
+    await follower.aclose()
