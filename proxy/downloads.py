@@ -17,7 +17,7 @@ from proxy.fills import Body, Filler
 from proxy.models import CacheStatus, Reply, Scope
 from proxy.upstream import GitLab
 
-READ_CHUNK = 256 * 1024
+READ_CHUNK = 128 * 1024
 
 
 @dataclass(slots=True)

@@ -28,7 +28,7 @@ from proxy.spool import Spool
 from proxy.upstream import GitLab
 
 log = logging.getLogger("proxy.fills")
-READ_CHUNK = 256 * 1024
+READ_CHUNK = 128 * 1024
 FOLLOW_POLL = 0.02
 """Seconds between looks at another worker's growing file."""
 
