@@ -4,33 +4,32 @@ from __future__ import annotations
 
 import base64
 import collections
-import contextlib
 import hashlib
 import http
-import http.server
-import json
 import re
 import secrets
-import socket
-import socketserver
-import sys
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
-from email.utils import collapse_rfc2231_value
 from types import TracebackType
 from typing import TypeVar
+
+from tests import fakepages
+from tests.fakehttp import (
+    Faults,
+    LoopbackServer,
+    Request,
+    Response,
+    json_response,
+    parse_multipart,
+)
 
 # guest < reporter < developer < maintainer < owner (Gitlab::Access levels).
 ROLES = {"guest": 10, "reporter": 20, "developer": 30, "maintainer": 40, "owner": 50}
 _GUEST, _DEVELOPER = ROLES["guest"], ROLES["developer"]
-_CHUNK = 64 * 1024
-_PAGE_CACHE = "max-age=0, private, must-revalidate"  # Rack::ETag/ConditionalGet default
-_JSON_TYPES = ("application/vnd.pypi.simple.v1+json", "application/vnd.pypi.simple.latest+json")
-_FLIP = bytes(b ^ 0xFF for b in range(256))
 _SHA256 = re.compile(r"[0-9a-f]{64}", re.IGNORECASE)
 # Gitlab::Regex.pypi_version_regex: the PEP 440 appendix-B regex, leading "v" allowed.
 _VERSION = re.compile(
@@ -46,7 +45,6 @@ _NAME = re.compile(r"@?(?:[\w\-.+]*/)*[\w\-.]+@?(?:[\w\-.+]*/)*[\w\-.+]*")
 _PROJECT_ROUTE = re.compile(r"/api/v4/projects/([^/]+)/packages/pypi(?:/(.*))?")
 _GROUP_ROUTE = re.compile(r"/api/v4/groups/([^/]+)/-/packages/pypi(?:/(.*))?")
 _T = TypeVar("_T")
-_Request = socket.socket | tuple[bytes, socket.socket]  # socketserver's request type
 
 
 @dataclass(frozen=True)
@@ -111,70 +109,19 @@ class _Caller:
         return self.user is not None or self.deploy is not None
 
 
-@dataclass(eq=False)
-class _Response(Exception):
-    """An answer to send: returned on success, raised to bail out with an error."""
-
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    download: bool = False  # file bytes: Range, truncate_files and corrupt_files apply
+def _not_found(message: str = "404 Not Found") -> Response:
+    return json_response(404, {"message": message})
 
 
-def _json(status: int, payload: object, headers: dict[str, str] | None = None) -> _Response:
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    return _Response(status, body, {"Content-Type": "application/json", **(headers or {})})
-
-
-def _not_found(message: str = "404 Not Found") -> _Response:
-    return _json(404, {"message": message})
-
-
-def _unauthorized() -> _Response:
+def _unauthorized() -> Response:
     # unauthorized! is overridden to add this header; the body is Grape's JSON error.
     realm = {"WWW-Authenticate": 'Basic realm="GitLab Packages Registry"'}
-    return _json(401, {"message": "401 Unauthorized"}, realm)
-
-
-def _escape(text: str) -> str:
-    # ERB::Util.html_escape: & < > " '  ->  &amp; &lt; &gt; &quot; &#39;
-    for raw, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;")):
-        text = text.replace(raw, entity)
-    return text.replace("'", "&#39;")
+    return json_response(401, {"message": "401 Unauthorized"}, realm)
 
 
 def _normalize(name: str) -> str:
     # normalized_pypi_name = name.gsub(/[-_.]+/o, '-').downcase
     return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _html(title: str, links: list[str]) -> bytes:
-    # simple_presenter_base.rb: a <<-HTML heredoc (indentation kept) with .lstrip.
-    return (
-        "<!DOCTYPE html>\n"
-        "        <html>\n"
-        "          <head>\n"
-        f"            <title>Links for {_escape(title)}</title>\n"
-        "          </head>\n"
-        "          <body>\n"
-        f"            <h1>Links for {_escape(title)}</h1>\n"
-        f"            {''.join(links)}\n"
-        "          </body>\n"
-        "        </html>\n"
-    ).encode()
-
-
-def _anchor(url: str, requires_python: str, text: str) -> str:
-    # data-requires-python "always present" and escaped; the anchor text is not escaped.
-    return f'<a href="{url}" data-requires-python="{_escape(requires_python)}">{text}</a>'
-
-
-def _json_file(filename: str, url: str, sha256: str, requires_python: str) -> dict[str, object]:
-    # PEP 691 file entry; "requires-python is included only when present".
-    entry: dict[str, object] = {"filename": filename, "url": url, "hashes": {"sha256": sha256}}
-    if requires_python:
-        entry["requires-python"] = requires_python
-    return entry
 
 
 def _sanitize(filename: str) -> str:
@@ -183,205 +130,6 @@ def _sanitize(filename: str) -> str:
     if name and set(name) == {"."}:
         name = "_" + name
     return name or "unnamed"
-
-
-def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
-    """Map each form field name to (filename or None, raw value)."""
-    header = Message()
-    header["Content-Type"] = content_type
-    boundary = header.get_param("boundary")
-    if header.get_content_type() != "multipart/form-data" or not isinstance(boundary, str):
-        return {}
-    fields: dict[str, tuple[str | None, bytes]] = {}
-    for part in body.split(b"--" + boundary.encode("latin-1"))[1:]:
-        if part.startswith(b"--"):
-            break
-        head, found, value = part.partition(b"\r\n\r\n")
-        if not found:
-            continue
-        disposition = Message()
-        for line in head.decode("utf-8", "replace").split("\r\n"):
-            key, _, text = line.partition(":")
-            if key.strip().lower() == "content-disposition":
-                disposition["Content-Disposition"] = text.strip()
-        name = disposition.get_param("name", header="content-disposition")
-        if name is not None:
-            value = value.removesuffix(b"\r\n")
-            fields[collapse_rfc2231_value(name)] = (disposition.get_filename(), value)
-    return fields
-
-
-def _byte_range(header: str | None, total: int) -> tuple[int, int] | None:
-    """A single "bytes=a-b" / "a-" / "-n" range as [start, end); None to send it all."""
-    match = re.fullmatch(r"bytes=(\d*)-(\d*)", (header or "").strip())
-    if not match or match[1] == match[2] == "":
-        return None  # absent, malformed or multiple ranges: ignored, as RFC 9110 allows
-    if match[1] == "":
-        start, end = max(0, total - int(match[2])), total
-        if int(match[2]) == 0:
-            start = total
-    else:
-        start = int(match[1])
-        end = min(total, int(match[2]) + 1) if match[2] else total
-        if match[2] and int(match[2]) < start:
-            return None
-    if start >= total:
-        unsatisfiable = {"Content-Range": f"bytes */{total}", "Accept-Ranges": "bytes"}
-        raise _json(416, {"message": "416 Range Not Satisfiable"}, unsatisfiable)
-    return start, end
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self, port: int, fake: FakeGitLab, kind: str) -> None:
-        self.fake, self.kind = fake, kind
-        self.connections: set[_Request] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", port), _Handler)
-        self._thread = threading.Thread(
-            target=self.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-        self._thread.start()
-
-    def server_bind(self) -> None:
-        # Skip HTTPServer's socket.getfqdn(), a reverse DNS lookup that can be slow.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
-
-    def process_request(self, request: _Request, client_address: object) -> None:
-        with self._connections_lock:
-            self.connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: _Request) -> None:
-        with self._connections_lock:
-            self.connections.discard(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request: _Request, client_address: object) -> None:
-        if not isinstance(sys.exc_info()[1], OSError):  # a client hanging up is not a bug
-            super().handle_error(request, client_address)
-
-    def close(self) -> None:
-        """Stop accepting, close the listening socket and cut every open connection."""
-        self.shutdown()
-        self.server_close()
-        with self._connections_lock:
-            open_connections = list(self.connections)
-        for connection in open_connections:
-            with contextlib.suppress(OSError):
-                if isinstance(connection, socket.socket):
-                    connection.shutdown(socket.SHUT_RDWR)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body are two writes; do not wait for ACKs
-    server: _Server
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Stay quiet: tests read `FakeGitLab.requests` instead."""
-
-    def do_GET(self) -> None:
-        fake, kind = self.server.fake, self.server.kind
-        headers = {key.lower(): value for key, value in self.headers.items()}
-        fake._observe(request=Recorded(self.command, self.path, headers, kind))
-        try:
-            response = self._object() if kind == "object" else self._gitlab()
-        except _Response as error:
-            response = error
-        self._send(response)
-
-    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
-
-    def _gitlab(self) -> _Response:
-        fake = self.server.fake
-        route = fake._route(self.path, self.command)
-        fake._observe(kind=route.kind)
-        body = self._read_body(count=route.kind == "upload")
-        if fake.delay:
-            time.sleep(fake.delay)
-        if fake.fail_status is not None:
-            raise fake._failure()
-        with fake._lock:
-            return fake._answer(route, self.headers, body, self.command)
-
-    def _object(self) -> _Response:
-        fake = self.server.fake
-        fake._observe(kind="object")
-        self._read_body(count=False)
-        return fake._object_answer(self.path, self.command, "Authorization" in self.headers)
-
-    def _read_body(self, *, count: bool) -> bytes:
-        """Read the request body incrementally, Content-Length or chunked."""
-        pieces: list[bytes] = []
-
-        def take(size: int) -> None:
-            while size > 0:
-                piece = self.rfile.read(min(_CHUNK, size))
-                if not piece:
-                    raise ConnectionError("client closed the connection mid-body")
-                pieces.append(piece)
-                size -= len(piece)
-                if count:
-                    self.server.fake._observe(upload=len(piece))
-
-        try:
-            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-                while size := int(self.rfile.readline(65537).split(b";")[0].strip() or b"0", 16):
-                    take(size)
-                    self.rfile.readline()  # the CRLF after each chunk
-                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                    pass  # trailer fields
-            else:
-                take(int(self.headers.get("Content-Length", "0")))
-        except ValueError:  # a malformed length: the connection cannot be trusted any more
-            self.close_connection = True
-            raise _json(400, {"message": "400 Bad request"}) from None
-        return b"".join(pieces)
-
-    def _send(self, response: _Response) -> None:
-        fake, body, headers = self.server.fake, response.body, dict(response.headers)
-        status = response.status
-        if response.download:
-            try:
-                span = _byte_range(self.headers.get("Range"), len(body))
-            except _Response as error:
-                status, body, headers = error.status, error.body, error.headers
-            else:
-                if span is not None:
-                    status, body = 206, body[span[0] : span[1]]
-                    headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{len(response.body)}"
-                if fake.corrupt_files:
-                    body = body.translate(_FLIP)
-        self.send_response(status)
-        headers.setdefault("Cache-Control", "no-cache")
-        headers["X-Content-Type-Options"] = "nosniff"
-        if self.close_connection:
-            headers["Connection"] = "close"
-        if status != 304:
-            headers["Content-Length"] = str(len(body))
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.end_headers()
-        if self.command == "HEAD" or status == 304:
-            return
-        if response.download and status in (200, 206) and fake.truncate_files:
-            self.wfile.write(body[: len(body) // 2])
-            self.close_connection = True
-            return
-        stall = fake.stall_files_after
-        if response.download and status in (200, 206) and stall is not None:
-            # A download in progress, for as long as the test wants: the first bytes,
-            # then nothing until stall_release is set (or 60 s pass).
-            self.wfile.write(body[:stall])
-            self.wfile.flush()
-            fake.stalled.set()
-            fake.stall_release.wait(60)
-            body = body[stall:]
-        self.wfile.write(body)
 
 
 @dataclass(frozen=True)
@@ -436,15 +184,15 @@ class FakeGitLab:
         self._packages: list[_Package] = []
         self._uploads: list[StoredFile] = []
         self._links: dict[str, tuple[StoredFile, str]] = {}  # key -> (file, signature)
-        self._gitlab: _Server | None = None
-        self._object: _Server | None = None
+        self._gitlab: LoopbackServer | None = None
+        self._object: LoopbackServer | None = None
         self._port = 0
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
         """Listen on two random loopback ports: GitLab and its object storage."""
-        self._object = _Server(0, self, "object")
-        self._gitlab = _Server(0, self, "gitlab")
+        self._object = LoopbackServer(0, self._serve_object, self._faults)
+        self._gitlab = LoopbackServer(0, self._serve_gitlab, self._faults)
         self._port = self._gitlab.server_port
 
     def stop(self) -> None:
@@ -484,7 +232,7 @@ class FakeGitLab:
             self._gitlab.close()
             self._gitlab = None
         elif not down and self._gitlab is None and self._object is not None:
-            self._gitlab = _Server(self._port, self, "gitlab")
+            self._gitlab = LoopbackServer(self._port, self._serve_gitlab, self._faults)
 
     # --- model ---------------------------------------------------------------------------
     def add_user(self, username: str) -> None:
@@ -599,20 +347,57 @@ class FakeGitLab:
             self.upload_bytes_received = 0
             self.object_auth_violations = 0
 
-    # --- observation (called from handler threads) -------------------------------------
+    # --- serving (called from handler threads) -----------------------------------------
+    def _serve_gitlab(self, request: Request) -> Response:
+        self._record(request, "gitlab")
+        route = self._route(request.path, request.method)
+        self._observe(kind=route.kind)
+        body = request.read_body(self._received if route.kind == "upload" else None)
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail_status is not None:
+            raise self._failure()
+        with self._lock:
+            return self._answer(route, request.headers, body, request.method)
+
+    def _serve_object(self, request: Request) -> Response:
+        self._record(request, "object")
+        self._observe(kind="object")
+        request.read_body()
+        has_authorization = "Authorization" in request.headers
+        return self._object_answer(request.path, request.method, has_authorization)
+
+    def _faults(self) -> Faults:
+        return Faults(
+            truncate=self.truncate_files,
+            corrupt=self.corrupt_files,
+            stall_after=self.stall_files_after,
+            stalled=self.stalled,
+            release=self.stall_release,
+        )
+
+    def _received(self, size: int) -> None:
+        self._observe(upload=size)
+
+    def _record(self, request: Request, server: str) -> None:
+        headers = {key.lower(): value for key, value in request.headers.items()}
+        self._observe(request=Recorded(request.method, request.path, headers, server))
+
     def _observe(self, *, request: Recorded | None = None, kind: str = "", upload: int = 0) -> None:
         with self._lock:
             self.requests.extend([request] if request else [])
             self.counts.update([kind] if kind else [])
             self.upload_bytes_received += upload
 
-    def _failure(self) -> _Response:
+    def _failure(self) -> Response:
         status = self.fail_status or 500
         headers = {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
         if status == 429:
             # Rack::Attack: text/plain rate_limiting_response_text, default "Retry later".
-            return _Response(status, b"Retry later\n", {"Content-Type": "text/plain", **headers})
-        return _json(status, {"message": f"{status} {http.HTTPStatus(status).phrase}"}, headers)
+            return Response(status, b"Retry later\n", {"Content-Type": "text/plain", **headers})
+        return json_response(
+            status, {"message": f"{status} {http.HTTPStatus(status).phrase}"}, headers
+        )
 
     # --- routing -------------------------------------------------------------------------
     def _route(self, raw: str, method: str) -> _Route:
@@ -645,11 +430,11 @@ class FakeGitLab:
             return _Route("file", scope, ident, unquote("/".join(tail[2:])), unquote(tail[1]))
         return _OTHER
 
-    def _answer(self, route: _Route, headers: Message, body: bytes, method: str) -> _Response:
+    def _answer(self, route: _Route, headers: Message, body: bytes, method: str) -> Response:
         if route.kind == "other":
             if route.allowed:
                 allow = {"Allow": ", ".join(route.allowed)}
-                return _json(405, {"message": "405 Method Not Allowed"}, allow)
+                return json_response(405, {"message": "405 Method Not Allowed"}, allow)
             return _not_found()
         caller = self._caller(headers)
         if route.scope == "groups":
@@ -677,18 +462,16 @@ class FakeGitLab:
         visible = [
             p for p in self._packages if p.project in pids and self._can_read(caller, p.project)
         ]
-        want_json = self.pep691 and any(
-            item.strip().startswith(_JSON_TYPES) for item in headers.get("Accept", "").split(",")
-        )
+        want_json = self.pep691 and fakepages.wants_json(headers.get("Accept", ""))
         if route.kind == "index":
             if want_json:
                 names = sorted({_normalize(p.name) for p in visible})
                 return self._page(headers, {"projects": [{"name": n} for n in names]})
             links = [
-                _anchor(f"{base}/simple/{_normalize(p.name)}", p.requires_python, p.name)
+                fakepages.anchor(f"{base}/simple/{_normalize(p.name)}", p.requires_python, p.name)
                 for p in visible
             ]
-            return self._page(headers, _html(title, links))
+            return self._page(headers, fakepages.html(title, links))
         # "The stored name is normalized; the request name is only lower-cased."
         matching = [p for p in visible if _normalize(p.name) == route.name.lower()]
         if not matching:
@@ -701,42 +484,28 @@ class FakeGitLab:
             return f"{base}/{path}#sha256={f.sha256}"
 
         if want_json:
-            entries = [_json_file(f.filename, href(f), f.sha256, rp) for f, rp in files]
+            entries = [fakepages.json_file(f.filename, href(f), f.sha256, rp) for f, rp in files]
             return self._page(headers, {"name": _normalize(matching[0].name), "files": entries})
-        links = [_anchor(href(f), rp, f.filename) for f, rp in files]
-        return self._page(headers, _html(matching[0].name, links))
+        links = [fakepages.anchor(href(f), rp, f.filename) for f, rp in files]
+        return self._page(headers, fakepages.html(matching[0].name, links))
 
-    def _page(self, request: Message, content: bytes | dict[str, object]) -> _Response:
-        if isinstance(content, dict):
-            body = json.dumps({"meta": {"api-version": "1.0"}, **content}, separators=(",", ":"))
-            headers = {"Content-Type": "application/vnd.pypi.simple.v1+json; charset=utf-8"}
-            content = body.encode()
-        else:
-            headers = {"Content-Type": "text/html; charset=utf-8"}
-        if self.pep691:
-            headers["Vary"] = "Accept"  # present_pypi_html_with_vary / present_simple_json
-        headers["ETag"] = etag = f'W/"{hashlib.md5(content).hexdigest()}"'
-        headers["Cache-Control"] = _PAGE_CACHE
-        candidates = [tag.strip() for tag in request.get("If-None-Match", "").split(",")]
-        if etag in candidates or "*" in candidates:
-            del headers["Content-Type"]
-            return _Response(304, b"", headers)
-        return _Response(200, content, headers)
+    def _page(self, request: Message, content: bytes | dict[str, object]) -> Response:
+        return fakepages.page(request, content, vary=self.pep691)
 
-    def _forward(self, name: str, method: str) -> _Response:
+    def _forward(self, name: str, method: str) -> Response:
         if self.forwarding_url is None:
             raise _not_found("404 Package Not Found")
         # "Location: https://pypi.org/simple/<name as requested, not normalized, not escaped>/"
         return self._redirect(f"{self.forwarding_url}{name}/", method)
 
     @staticmethod
-    def _redirect(location: str, method: str) -> _Response:
+    def _redirect(location: str, method: str) -> Response:
         # Grape's redirect: text/plain body; a non-GET (HEAD) redirect on HTTP/1.1 is 303.
         body = f"This resource has been moved temporarily to {location}.".encode()
         headers = {"Location": location, "Content-Type": "text/plain"}
-        return _Response(302 if method == "GET" else 303, body, headers)
+        return Response(302 if method == "GET" else 303, body, headers)
 
-    def _download(self, route: _Route, pids: list[int], method: str) -> _Response:
+    def _download(self, route: _Route, pids: list[int], method: str) -> Response:
         # by_file_name_and_sha256(...).last!: equality on (file_name, stored file_sha256).
         found = [
             f
@@ -765,7 +534,7 @@ class FakeGitLab:
         )
 
     @staticmethod
-    def _file_response(filename: str, content: bytes, extra: dict[str, str]) -> _Response:
+    def _file_response(filename: str, content: bytes, extra: dict[str, str]) -> Response:
         quoted = urllib.parse.quote(filename, safe="")
         disposition = f"attachment; filename=\"{filename}\"; filename*=UTF-8''{quoted}"
         headers = {
@@ -774,12 +543,12 @@ class FakeGitLab:
             "Accept-Ranges": "bytes",
             **extra,
         }
-        return _Response(200, content, headers, download=True)
+        return Response(200, content, headers, download=True)
 
-    def _object_answer(self, raw: str, method: str, has_authorization: bool) -> _Response:
-        def s3_error(status: int, code: str) -> _Response:
+    def _object_answer(self, raw: str, method: str, has_authorization: bool) -> Response:
+        def s3_error(status: int, code: str) -> Response:
             body = f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code></Error>'
-            return _Response(status, body.encode(), {"Content-Type": "application/xml"})
+            return Response(status, body.encode(), {"Content-Type": "application/xml"})
 
         if has_authorization:
             # A presigned URL is its own credential; forwarding GitLab's is a leak.
@@ -801,33 +570,33 @@ class FakeGitLab:
         return self._file_response(file.filename, file.content, {"ETag": etag})
 
     # --- upload --------------------------------------------------------------------------
-    def _upload(self, caller: _Caller, project: _Space, headers: Message, body: bytes) -> _Response:
+    def _upload(self, caller: _Caller, project: _Space, headers: Message, body: bytes) -> Response:
         if not caller.authenticated:
             raise _unauthorized()
         if not self._can_read(caller, project.id):  # project!(action: :read_project)
             raise _not_found()
         deploy = caller.deploy is not None and self._deploy_covers(caller.deploy, project)
         if not deploy and self._role(caller, project) < _DEVELOPER:
-            raise _json(403, {"message": "403 Forbidden"})
-        fields = _parse_multipart(headers.get("Content-Type", ""), body)
+            raise json_response(403, {"message": "403 Forbidden"})
+        fields = parse_multipart(headers.get("Content-Type", ""), body)
         content = fields.get("content")
         missing = [key for key in ("content", "name", "version") if key not in fields]
         if content is not None and content[0] is None:
             missing.insert(0, "content")  # a plain text field is no WorkhorseFile
         if missing:
-            raise _json(400, {"error": ", ".join(f"{key} is missing" for key in missing)})
+            raise json_response(400, {"error": ", ".join(f"{key} is missing" for key in missing)})
         text = {key: value.decode("utf-8", "replace") for key, (_, value) in fields.items()}
         sha256 = text.get("sha256_digest")
         if sha256 is not None and not _SHA256.fullmatch(sha256):
-            raise _json(400, {"error": "sha256_digest is invalid"})
+            raise json_response(400, {"error": "sha256_digest is invalid"})
         assert content is not None
         assert content[0] is not None
         if len(content[1]) > self.max_file_size:
-            raise _json(400, {"message": "400 Bad request - File is too large"})
+            raise json_response(400, {"message": "400 Bad request - File is too large"})
         for key, pattern in (("name", _NAME), ("version", _VERSION)):
             if not pattern.fullmatch(text[key]):
                 message = f"400 Bad request - Validation failed: {key.capitalize()} is invalid"
-                raise _json(400, {"message": message})
+                raise json_response(400, {"message": message})
         try:
             # Simplification: real GitLab stores nil without sha256_digest; we store the real one.
             self.add_file(
@@ -840,8 +609,10 @@ class FakeGitLab:
                 requires_python=text.get("requires_python", "")[:255],
             )
         except ValueError as error:
-            raise _json(400, {"message": f"400 Bad request - Validation failed: {error}"}) from None
-        return _json(201, {"message": "201 Created"})
+            raise json_response(
+                400, {"message": f"400 Bad request - Validation failed: {error}"}
+            ) from None
+        return json_response(201, {"message": "201 Created"})
 
     # --- auth ----------------------------------------------------------------------------
     def _caller(self, headers: Message) -> _Caller:
@@ -850,7 +621,7 @@ class FakeGitLab:
             token = self._tokens.get(credential.strip())
             if token is None or token.kind != "personal":
                 # The API guard's OAuth-style responder, not the Basic realm.
-                raise _json(
+                raise json_response(
                     401,
                     {"message": "401 Unauthorized"},
                     {"WWW-Authenticate": 'Bearer realm="", error="invalid_token"'},
