@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 from anyio import to_thread
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import Send
 
 from proxy.access import Gate
-from proxy.downloads import Downloads, FileReply
-from proxy.errors import BadRequest, ProxyError, TooLarge, Unauthorized
-from proxy.fills import Body
+from proxy.downloads import Downloads
+from proxy.errors import BadRequest, TooLarge, Unauthorized
 from proxy.metrics import CONTENT_TYPE as METRICS_TYPE
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
@@ -30,24 +28,13 @@ from proxy.models import (
     valid_scope_id,
     valid_sha256,
 )
+from proxy.responses import serve_file
 
 log = logging.getLogger("proxy.routes")
 _API = re.compile(
     r"^/api/v4/(?:projects/(?P<project>[^/]+)|groups/(?P<group>[^/]+)/-)/packages/pypi(?P<rest>/.*)?$"
 )
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(?::[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?$")
-_RANGE = re.compile(r"^bytes=(?:(\d+)-(\d*)|-(\d+))$")
-IMMUTABLE = "public, max-age=31536000, immutable"
-# No Content-Encoding ever: a .tar.gz is served as the bytes it is (uv and poetry
-# break on proxies that say "gzip" here).
-_TYPES = {
-    ".whl": "application/zip",
-    ".zip": "application/zip",
-    ".gz": "application/gzip",
-    ".tgz": "application/gzip",
-    ".bz2": "application/x-bzip2",
-    ".metadata": "text/plain",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,103 +124,6 @@ async def pypi(request: Request) -> Response:
     if isinstance(answer, Reply):
         return _reply(answer)
     return serve_file(request, answer, filename, sha256.lower())
-
-
-def serve_file(request: Request, reply: FileReply, filename: str, sha256: str) -> Response:
-    """Headers of design 3.2, HEAD, conditional GET and single byte ranges."""
-    etag = f'"{sha256}"'
-    suffix = "." + filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
-    headers = {
-        "content-type": _TYPES.get(suffix, "application/octet-stream"),
-        "etag": etag,
-        "cache-control": IMMUTABLE,
-        "x-cache": reply.cache,
-    }
-    size = reply.size
-    if size is not None:
-        headers["accept-ranges"] = "bytes"
-        headers["content-length"] = str(size)
-    if etag in request.headers.get("if-none-match", ""):
-        reply.release()
-        return Response(
-            None, 304, headers={k: v for k, v in headers.items() if k != "content-length"}
-        )
-    start, end, status = 0, size, 200
-    wanted = request.headers.get("range")
-    if wanted and size is not None and request.headers.get("if-range", etag) == etag:
-        parsed = _byte_range(wanted, size)
-        if parsed is None:
-            reply.release()
-            return Response(
-                None, 416, headers={"content-range": f"bytes */{size}", "x-cache": reply.cache}
-            )
-        if parsed != (0, size):
-            start, end, status = parsed[0], parsed[1], 206
-            headers["content-range"] = f"bytes {start}-{end - 1}/{size}"
-            headers["content-length"] = str(end - start)
-    if request.method == "HEAD":
-        reply.release()
-        return Response(None, status, headers=headers)
-    served: Metrics = request.state.metrics
-    counter = served.bytes_served.labels("cache" if reply.cache == "HIT" else "gitlab")
-    return AbortableStream(reply.chunks(start, end), counter.inc, status, headers=headers)
-
-
-class AbortableStream(StreamingResponse):
-    """A stream that, when its source fails, breaks the connection instead of ending cleanly.
-
-    Design 3.2: on a hash mismatch "the client's response is aborted (a truncated body,
-    never a clean end)": the final body message is never sent, so the server closes the
-    connection short of Content-Length (or without the last chunk).
-    """
-
-    def __init__(
-        self, body: Body, count: Callable[[int], None], status: int, headers: dict[str, str]
-    ) -> None:
-        super().__init__(body, status, headers=headers)
-        self._body = body
-        self._count = count
-
-    async def stream_response(self, send: Send) -> None:
-        """Send the head, then the chunks; on a ProxyError stop without finishing.
-
-        The body is closed however this ends, so a cached file or a fill's reader is
-        released even when the client left before the first byte.
-        """
-        try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": self.status_code,
-                    "headers": self.raw_headers,
-                }
-            )
-            try:
-                async for chunk in self._body:
-                    self._count(len(chunk))
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except ProxyError as exc:
-                log.warning("aborted a download mid-body: %s", exc)
-                return
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            await self._body.aclose()
-
-
-def _byte_range(header: str, size: int) -> tuple[int, int] | None:
-    """[start, end) of one `bytes=` range; None if unsatisfiable; all of it if unparsable."""
-    match = _RANGE.fullmatch(header.strip())
-    if match is None:
-        return (0, size)  # several ranges or another unit: RFC 9110 lets us send it all
-    first, last, suffix = match.groups()
-    if suffix is not None:
-        length = int(suffix)
-        return (max(0, size - length), size) if length > 0 and size > 0 else None
-    start = int(first)
-    end = min(int(last) + 1, size) if last else size
-    if start >= size or end <= start:
-        return None
-    return (start, end)
 
 
 async def upload(request: Request, scope: Scope) -> Response:
