@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,6 +44,7 @@ access_log = logging.getLogger("proxy.access")
 # project and group access tokens and accepts any for deploy tokens.
 DEFAULT_USERNAME = "gitlab-pypi-proxy"
 MAX_HEADER_BYTES = 64 * 1024
+_USERINFO = re.compile(r"(//)[^/@]*@")
 
 
 def status_for(exc: ProxyError) -> int:
@@ -123,7 +125,7 @@ class Observed:
                 '%s - "%s %s" %d %s %.3fs',
                 (scope.get("client") or ("-",))[0],
                 scope["method"],
-                (scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
+                _loggable(scope),
                 status,
                 cache,
                 time.monotonic() - started,
@@ -221,6 +223,14 @@ def create_app(
     app.router.redirect_slashes = False
     app.add_middleware(Observed, metrics=metrics)
     return app
+
+
+def _loggable(scope: Scope) -> str:
+    """The request's path for the access log: no query string, no `user:pass@` (an
+    absolute-form target such as `http://user:token@host/...` would carry one)."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    path = raw.split(b"?", 1)[0].decode("latin-1")
+    return _USERINFO.sub(r"\1***@", path)
 
 
 def _size(store: Store) -> tuple[int, int]:

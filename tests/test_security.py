@@ -629,6 +629,22 @@ def test_a_token_in_the_query_string_is_not_logged(
     assert MALLORY not in log
 
 
+def test_credentials_in_an_absolute_form_target_are_not_logged(
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
+) -> None:
+    """A request line like `GET http://user:token@host/...` is logged without its user:token."""
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE)
+    target = f"http://alice:{ALICE}@127.0.0.1/api/v4/projects/42/packages/pypi/simple/x/"
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as conn:
+        conn.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        assert conn.recv(4096).startswith(b"HTTP/1.1 404")
+    proxy.stop()
+    assert proxy.log is not None
+    log = proxy.log.read_text()
+    assert "GET http://***@127.0.0.1/api/v4/" in log
+    assert ALICE not in log
+
+
 def test_a_world_readable_token_file_gives_a_warning_without_the_token(
     gitlab: FakeGitLab, world: World, start_proxy: Start, tmp_path: Path
 ) -> None:
