@@ -13,7 +13,7 @@ from typing import Any
 
 import uvicorn
 
-from proxy import __version__, access, config, maintenance, values
+from proxy import __version__, access, config, maintenance, metrics, values
 from proxy.cache import Store
 from proxy.errors import CacheError, ConfigError
 
@@ -235,6 +235,7 @@ def _serve(args: argparse.Namespace) -> int:
         if args.config is not None:
             overrides["config_file"] = os.path.abspath(args.config)
         os.environ[config.SERVE_ARGS_ENV] = config.to_overrides_env(overrides)
+        metrics.share_between_workers(settings.cache.dir / "metrics")
         uvicorn.run(
             "proxy.app:app_from_environment",
             factory=True,

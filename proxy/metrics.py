@@ -1,14 +1,47 @@
-"""Prometheus metrics of one proxy process (the only prometheus_client import)."""
+"""Prometheus metrics of the proxy, summed over its workers (the only prometheus_client import)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "SHARED_DIR_ENV", "Metrics", "share_between_workers"]
 PREFIX = "gitlab_pypi_proxy"
+SHARED_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus_client's own variable: where worker processes keep their counters."""
+
+
+def share_between_workers(directory: Path) -> None:
+    """Before `serve --workers N` starts its workers: counters go to files in `directory`
+    (emptied of a previous run's), so that any worker's /-/metrics sums all of them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ[SHARED_DIR_ENV] = str(directory)
+
+
+class _CacheSize:
+    """Files and bytes the cache holds, read at each scrape (the same for every worker)."""
+
+    def __init__(self, size: Callable[[], tuple[int, int]]) -> None:
+        self._size = size
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(f"{PREFIX}_cache_files", "Files held by the cache.")
+        yield GaugeMetricFamily(f"{PREFIX}_cache_bytes", "Bytes of files held by the cache.")
+
+    def collect(self) -> Iterator[Metric]:
+        files, size = self._size()
+        yield GaugeMetricFamily(f"{PREFIX}_cache_files", "Files held by the cache.", value=files)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_cache_bytes", "Bytes of files held by the cache.", value=size
+        )
 
 
 class Metrics:
@@ -46,16 +79,20 @@ class Metrics:
         self.evictions = Counter(
             f"{PREFIX}_evictions", "Files evicted to keep the cache under max_size.", registry=r
         )
-        self.cache_bytes = Gauge(
-            f"{PREFIX}_cache_bytes", "Bytes of files held by the cache.", registry=r
-        )
-        self.cache_files = Gauge(f"{PREFIX}_cache_files", "Files held by the cache.", registry=r)
+        self._cache: _CacheSize | None = None
 
     def watch_cache(self, size: Callable[[], tuple[int, int]]) -> None:
         """Read (files, bytes) from `size` at every scrape."""
-        self.cache_files.set_function(lambda: size()[0])
-        self.cache_bytes.set_function(lambda: size()[1])
+        self._cache = _CacheSize(size)
+        self.registry.register(self._cache)
 
     def render(self) -> bytes:
-        """The text exposition format."""
-        return generate_latest(self.registry)
+        """The text exposition format; with workers, every worker's counters summed."""
+        shared = os.environ.get(SHARED_DIR_ENV)
+        if not shared:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=shared)  # type: ignore[no-untyped-call]
+        if self._cache is not None:
+            registry.register(self._cache)
+        return generate_latest(registry)

@@ -225,6 +225,14 @@ def test_concurrent_clients_share_one_fetch(
     assert len(bodies) == 24
     assert all(body == BIG for body in bodies)
     assert gitlab.counts["file"] == 1
+    # Whichever worker answers, /-/metrics counts every worker's requests.
+    text = httpx.get(proxy.url + "/-/metrics").text
+    served = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("gitlab_pypi_proxy_requests_total{") and 'route="file"' in line
+    ]
+    assert sum(served) == 24
 
 
 def test_client_disconnect_does_not_abort_the_fill(
