@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import collections
 import hashlib
 import http
@@ -11,11 +10,9 @@ import secrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.message import Message
 from types import TracebackType
-from typing import TypeVar
 
 from tests import fakepages
 from tests.fakehttp import (
@@ -26,10 +23,19 @@ from tests.fakehttp import (
     json_response,
     parse_multipart,
 )
+from tests.fakemodel import (
+    ROLES,
+    Caller,
+    GitLabModel,
+    RejectedCredentials,
+    Space,
+    StoredFile,
+    normalize,
+    with_normalized_pypi_name,
+)
 
-# guest < reporter < developer < maintainer < owner (Gitlab::Access levels).
-ROLES = {"guest": 10, "reporter": 20, "developer": 30, "maintainer": 40, "owner": 50}
-_GUEST, _DEVELOPER = ROLES["guest"], ROLES["developer"]
+__all__ = ["ROLES", "FakeGitLab", "Recorded", "StoredFile"]
+
 _SHA256 = re.compile(r"[0-9a-f]{64}", re.IGNORECASE)
 # Gitlab::Regex.pypi_version_regex: the PEP 440 appendix-B regex, leading "v" allowed.
 _VERSION = re.compile(
@@ -44,7 +50,6 @@ _VERSION = re.compile(
 _NAME = re.compile(r"@?(?:[\w\-.+]*/)*[\w\-.]+@?(?:[\w\-.+]*/)*[\w\-.+]*")
 _PROJECT_ROUTE = re.compile(r"/api/v4/projects/([^/]+)/packages/pypi(?:/(.*))?")
 _GROUP_ROUTE = re.compile(r"/api/v4/groups/([^/]+)/-/packages/pypi(?:/(.*))?")
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -57,58 +62,6 @@ class Recorded:
     server: str  # "gitlab" | "object"
 
 
-@dataclass(frozen=True)
-class StoredFile:
-    """A package file as GitLab's database holds it."""
-
-    project: int
-    name: str
-    version: str
-    filename: str
-    sha256: str  # "stored verbatim as file_sha256", never checked against content
-    content: bytes
-    requires_python: str
-
-
-@dataclass
-class _Package:
-    id: int
-    project: int
-    name: str
-    version: str
-    requires_python: str  # package-level metadatum: "upserted on each upload"
-    files: list[StoredFile] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class _Space:
-    """A group or a project: `parent` is the enclosing group's id."""
-
-    id: int
-    path: str
-    name: str  # the display name, the title of index pages
-    visibility: str  # "public" | "internal" | "private"
-    parent: int | None
-
-
-@dataclass(frozen=True)
-class _Token:
-    kind: str
-    user: str | None
-    project: int | None
-    group: int | None
-
-
-@dataclass(frozen=True)
-class _Caller:
-    user: str | None = None
-    deploy: _Token | None = None
-
-    @property
-    def authenticated(self) -> bool:
-        return self.user is not None or self.deploy is not None
-
-
 def _not_found(message: str = "404 Not Found") -> Response:
     return json_response(404, {"message": message})
 
@@ -119,9 +72,11 @@ def _unauthorized() -> Response:
     return json_response(401, {"message": "401 Unauthorized"}, realm)
 
 
-def _normalize(name: str) -> str:
-    # normalized_pypi_name = name.gsub(/[-_.]+/o, '-').downcase
-    return re.sub(r"[-_.]+", "-", name).lower()
+def _found(space: Space | None) -> Space:
+    # project!/find_group: "an unknown project or group ID returns 404 even to anonymous callers".
+    if space is None:
+        raise _not_found()
+    return space
 
 
 def _sanitize(filename: str) -> str:
@@ -175,14 +130,8 @@ class FakeGitLab:
         self.requests: list[Recorded] = []
         self.upload_bytes_received = 0
         self.object_auth_violations = 0
-        self._lock = threading.RLock()
-        self._users: set[str] = set()
-        self._tokens: dict[str, _Token] = {}
-        self._groups: dict[int, _Space] = {}
-        self._projects: dict[int, _Space] = {}
-        self._members: dict[tuple[str, str, int], int] = {}
-        self._packages: list[_Package] = []
-        self._uploads: list[StoredFile] = []
+        self._model = GitLabModel()
+        self._lock = threading.RLock()  # the counters, recorded requests and links
         self._links: dict[str, tuple[StoredFile, str]] = {}  # key -> (file, signature)
         self._gitlab: LoopbackServer | None = None
         self._object: LoopbackServer | None = None
@@ -234,10 +183,9 @@ class FakeGitLab:
         elif not down and self._gitlab is None and self._object is not None:
             self._gitlab = LoopbackServer(self._port, self._serve_gitlab, self._faults)
 
-    # --- model ---------------------------------------------------------------------------
+    # --- model (GitLabModel holds the state and the rules) ------------------------------
     def add_user(self, username: str) -> None:
-        with self._lock:
-            self._users.add(username)
+        self._model.add_user(username)
 
     def add_token(
         self,
@@ -249,14 +197,7 @@ class FakeGitLab:
         group: int | None = None,
     ) -> None:
         """Register a personal/job token acting as `user`, or a deploy token for a project/group."""
-        if kind not in ("personal", "deploy", "job"):
-            raise ValueError(f"unknown token kind {kind!r}")
-        if kind == "deploy" and (project is None) == (group is None):
-            raise ValueError("a deploy token belongs to exactly one project or group")
-        if kind != "deploy" and user not in self._users:
-            raise ValueError(f"{kind} token needs a known user, got {user!r}")
-        with self._lock:
-            self._tokens[token] = _Token(kind, user, project, group)
+        self._model.add_token(token, user=user, kind=kind, project=project, group=group)
 
     def add_group(
         self,
@@ -267,8 +208,7 @@ class FakeGitLab:
         visibility: str = "private",
         parent: int | None = None,
     ) -> None:
-        with self._lock:
-            self._groups[gid] = _Space(gid, path, name or path, visibility, parent)
+        self._model.add_group(gid, path, name=name, visibility=visibility, parent=parent)
 
     def add_project(
         self,
@@ -279,8 +219,7 @@ class FakeGitLab:
         visibility: str = "private",
         group: int | None = None,
     ) -> None:
-        with self._lock:
-            self._projects[pid] = _Space(pid, path, name or path, visibility, group)
+        self._model.add_project(pid, path, name=name, visibility=visibility, group=group)
 
     def add_member(
         self,
@@ -290,13 +229,7 @@ class FakeGitLab:
         group: int | None = None,
         role: str = "developer",
     ) -> None:
-        if (project is None) == (group is None) or role not in ROLES:
-            raise ValueError("give exactly one of project/group and a role in ROLES")
-        with self._lock:
-            if project is not None:
-                self._members[(user, "project", project)] = ROLES[role]
-            if group is not None:
-                self._members[(user, "group", group)] = ROLES[role]
+        self._model.add_member(user, project=project, group=group, role=role)
 
     def add_file(
         self,
@@ -310,34 +243,13 @@ class FakeGitLab:
         requires_python: str = "",
     ) -> str:
         """Store a file as an upload would (no sanitizing); return its stored sha256."""
-        stored = hashlib.sha256(content).hexdigest() if sha256 is None else sha256
-        with self._lock:
-            if pid not in self._projects:
-                raise ValueError(f"unknown project {pid}")
-            package = next(
-                (
-                    p
-                    for p in self._packages
-                    if (p.project, p.name, p.version) == (pid, name, version)
-                ),
-                None,
-            )
-            if package is None:
-                # "Package records are found or created by exact (name, version)."
-                package = _Package(len(self._packages) + 1, pid, name, version, requires_python)
-                self._packages.append(package)
-            if any(f.filename == filename for f in package.files):
-                raise ValueError("File name has already been taken")
-            package.requires_python = requires_python  # the metadatum row is upserted
-            file = StoredFile(pid, name, version, filename, stored, content, requires_python)
-            package.files.append(file)
-            self._uploads.append(file)
-        return stored
+        return self._model.add_file(
+            pid, name, version, filename, content, sha256=sha256, requires_python=requires_python
+        )
 
     def files(self, pid: int) -> list[StoredFile]:
         """Every stored file of a project, in upload order."""
-        with self._lock:
-            return [f for f in self._uploads if f.project == pid]
+        return self._model.files(pid)
 
     def reset_counts(self) -> None:
         """Forget counts, recorded requests, upload bytes and auth violations."""
@@ -357,7 +269,7 @@ class FakeGitLab:
             time.sleep(self.delay)
         if self.fail_status is not None:
             raise self._failure()
-        with self._lock:
+        with self._model.lock:  # one consistent state per answer
             return self._answer(route, request.headers, body, request.method)
 
     def _serve_object(self, request: Request) -> Response:
@@ -437,20 +349,21 @@ class FakeGitLab:
                 return json_response(405, {"message": "405 Method Not Allowed"}, allow)
             return _not_found()
         caller = self._caller(headers)
+        model = self._model
         if route.scope == "groups":
-            group = self._find(self._groups, route.ident, self._group_path)
-            if not self._can_read_group(caller, group.id):
+            group = _found(model.find_group(route.ident))
+            if not model.can_read_group(caller, group.id):
                 # find_authorized_group!: anonymous -> 401, authenticated -> 404.
                 raise _not_found() if caller.authenticated else _unauthorized()
-            subtree = self._subtree(group.id)
-            pids = [p.id for p in self._projects.values() if p.parent in subtree]
+            pids = model.group_projects(group.id)
             base = f"{self.url}/api/v4/groups/{group.id}/-/packages/pypi"
             title = group.name
         else:
-            project = self._find(self._projects, route.ident, self._project_path)
+            project = _found(model.find_project(route.ident))
             if route.kind == "upload":
                 return self._upload(caller, project, headers, body)
-            if not self._can_read(caller, project.id):
+            if not model.can_read(caller, project.id):
+                # unauthorized_or! { not_found! }: anonymous -> 401, authenticated -> 404.
                 raise _not_found() if caller.authenticated else _unauthorized()
             pids, base, title = (
                 [project.id],
@@ -459,21 +372,18 @@ class FakeGitLab:
             )
         if route.kind == "file":
             return self._download(route, pids, method)
-        visible = [
-            p for p in self._packages if p.project in pids and self._can_read(caller, p.project)
-        ]
+        visible = model.visible_packages(caller, pids)
         want_json = self.pep691 and fakepages.wants_json(headers.get("Accept", ""))
         if route.kind == "index":
             if want_json:
-                names = sorted({_normalize(p.name) for p in visible})
+                names = sorted({normalize(p.name) for p in visible})
                 return self._page(headers, {"projects": [{"name": n} for n in names]})
             links = [
-                fakepages.anchor(f"{base}/simple/{_normalize(p.name)}", p.requires_python, p.name)
+                fakepages.anchor(f"{base}/simple/{normalize(p.name)}", p.requires_python, p.name)
                 for p in visible
             ]
             return self._page(headers, fakepages.html(title, links))
-        # "The stored name is normalized; the request name is only lower-cased."
-        matching = [p for p in visible if _normalize(p.name) == route.name.lower()]
+        matching = with_normalized_pypi_name(visible, route.name)
         if not matching:
             return self._forward(route.name, method)
         # The newest presenter: per-file requires_python first, else the package-level value.
@@ -485,7 +395,7 @@ class FakeGitLab:
 
         if want_json:
             entries = [fakepages.json_file(f.filename, href(f), f.sha256, rp) for f, rp in files]
-            return self._page(headers, {"name": _normalize(matching[0].name), "files": entries})
+            return self._page(headers, {"name": normalize(matching[0].name), "files": entries})
         links = [fakepages.anchor(href(f), rp, f.filename) for f, rp in files]
         return self._page(headers, fakepages.html(matching[0].name, links))
 
@@ -506,22 +416,15 @@ class FakeGitLab:
         return Response(302 if method == "GET" else 303, body, headers)
 
     def _download(self, route: _Route, pids: list[int], method: str) -> Response:
-        # by_file_name_and_sha256(...).last!: equality on (file_name, stored file_sha256).
-        found = [
-            f
-            for p in self._packages
-            if p.project in pids
-            for f in p.files
-            if (f.filename, f.sha256) == (route.name, route.sha256)
-        ]
-        if not found:
+        file = self._model.file_by_name_and_sha256(pids, route.name, route.sha256)
+        if file is None:
             raise _not_found(
                 "404 Package Not Found" if route.scope == "projects" else "404 Not found"
             )
-        file = found[-1]
         if self.redirect_downloads:
             key, signature = secrets.token_hex(16), secrets.token_hex(32)
-            self._links[key] = (file, signature)
+            with self._lock:
+                self._links[key] = (file, signature)
             quoted = urllib.parse.quote(file.filename, safe="")
             query = (
                 f"X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=600&X-Amz-Signature={signature}"
@@ -570,13 +473,12 @@ class FakeGitLab:
         return self._file_response(file.filename, file.content, {"ETag": etag})
 
     # --- upload --------------------------------------------------------------------------
-    def _upload(self, caller: _Caller, project: _Space, headers: Message, body: bytes) -> Response:
+    def _upload(self, caller: Caller, project: Space, headers: Message, body: bytes) -> Response:
         if not caller.authenticated:
-            raise _unauthorized()
-        if not self._can_read(caller, project.id):  # project!(action: :read_project)
-            raise _not_found()
-        deploy = caller.deploy is not None and self._deploy_covers(caller.deploy, project)
-        if not deploy and self._role(caller, project) < _DEVELOPER:
+            raise _unauthorized()  # "anonymous or wrong token | 401"
+        if not self._model.can_read(caller, project.id):  # project!(action: :read_project)
+            raise _not_found()  # "private | non-member with a valid token | 404"
+        if not self._model.can_upload(caller, project.id):  # authorize_upload!(project)
             raise json_response(403, {"message": "403 Forbidden"})
         fields = parse_multipart(headers.get("Content-Type", ""), body)
         content = fields.get("content")
@@ -599,7 +501,7 @@ class FakeGitLab:
                 raise json_response(400, {"message": message})
         try:
             # Simplification: real GitLab stores nil without sha256_digest; we store the real one.
-            self.add_file(
+            self._model.add_file(
                 project.id,
                 text["name"],
                 text["version"],
@@ -615,102 +517,12 @@ class FakeGitLab:
         return json_response(201, {"message": "201 Created"})
 
     # --- auth ----------------------------------------------------------------------------
-    def _caller(self, headers: Message) -> _Caller:
-        scheme, _, credential = headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer":
-            token = self._tokens.get(credential.strip())
-            if token is None or token.kind != "personal":
-                # The API guard's OAuth-style responder, not the Basic realm.
-                raise json_response(
-                    401,
-                    {"message": "401 Unauthorized"},
-                    {"WWW-Authenticate": 'Bearer realm="", error="invalid_token"'},
-                )
-            return _Caller(user=token.user)
-        if scheme.lower() != "basic":
-            return _Caller()
+    def _caller(self, headers: Message) -> Caller:
         try:
-            username, _, password = (
-                base64.b64decode(credential, validate=True).decode().partition(":")
-            )
-        except ValueError:
-            return _Caller()
-        token = self._tokens.get(password)
-        if username == "gitlab-ci-token":
-            # A CI job token only with this username; a wrong one is a 401, not anonymous.
-            if token is None or token.kind != "job":
-                raise _unauthorized()
-            return _Caller(user=token.user)
-        if token is not None and token.kind == "deploy":
-            return _Caller(deploy=token)
-        if token is not None and token.kind == "personal":
-            return _Caller(user=token.user)
-        return _Caller()  # "A wrong token is treated as anonymous, not as 401."
-
-    @staticmethod
-    def _find(table: dict[int, _T], ident: str, full_path: Callable[[int], str]) -> _T:
-        # find_project/find_group: a numeric id or a URL-encoded full path, else 404 for all.
-        if ident.isdigit():
-            found = table.get(int(ident))
-        else:
-            wanted = urllib.parse.unquote(ident).lower()
-            found = next((v for k, v in table.items() if full_path(k).lower() == wanted), None)
-        if found is None:
-            raise _not_found()
-        return found
-
-    def _ancestors(self, gid: int | None) -> list[int]:
-        chain: list[int] = []
-        while gid is not None and gid in self._groups and gid not in chain:
-            chain.append(gid)
-            gid = self._groups[gid].parent
-        return chain
-
-    def _subtree(self, gid: int) -> set[int]:
-        return {g for g in self._groups if gid in self._ancestors(g)}
-
-    def _group_path(self, gid: int) -> str:
-        return "/".join(self._groups[g].path for g in reversed(self._ancestors(gid)))
-
-    def _project_path(self, pid: int) -> str:
-        project = self._projects[pid]
-        prefix = self._group_path(project.parent) if project.parent in self._groups else ""
-        return f"{prefix}/{project.path}" if prefix else project.path
-
-    def _role(self, caller: _Caller, project: _Space) -> int:
-        if caller.user is None:
-            return 0
-        levels = [self._members.get((caller.user, "project", project.id), 0)]
-        levels += [
-            self._members.get((caller.user, "group", g), 0) for g in self._ancestors(project.parent)
-        ]
-        return max(levels)
-
-    def _deploy_covers(self, token: _Token, project: _Space) -> bool:
-        return token.project == project.id or token.group in self._ancestors(project.parent)
-
-    def _can_read(self, caller: _Caller, pid: int) -> bool:
-        project = self._projects[pid]
-        if project.visibility == "public" or (project.visibility == "internal" and caller.user):
-            return True
-        if caller.deploy is not None:
-            return self._deploy_covers(caller.deploy, project)
-        return self._role(caller, project) >= _GUEST
-
-    def _can_read_group(self, caller: _Caller, gid: int) -> bool:
-        group = self._groups[gid]
-        if group.visibility == "public" or (group.visibility == "internal" and caller.user):
-            return True
-        if caller.deploy is not None:
-            return caller.deploy.group in self._ancestors(gid)
-        if caller.user is None:
-            return False
-        # Members of the group, an ancestor, a subgroup or a project inside can see it.
-        subtree = self._subtree(gid)
-        groups = set(self._ancestors(gid)) | subtree
-        projects = {p.id for p in self._projects.values() if p.parent in subtree}
-        return any(
-            (user == caller.user and kind == "group" and target in groups)
-            or (user == caller.user and kind == "project" and target in projects)
-            for user, kind, target in self._members
-        )
+            return self._model.caller(headers.get("Authorization", ""))
+        except RejectedCredentials as rejected:
+            if not rejected.bearer:
+                raise _unauthorized() from None
+            # The API guard's OAuth-style responder, not the Basic realm.
+            challenge = {"WWW-Authenticate": 'Bearer realm="", error="invalid_token"'}
+            raise json_response(401, {"message": "401 Unauthorized"}, challenge) from None
