@@ -682,33 +682,29 @@ async def test_upload_body_is_streamed_through_unchanged(
     assert route.calls.last.request.content == body
 
 
-async def test_a_successful_upload_drops_the_cached_page_of_its_name(
-    client: httpx.AsyncClient, gitlab_api: respx.MockRouter
+@pytest.mark.parametrize(
+    ("status", "name", "cache", "asked"),
+    [
+        pytest.param(201, "My_Pkg", "MISS", 2, id="created-drops-the-page"),
+        pytest.param(400, "my-pkg", "HIT", 1, id="refused-keeps-the-page"),
+    ],
+)
+async def test_an_upload_drops_the_cached_page_of_its_name_only_on_success(
+    client: httpx.AsyncClient,
+    gitlab_api: respx.MockRouter,
+    status: int,
+    name: str,
+    cache: str,
+    asked: int,
 ) -> None:
-    """After a 201 for My_Pkg, the next GET of my-pkg asks GitLab again."""
+    """After a 201 for My_Pkg the next GET of my-pkg asks GitLab again; a 400 changes nothing."""
     page = gitlab_api.get(GITLAB + API + "/simple/my-pkg").respond(
         200, content=PACKAGE_PAGE, headers=HTML
     )
-    gitlab_api.post(GITLAB + API).respond(201, json={"message": "201 Created"})
+    gitlab_api.post(GITLAB + API).respond(status, json={"message": f"{status}"})
     await client.get(f"{API}/simple/my-pkg/")
-    body, content_type = twine_form("My_Pkg")
+    body, content_type = twine_form(name)
     await client.post(API, content=body, headers={"content-type": content_type})
     response = await client.get(f"{API}/simple/my-pkg/")
-    assert response.headers["x-cache"] == "MISS"
-    assert page.call_count == 2
-
-
-async def test_a_refused_upload_keeps_the_cached_page(
-    client: httpx.AsyncClient, gitlab_api: respx.MockRouter
-) -> None:
-    """A 400 from GitLab changes nothing, so the page stays a hit."""
-    page = gitlab_api.get(GITLAB + API + "/simple/my-pkg").respond(
-        200, content=PACKAGE_PAGE, headers=HTML
-    )
-    gitlab_api.post(GITLAB + API).respond(400, json={"message": "400 Bad request"})
-    await client.get(f"{API}/simple/my-pkg/")
-    body, content_type = twine_form("my-pkg")
-    await client.post(API, content=body, headers={"content-type": content_type})
-    response = await client.get(f"{API}/simple/my-pkg/")
-    assert response.headers["x-cache"] == "HIT"
-    assert page.call_count == 1
+    assert response.headers["x-cache"] == cache
+    assert page.call_count == asked
