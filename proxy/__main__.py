@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging.config
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import uvicorn
@@ -234,19 +235,35 @@ def _serve(args: argparse.Namespace) -> int:
         # Each worker is a fresh process: it rebuilds Settings from the same flags.
         if args.config is not None:
             overrides["config_file"] = os.path.abspath(args.config)
-        os.environ[config.SERVE_ARGS_ENV] = config.to_overrides_env(overrides)
-        metrics.share_between_workers(settings.cache.dir / "metrics")
-        uvicorn.run(
-            "proxy.app:app_from_environment",
-            factory=True,
-            workers=settings.server.workers,
-            **options,
-        )
+        shared = metrics.shared_between_workers(settings.cache.dir / "metrics")
+        shared[config.SERVE_ARGS_ENV] = config.to_overrides_env(overrides)
+        with _environment(shared):  # inherited by the worker processes, then put back
+            uvicorn.run(
+                "proxy.app:app_from_environment",
+                factory=True,
+                workers=settings.server.workers,
+                **options,
+            )
     else:
         from proxy.app import create_app  # only serve needs the app
 
         uvicorn.run(create_app(settings), **options)
     return 0
+
+
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """os.environ with `values` set, restored afterwards."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _log_config(level: str) -> dict[str, Any]:

@@ -11,19 +11,20 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-__all__ = ["CONTENT_TYPE", "SHARED_DIR_ENV", "Metrics", "share_between_workers"]
+__all__ = ["CONTENT_TYPE", "SHARED_DIR_ENV", "Metrics", "shared_between_workers"]
 PREFIX = "gitlab_pypi_proxy"
 SHARED_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus_client's own variable: where worker processes keep their counters."""
 
 
-def share_between_workers(directory: Path) -> None:
-    """Before `serve --workers N` starts its workers: counters go to files in `directory`
-    (emptied of a previous run's), so that any worker's /-/metrics sums all of them."""
+def shared_between_workers(directory: Path) -> dict[str, str]:
+    """Before `serve --workers N` starts its workers: the environment under which their
+    counters go to files in `directory` (emptied of a previous run's), so that any
+    worker's /-/metrics sums all of them."""
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("*.db"):
         stale.unlink()
-    os.environ[SHARED_DIR_ENV] = str(directory)
+    return {SHARED_DIR_ENV: str(directory)}
 
 
 class _CacheSize:

@@ -18,7 +18,7 @@ import httpx
 BIN = Path(sys.executable).parent
 # design.md section 6: a pip under test must not see the machine's pip configuration
 # (extra index URLs, find-links, PIP_* variables), or it can pass without the proxy.
-_LEAKY_PREFIXES = ("PIP_", "UV_", "TWINE_", "GITLAB_PYPI_PROXY_", "PYTHONPATH")
+_LEAKY_PREFIXES = ("PIP_", "UV_", "TWINE_", "GITLAB_PYPI_PROXY_", "PYTHONPATH", "PROMETHEUS_")
 
 
 def clean_env(**extra: str) -> dict[str, str]:

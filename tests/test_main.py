@@ -27,9 +27,11 @@ class Recorder:
         self.app: object = None
         self.options: dict[str, Any] = {}
         self.settings: Settings | None = None
+        self.environ: dict[str, str] = {}
 
     def run(self, app: object, **options: Any) -> None:
         self.app, self.options = app, options
+        self.environ = dict(os.environ)  # what worker processes would inherit
 
     def create_app(self, settings: Settings) -> object:
         self.settings = settings
@@ -163,11 +165,13 @@ def test_workers_run_the_factory_with_the_flags_in_the_environment(
     assert recorder.app == "proxy.app:app_from_environment"
     assert recorder.options["factory"] is True
     assert recorder.options["workers"] == 3
-    assert from_overrides_env(os.environ[SERVE_ARGS_ENV]) == {
+    assert from_overrides_env(recorder.environ[SERVE_ARGS_ENV]) == {
         "config_file": str(tmp_path / "proxy.toml"),
         "server.workers": "3",
         "cache.offline": True,
     }
+    assert recorder.environ["PROMETHEUS_MULTIPROC_DIR"].endswith("metrics")
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ  # put back once serve returns
 
 
 def test_workers_rebuild_the_same_settings(
@@ -180,11 +184,11 @@ def test_workers_rebuild_the_same_settings(
     cli.main(
         ["serve", "--config", str(config), "--workers", "2", "--upstream", "https://x.example"]
     )
-    in_worker = load_for_workers()
+    in_worker = load_for_workers(recorder.environ)
     assert in_worker.cache.max_size == 1024**3
     assert in_worker.upstream.url == "https://x.example"
     assert in_worker.server.workers == 2
-    assert TOKEN not in os.environ[SERVE_ARGS_ENV]
+    assert TOKEN not in recorder.environ[SERVE_ARGS_ENV]
 
 
 def test_serve_never_prints_the_token(
