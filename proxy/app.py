@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import time
@@ -151,7 +152,9 @@ def create_app(
     metrics = Metrics()
     site = Site(
         public_url=settings.server.public_url,
-        trusted_proxies=frozenset(settings.server.trusted_proxies),
+        trusted_proxies=tuple(
+            ipaddress.ip_network(item, strict=False) for item in settings.server.trusted_proxies
+        ),
         max_upload_size=settings.server.max_upload_size,
     )
 

@@ -75,7 +75,7 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     public_url: str = ""  # "" = from each request's Host header
-    trusted_proxies: tuple[str, ...] = ()  # IP addresses whose X-Forwarded-* are believed
+    trusted_proxies: tuple[str, ...] = ()  # addresses or networks whose X-Forwarded-* count
     max_upload_size: int = 5 * GiB  # bytes
     workers: int = 1
 

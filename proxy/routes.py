@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -31,6 +32,7 @@ from proxy.models import (
 from proxy.responses import serve_file
 
 log = logging.getLogger("proxy.routes")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _API = re.compile(
     r"^/api/v4/(?:projects/(?P<project>[^/]+)|groups/(?P<group>[^/]+)/-)/packages/pypi(?P<rest>/.*)?$"
 )
@@ -42,7 +44,7 @@ class Site:
     """What the endpoints need to know about where the proxy is reached."""
 
     public_url: str = ""
-    trusted_proxies: frozenset[str] = frozenset()
+    trusted_proxies: tuple[IPNetwork, ...] = ()
     max_upload_size: int = 5 * 1024**3
 
     def base_url(self, request: Request) -> str:
@@ -51,12 +53,19 @@ class Site:
             return self.public_url
         headers = request.headers
         scheme, host = request.url.scheme, headers.get("host", "")
-        if request.client is not None and request.client.host in self.trusted_proxies:
+        if request.client is not None and self._trusted(request.client.host):
             scheme = headers.get("x-forwarded-proto", scheme).split(",")[0].strip()
             host = headers.get("x-forwarded-host", host).split(",")[0].strip()
         if scheme not in ("http", "https") or not _HOST.fullmatch(host):
             raise BadRequest("the Host header is not a host name")
         return f"{scheme}://{host}"
+
+    def _trusted(self, client: str) -> bool:
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_proxies)
 
 
 def _mirror(request: Request) -> Mirror:

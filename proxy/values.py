@@ -137,13 +137,18 @@ def url(value: object, text: bool, *, optional: bool = False) -> str:
 def addresses(value: object, text: bool) -> tuple[str, ...]:
     if text and isinstance(value, str):
         value = [item.strip() for item in value.split(",") if item.strip()]
-    example = '(expected e.g. ["10.0.0.1", "::1"])'
+    example = '(expected e.g. ["10.0.0.1", "10.42.0.0/16", "::1"])'
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise Invalid(f"is not a list of IP addresses {example}")
-    try:  # canonical, since the app compares them with the client's address as text
-        return tuple(str(ipaddress.ip_address(item)) for item in value)
+        raise Invalid(f"is not a list of IP addresses or networks {example}")
+    try:  # canonical: an address as itself, a network as its CIDR form
+        return tuple(
+            str(ipaddress.ip_network(item, strict=False))
+            if "/" in item
+            else str(ipaddress.ip_address(item))
+            for item in value
+        )
     except ValueError:
-        raise Invalid(f"holds something that is not an IP address {example}") from None
+        raise Invalid(f"holds something that is not an IP address or network {example}") from None
 
 
 def mode(value: object, text: bool) -> AccessMode:

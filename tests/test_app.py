@@ -322,6 +322,18 @@ async def test_upload_without_credentials_is_refused_when_a_service_token_is_set
             id="trusted-forwarded",
         ),
         pytest.param(
+            {"server.trusted_proxies": ["127.0.0.0/8"]},
+            {"x-forwarded-proto": "https", "x-forwarded-host": "pypi.example.org"},
+            "https://pypi.example.org",
+            id="trusted-network",
+        ),
+        pytest.param(
+            {"server.trusted_proxies": ["10.0.0.0/8"]},
+            {"x-forwarded-proto": "https", "x-forwarded-host": "evil.example"},
+            PROXY,
+            id="other-network",
+        ),
+        pytest.param(
             {"server.public_url": "https://pypi.example.org"},
             {"host": "other.example"},
             "https://pypi.example.org",

@@ -132,6 +132,8 @@ def test_none_overrides_are_ignored() -> None:
          "https://p.example"),
         ("GITLAB_PYPI_PROXY_SERVER_TRUSTED_PROXIES", "10.0.0.1, ::1", "server.trusted_proxies",
          ("10.0.0.1", "::1")),
+        ("GITLAB_PYPI_PROXY_SERVER_TRUSTED_PROXIES", "10.42.3.4/16, fd00::/8",
+         "server.trusted_proxies", ("10.42.0.0/16", "fd00::/8")),
         ("GITLAB_PYPI_PROXY_SERVER_MAX_UPLOAD_SIZE", "200MB", "server.max_upload_size",
          200_000_000),
         ("GITLAB_PYPI_PROXY_SERVER_WORKERS", "4", "server.workers", 4),
