@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.clients import ProxyProcess
 from tests.distfactory import make_wheel
 from tests.fakegitlab import FakeGitLab
+
+Start = Callable[..., ProxyProcess]
+"""The start_proxy fixture: starts `gitlab-pypi-proxy serve` with these flags."""
 
 SERVICE = "svc-token-0123456789"
 """The proxy's own read token (user bot, reporter in acme)."""
@@ -27,3 +34,11 @@ def publish(gitlab: FakeGitLab, pid: int, name: str, version: str) -> tuple[str,
     """Put a real wheel into project `pid`; returns its (filename, sha256)."""
     filename, content = make_wheel(name, version)
     return filename, gitlab.add_file(pid, name, version, filename, content)
+
+
+def serve(
+    start: Start, gitlab: FakeGitLab, cache: Path, *args: str, **options: object
+) -> ProxyProcess:
+    """A proxy in front of `gitlab` caching in `cache`; keyword options go to start_proxy
+    (token=..., file_size_limit=..., or environment variables)."""
+    return start("--upstream", gitlab.url, "--cache-dir", str(cache), *args, **options)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,10 +16,9 @@ from tests.clients import (
 )
 from tests.distfactory import make_sdist, make_wheel
 from tests.fakegitlab import FakeGitLab
-from tests.scenario import DEV, SERVICE, acme, publish
+from tests.scenario import DEV, SERVICE, Start, acme, publish, serve
 
 pytestmark = pytest.mark.e2e
-Start = Callable[..., ProxyProcess]
 
 
 def _project(proxy: ProxyProcess, pid: int | str = 42) -> str:
@@ -32,9 +30,7 @@ def test_twine_uploads_and_pip_installs_through_the_proxy(
 ) -> None:
     """twine uploads wheels and an sdist; pip installs them; a new upload shows up at once."""
     acme(gitlab)
-    proxy = start_proxy(
-        "--upstream", gitlab.url, "--cache-dir", str(tmp_path / "cache"), token=SERVICE
-    )
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE)
     files = []
     for make in (make_wheel, make_sdist):
         filename, content = make("demo-pkg", "1.0")
@@ -63,9 +59,7 @@ def test_installs_from_the_group_url(
     """pip and uv install a package of a subgroup's project through the group-level URL."""
     acme(gitlab)
     publish(gitlab, 43, "lib-pkg", "3.1")
-    proxy = start_proxy(
-        "--upstream", gitlab.url, "--cache-dir", str(tmp_path / "cache"), token=SERVICE
-    )
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE)
     python = new_venv(tmp_path / "venv")
     index = f"{proxy.url}/api/v4/groups/7/-/packages/pypi/simple"
     if installer == "uv":
@@ -83,9 +77,7 @@ def test_second_install_fetches_nothing_from_gitlab(
     """A second install in a fresh venv, by pip and by uv, is served from the proxy's cache."""
     acme(gitlab)
     publish(gitlab, 42, "demo-pkg", "1.0")
-    proxy = start_proxy(
-        "--upstream", gitlab.url, "--cache-dir", str(tmp_path / "cache"), token=SERVICE
-    )
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE)
     index = _project(proxy) + "/simple"
     first = pip_install(new_venv(tmp_path / "one"), index, "demo-pkg")
     assert first.returncode == 0, first.stdout + first.stderr
@@ -104,9 +96,7 @@ def test_path_style_project_id(gitlab: FakeGitLab, start_proxy: Start, tmp_path:
     """A URL-encoded full path (acme%2Ftools) works as the project id, forwarded still encoded."""
     acme(gitlab)
     publish(gitlab, 42, "demo-pkg", "1.0")
-    proxy = start_proxy(
-        "--upstream", gitlab.url, "--cache-dir", str(tmp_path / "cache"), token=SERVICE
-    )
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE)
     python = new_venv(tmp_path / "venv")
     result = pip_install(python, _project(proxy, "acme%2Ftools") + "/simple", "demo-pkg")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -119,9 +109,7 @@ def test_wrong_bytes_are_not_cached_and_the_client_fails(
     """A file that does not match its sha256 fails the install and is fetched again next time."""
     acme(gitlab)
     publish(gitlab, 42, "demo-pkg", "1.0")
-    proxy = start_proxy(
-        "--upstream", gitlab.url, "--cache-dir", str(tmp_path / "cache"), token=SERVICE
-    )
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE)
     python = new_venv(tmp_path / "venv")
     gitlab.corrupt_files = True
     failed = pip_install(python, _project(proxy) + "/simple", "demo-pkg")
@@ -138,9 +126,7 @@ def test_object_storage_never_sees_credentials(start_proxy: Start, tmp_path: Pat
     with FakeGitLab(relative_root="/gitlab", redirect_downloads=True) as gitlab:
         acme(gitlab)
         publish(gitlab, 42, "demo-pkg", "1.0")
-        proxy = start_proxy(
-            "--upstream", gitlab.url, "--cache-dir", str(tmp_path / "cache"), token=SERVICE
-        )
+        proxy = serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE)
         python = new_venv(tmp_path / "venv")
         result = pip_install(python, _project(proxy) + "/simple", "demo-pkg")
         assert result.returncode == 0, result.stdout + result.stderr

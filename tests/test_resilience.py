@@ -14,10 +14,9 @@ import pytest
 
 from tests.clients import ProxyProcess, new_venv, pip_install
 from tests.fakegitlab import FakeGitLab
-from tests.scenario import DEV, SERVICE, acme, publish
+from tests.scenario import DEV, SERVICE, Start, acme, publish, serve
 
 pytestmark = pytest.mark.e2e
-Start = Callable[..., ProxyProcess]
 PAGE = "/api/v4/projects/42/packages/pypi/simple/demo-pkg/"
 BIG = bytes(range(256)) * (8 * 4096)  # 8 MiB
 BIG_SHA = hashlib.sha256(BIG).hexdigest()
@@ -43,8 +42,11 @@ def _big(gitlab: FakeGitLab) -> None:
     gitlab.add_file(42, "big-pkg", "1.0", BIG_NAME, BIG)
 
 
-def _serve(start: Start, gitlab: FakeGitLab, cache: Path, *args: str, **env: str) -> ProxyProcess:
-    return start("--upstream", gitlab.url, "--cache-dir", str(cache), *args, token=SERVICE, **env)
+def _serve(
+    start: Start, gitlab: FakeGitLab, cache: Path, *args: str, **options: object
+) -> ProxyProcess:
+    """A proxy holding the service token (open on loopback)."""
+    return serve(start, gitlab, cache, *args, token=SERVICE, **options)
 
 
 def _links(response: httpx.Response) -> list[str]:

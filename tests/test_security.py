@@ -9,7 +9,7 @@ import socket
 import stat
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +20,9 @@ from proxy.access import add_token
 from tests.clients import ProxyProcess, clean_env, free_port, new_venv, pip_install, run
 from tests.distfactory import make_wheel
 from tests.fakegitlab import FakeGitLab
+from tests.scenario import Start, serve
 
 pytestmark = pytest.mark.e2e
-Start = Callable[..., ProxyProcess]
 
 SERVICE = "svc-token-0123456789"
 """The proxy's own read token: user bot, reporter in acme (projects 42 and 43)."""
@@ -103,11 +103,6 @@ def build_world(gitlab: FakeGitLab) -> World:
 def world(gitlab: FakeGitLab) -> World:
     """The fake GitLab, populated."""
     return build_world(gitlab)
-
-
-def serve(start: Start, gitlab: FakeGitLab, cache: Path, *args: str, **env: str) -> ProxyProcess:
-    """A proxy in front of `gitlab` caching in `cache`; keyword args are environment variables."""
-    return start("--upstream", gitlab.url, "--cache-dir", str(cache), *args, **env)
 
 
 def passthrough(start: Start, gitlab: FakeGitLab, cache: Path, **env: str) -> ProxyProcess:
