@@ -7,6 +7,8 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
+import logging
+import math
 import os
 import re
 import secrets
@@ -18,9 +20,11 @@ from typing import Literal
 
 from anyio import to_thread
 
-from proxy.cache import Grants
-from proxy.errors import ConfigError
+from proxy.errors import CacheError, ConfigError
+from proxy.grants import Grants
+from proxy.models import Caller, Scope
 
+log = logging.getLogger("proxy.access")
 Mode = Literal["open", "tokens", "passthrough"]
 REALM = 'Basic realm="gitlab-pypi-proxy"'
 _TOKEN_LINE = re.compile(r"^([A-Za-z0-9_.@-]{1,64}):([0-9a-f]{64})$")
@@ -149,8 +153,8 @@ class Gate:
 
 
 class Keeper:
-    """Applies the Gate to reads: what GitLab sees, whose pages are whose, and what GitLab
-    has already let a caller read (scope bindings and remembered credentials)."""
+    """Applies the Gate to reads: who a caller is (once per request), and what GitLab has
+    already let it read (file bindings and accepted credentials, in the Grants)."""
 
     def __init__(
         self,
@@ -182,49 +186,90 @@ class Keeper:
             return self._service
         return self._service or client
 
-    def owner(self, scope_key: str, client: str | None) -> str:
-        """Whose pages and file bindings these are: the scope's, or in passthrough the
-        scope's as this caller sees it (GitLab filters group listings per caller)."""
+    def caller(self, scope: Scope, client: str | None) -> Caller:
+        """Who asks: made once per request from the scope and the client's Authorization."""
+        upstream = self.upstream_authorization(client)
         if not self.passthrough:
-            return scope_key
-        return f"{scope_key}@{self.gate.credential(scope_key, client)[:32]}"
+            # GitLab sees the service credentials (or, open without one, whatever the
+            # client sends): the scope's records are everyone's.
+            public_owner = owner = scope.key
+        else:
+            # Never the owners of another mode: what a service token fetched is not
+            # what GitLab gives anyone.
+            public_owner = owner = f"{scope.key}@anyone"
+            if upstream is not None:
+                owner = f"{scope.key}@{self.gate.credential(scope.key, upstream)[:32]}"
+        origin = self.gate.credential(scope.key, upstream or "")
+        return Caller(scope, upstream, owner=owner, origin=origin, public_owner=public_owner)
 
-    def page_owner(self, scope_key: str, client: str | None, page_ttl: float) -> tuple[str, float]:
-        """Whose copy of a page to use and for how long it is fresh (in passthrough,
-        auth_ttl at most: the page stands for GitLab's word on this caller)."""
-        ttl = min(page_ttl, self.gate.auth_ttl) if self.passthrough else page_ttl
-        return self.owner(scope_key, client), ttl
+    def page_ttl(self, page_ttl: float) -> float:
+        """How long a page is fresh: in passthrough at most auth_ttl (a page stands for
+        GitLab's word on its caller)."""
+        return min(page_ttl, self.gate.auth_ttl) if self.passthrough else page_ttl
 
-    async def vouch(self, scope_key: str, client: str | None, shas: Iterable[str]) -> None:
-        """GitLab let this caller read this scope and these files: remember both."""
+    async def vouch(
+        self, caller: Caller, files: Iterable[tuple[str, str]], *, public: bool = False
+    ) -> None:
+        """GitLab let this caller read its scope and these (sha256, filename) pairs; with
+        `public`, GitLab gives the same to anyone, so nothing is kept for this caller.
+
+        Bookkeeping: a cache that cannot record it (a full disk) costs a later question
+        to GitLab, never the answer at hand.
+        """
+        owner = caller.public_owner if public else caller.owner
         now = self._clock()
-        credential = self.gate.credential(scope_key, client)
-
-        owner = self.owner(scope_key, client)
 
         def record() -> None:
-            self._grants.bind(owner, shas)
+            self._grants.bind(owner, files)
             if self.passthrough:
-                self._grants.remember(credential, now)
+                self._grants.accept(owner, now)
 
-        await to_thread.run_sync(record)
+        try:
+            await to_thread.run_sync(record)
+        except CacheError as exc:
+            log.warning("cannot record what GitLab allowed: %s", exc)
 
-    async def vouched(self, scope_key: str, client: str | None, sha256: str) -> tuple[bool, bool]:
+    async def vouched(self, caller: Caller, sha256: str, filename: str) -> tuple[bool, bool]:
         """(may serve it now without asking GitLab, may serve it while GitLab can't be asked).
 
-        The file must have been listed or served through this scope (in passthrough, to
-        this caller), and in passthrough GitLab must have accepted the caller for the
-        scope, within auth_ttl for "now".
+        GitLab must have listed or served the file under this name through this scope, to
+        this caller or to anyone; in passthrough, within auth_ttl for "now".
         """
-        credential = self.gate.credential(scope_key, client)
-        owner = self.owner(scope_key, client)
 
         def look() -> tuple[bool, float | None]:
-            bound = self._grants.is_bound(owner, sha256)
-            return bound, self._grants.remembered(credential) if self.passthrough else 0.0
+            best: float | None = None
+            for owner in dict.fromkeys((caller.owner, caller.public_owner)):
+                if not self._grants.is_bound(owner, sha256, filename):
+                    continue
+                when = self._grants.accepted(owner) if self.passthrough else math.inf
+                if when is not None and (best is None or when > best):
+                    best = when
+            return best is not None, best
 
-        bound, when = await to_thread.run_sync(look)
+        try:
+            bound, when = await to_thread.run_sync(look)
+        except CacheError as exc:
+            log.warning("cannot read what GitLab allowed: %s", exc)
+            return False, False
         if not bound or when is None:
             return False, False
-        recent = not self.passthrough or self._clock() - when < self.gate.auth_ttl
-        return recent, True
+        return self._clock() - when < self.gate.auth_ttl or not self.passthrough, True
+
+    async def refuse(self, caller: Caller, sha256: str, filename: str, *, ttl: float) -> None:
+        """GitLab said this caller has no such file: remember it for `ttl` seconds, when
+        GitLab's word holds for every caller of the owner (service credentials or none)."""
+        if caller.upstream not in (None, self._service):
+            return
+        try:
+            await to_thread.run_sync(
+                lambda: self._grants.refuse(caller.owner, sha256, filename, ttl=ttl)
+            )
+        except CacheError as exc:
+            log.warning("cannot record a refusal: %s", exc)
+
+    async def refused(self, caller: Caller, sha256: str, filename: str) -> bool:
+        """Whether GitLab recently said this caller has no such file."""
+        try:
+            return await to_thread.run_sync(self._grants.refused, caller.owner, sha256, filename)
+        except CacheError:
+            return False

@@ -18,7 +18,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.access import REALM, Gate, Keeper, read_tokens, resolve_mode
-from proxy.cache import Grants, Store
+from proxy.cache import Records, Store
 from proxy.config import Settings, load_for_workers
 from proxy.downloads import Downloads
 from proxy.errors import (
@@ -33,6 +33,7 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.fills import Filler
+from proxy.grants import Grants
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
 from proxy.routes import Site, route_kind, routes
@@ -163,7 +164,10 @@ def create_app(
         store = await to_thread.run_sync(
             lambda: Store(settings.cache.dir, max_size=settings.cache.max_size)
         )
-        grants = await to_thread.run_sync(Grants, settings.cache.dir)
+        records = await to_thread.run_sync(
+            lambda: Records(settings.cache.dir / "access", size_limit=store.side_limit)
+        )
+        grants = Grants(records)
         gate = Gate(mode, tokens, await to_thread.run_sync(grants.salt), settings.access.auth_ttl)
         spool = Spool(settings.cache.dir)
         await to_thread.run_sync(spool.sweep)
@@ -200,6 +204,7 @@ def create_app(
             filler=filler,
             keeper=keeper,
             offline=settings.cache.offline,
+            refusal_ttl=settings.cache.page_ttl,
         )
         log.info(
             "proxying %s, cache in %s%s",
@@ -213,10 +218,11 @@ def create_app(
                 "downloads": downloads,
                 "site": site,
                 "metrics": metrics,
-                "gate": gate,
+                "keeper": keeper,
             }
         finally:
             await filler.aclose()
+            await downloads.aclose()
             await upstream.aclose()
             store.close()
             grants.close()

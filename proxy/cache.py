@@ -11,7 +11,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +23,8 @@ from proxy.models import Page
 from proxy.retention import StoredFile, to_prune
 
 log = logging.getLogger("proxy.cache")
+SIDE_SHARE = 8
+"""Pages, and access records, may each take at most 1/SIDE_SHARE of max_size."""
 USE_RESOLUTION = 60.0  # seconds: a hot file's use is recorded once a minute, not on every hit
 _FAILURES = (OSError, sqlite3.Error, diskcache.Timeout)
 
@@ -39,12 +41,20 @@ class StoredPage:
 
 @dataclass(frozen=True, slots=True)
 class FileStats:
-    """Counts and bytes held by the file cache."""
+    """Counts and bytes held by the cache."""
 
     files: int  # pinned ones included
-    bytes: int  # on disk, with diskcache's own index
+    bytes: int  # of files on disk, with diskcache's own index
     pages: int
     pinned: int = 0
+    page_bytes: int = 0
+    access_records: int = 0
+    access_bytes: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        """Everything that counts toward max_size."""
+        return self.bytes + self.page_bytes + self.access_bytes
 
 
 class _Vanished(Exception):
@@ -66,9 +76,18 @@ class Store:
         self.directory = Path(directory)
         self.tmp = self.directory / "tmp"
         self._clock = clock
+        self.max_size = max_size
+        self.side_limit = max_size // SIDE_SHARE
         try:
             self.tmp.mkdir(parents=True, exist_ok=True)
-            self._pages = self._open_cache("pages", eviction_policy="none", tag_index=True)
+            # Pages are stored anew at each revalidation, so the least recently stored go
+            # first; reading one writes nothing.
+            self._pages = self._open_cache(
+                "pages",
+                eviction_policy="least-recently-stored",
+                size_limit=self.side_limit,
+                tag_index=True,
+            )
             # cull_limit=0: diskcache evicts only when put_file calls cull(), which
             # counts what it removed (for the evictions metric).
             self._files = self._open_cache(
@@ -78,13 +97,15 @@ class Store:
             self._meta = self._open_cache("meta", eviction_policy="none")
         except _FAILURES as exc:
             raise CacheError(f"cannot open the cache in {self.directory}: {exc}") from exc
+        self.access = Records(self.directory / "access", size_limit=self.side_limit)
+        """Access records (see grants.Grants); they count toward max_size like pages."""
 
     def __repr__(self) -> str:
         return f"Store({str(self.directory)!r})"
 
     def close(self) -> None:
         """Close the SQLite connections of this thread."""
-        for cache in (self._pages, self._files, self._pinned, self._meta):
+        for cache in (self._pages, self._files, self._pinned, self._meta, self.access):
             cache.close()
 
     # -- pages -------------------------------------------------------------------------
@@ -96,33 +117,33 @@ class Store:
 
     def get_page(self, key: str) -> StoredPage | None:
         """The stored page under `key`, or None."""
-        value: Any = self._guard(self._pages.get, key)
+        value: Any = _guarded(self._pages.get, key)
         return value if isinstance(value, StoredPage) else None
 
     def put_page(self, key: str, stored: StoredPage, *, name: str) -> None:
         """Store a page, tagged with its normalized name so uploads can drop it."""
-        self._guard(self._pages.set, key, stored, tag=name)
+        _guarded(self._pages.set, key, stored, tag=name)
 
     def drop_pages(self, name: str) -> int:
         """Drop every page of `name` in every scope, and every index page; returns the count."""
-        dropped: int = self._guard(self._pages.evict, name)
-        dropped += self._guard(self._pages.evict, "")
+        dropped: int = _guarded(self._pages.evict, name)
+        dropped += _guarded(self._pages.evict, "")
         return dropped
 
     def drop_all_pages(self) -> int:
         """Drop every stored page."""
-        dropped: int = self._guard(self._pages.clear)
+        dropped: int = _guarded(self._pages.clear)
         return dropped
 
     # -- files -------------------------------------------------------------------------
 
     def has_file(self, sha256: str) -> bool:
         """True when the file is held, pinned or not (does not count as a use)."""
-        return self.is_pinned(sha256) or bool(self._guard(self._files.__contains__, sha256))
+        return self.is_pinned(sha256) or bool(_guarded(self._files.__contains__, sha256))
 
     def is_pinned(self, sha256: str) -> bool:
         """True when the file is held and pinned."""
-        return bool(self._guard(self._pinned.__contains__, sha256))
+        return bool(_guarded(self._pinned.__contains__, sha256))
 
     def held(self, sha256s: frozenset[str]) -> frozenset[str]:
         """The subset of `sha256s` the cache holds."""
@@ -147,11 +168,20 @@ class Store:
         with open(path, "rb") as source:
             # Recorded first: a crash in between leaves a record prune drops, not a file
             # that prune cannot size.
-            self._guard(self._meta.set, sha256, (os.fstat(source.fileno()).st_size, self._clock()))
-            self._guard((self._pinned if pinned else self._files).set, sha256, source, read=True)
+            _guarded(self._meta.set, sha256, (os.fstat(source.fileno()).st_size, self._clock()))
+            _guarded((self._pinned if pinned else self._files).set, sha256, source, read=True)
         if pinned:
-            self._guard(self._files.delete, sha256)
-        evicted: int = self._guard(self._files.cull)
+            _guarded(self._files.delete, sha256)
+        return self._cull()
+
+    def _cull(self) -> int:
+        """Evict the least recently used files until files, pages and access records
+        together fit max_size; returns how many went."""
+        room = max(0, self.max_size - self._pages.volume() - self.access.volume())
+        if _guarded(self._files.volume) <= room:
+            return 0
+        _guarded(self._files.reset, "size_limit", room)
+        evicted: int = _guarded(self._files.cull)
         return evicted
 
     def pin(self, sha256: str) -> bool:
@@ -164,14 +194,14 @@ class Store:
 
     def remove(self, sha256: str) -> bool:
         """Forget a file, pinned or not; a reader that has it open reads on. False if not held."""
-        removed = [bool(self._guard(cache.delete, sha256)) for cache in (self._files, self._pinned)]
-        self._guard(self._meta.delete, sha256)
+        removed = [bool(_guarded(cache.delete, sha256)) for cache in (self._files, self._pinned)]
+        _guarded(self._meta.delete, sha256)
         return any(removed)
 
     def iter_files(self) -> Iterator[StoredFile]:
         """Every held file, least recently used first (a file without a record: as used now)."""
-        pinned = {key for key in self._guard(list, self._pinned) if isinstance(key, str)}
-        unpinned = [key for key in self._guard(list, self._files) if isinstance(key, str)]
+        pinned = {key for key in _guarded(list, self._pinned) if isinstance(key, str)}
+        unpinned = [key for key in _guarded(list, self._files) if isinstance(key, str)]
         found = []
         for sha256 in [*pinned, *(key for key in unpinned if key not in pinned)]:
             record = self._record(sha256)
@@ -216,12 +246,20 @@ class Store:
         *,
         on_remove: Callable[[StoredFile], object] | None = None,
     ) -> tuple[int, int]:
-        """Remove unpinned files unused for over `older_than` seconds, then the least recently
-        used until all files (pinned ones count) take at most `to_size` bytes.
+        """Remove pages GitLab has not confirmed and unpinned files unused for over
+        `older_than` seconds, then the least recently used files until everything (pinned
+        files, pages and access records count) takes at most `to_size` bytes.
 
         Returns the (files, bytes) removed; `on_remove` is called with each.
         """
         now, files, size = self._clock(), 0, 0
+        if older_than is not None:
+            for key in _guarded(list, self._pages):
+                stored = self.get_page(key) if isinstance(key, str) else None
+                if stored is not None and now - stored.fetched_at > older_than:
+                    _guarded(self._pages.delete, key)
+        if to_size is not None:
+            to_size = max(0, to_size - int(_guarded(self._pages.volume)) - self.access.volume())
         held = list(self.iter_files())
         for file in to_prune(held, now=now, older_than=older_than, to_size=to_size):
             if self.remove(file.sha256):
@@ -229,9 +267,9 @@ class Store:
                 if on_remove is not None:
                     on_remove(file)
         # Records of files diskcache evicted (it does not say which) go too.
-        for key in self._guard(list, self._meta):
+        for key in _guarded(list, self._meta):
             if isinstance(key, str) and not self.has_file(key):
-                self._guard(self._meta.delete, key)
+                _guarded(self._meta.delete, key)
         return files, size
 
     def new_temp(self) -> tuple[IO[bytes], Path]:
@@ -255,6 +293,9 @@ class Store:
             bytes=int(self._files.volume() + self._pinned.volume()),
             pages=len(self._pages),
             pinned=pinned,
+            page_bytes=int(self._pages.volume()),
+            access_records=self.access.count(),
+            access_bytes=self.access.volume(),
         )
 
     # -- internals ---------------------------------------------------------------------
@@ -267,10 +308,10 @@ class Store:
         return handle if handle is not None else self._open_in(self._files, sha256)
 
     def _open_in(self, cache: Any, sha256: str) -> IO[bytes] | None:
-        handle: Any = self._guard(cache.get, sha256, read=True)
-        if handle is None and self._guard(cache.__contains__, sha256):
+        handle: Any = _guarded(cache.get, sha256, read=True)
+        if handle is None and _guarded(cache.__contains__, sha256):
             # diskcache answers None when the row outlived its file: forget the row.
-            self._guard(cache.delete, sha256)
+            _guarded(cache.delete, sha256)
             raise _Vanished(sha256)
         return handle if handle is not None and not isinstance(handle, bytes) else None
 
@@ -283,19 +324,19 @@ class Store:
         if handle is None:
             return False
         with handle:
-            self._guard(target.set, sha256, handle, read=True)
-        self._guard(source.delete, sha256)
+            _guarded(target.set, sha256, handle, read=True)
+        _guarded(source.delete, sha256)
         return True
 
     def _record(self, sha256: str) -> tuple[int, float] | None:
         """(size, last use) of a held file, recording it as used now if it has no record."""
-        record: Any = self._guard(self._meta.get, sha256)
+        record: Any = _guarded(self._meta.get, sha256)
         if record is None:  # stored by an older version, or its record was lost to a race
             handle = self.open_file(sha256)  # records it
             if handle is None:
                 return None
             handle.close()
-            record = self._guard(self._meta.get, sha256)
+            record = _guarded(self._meta.get, sha256)
         return None if record is None else (int(record[0]), float(record[1]))
 
     def _record_use(self, sha256: str, size: int) -> None:
@@ -307,56 +348,75 @@ class Store:
         except _FAILURES as exc:  # bookkeeping must not fail a hit (a full disk refuses it)
             log.warning("cannot record the use of %s: %s", sha256, exc)
 
-    def _guard(self, call: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return call(*args, **kwargs)
-        except _FAILURES as exc:
-            raise CacheError(f"cache I/O failed: {exc}") from exc
 
+class Records:
+    """A small table of keyed records on disk, bounded in bytes (the oldest stored go first).
 
-class Grants:
-    """What GitLab has let callers read, kept across restarts: which files each scope
-    listed or served (scope binding) and when a hashed credential was last accepted
-    for a scope (passthrough). Holds no credential, only keyed hashes.
+    For bookkeeping that must never stop a request: every failure is a CacheError.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, size_limit: int) -> None:
         try:
-            self._cache = diskcache.Cache(str(Path(directory) / "access"), eviction_policy="none")
-        except (OSError, diskcache.Timeout) as exc:
-            raise CacheError(f"cannot open the access records in {directory}: {exc}") from exc
+            # least-recently-stored: reading a record writes nothing (a full disk still reads).
+            self._cache = diskcache.Cache(
+                str(directory),
+                eviction_policy="least-recently-stored",
+                size_limit=size_limit,
+                cull_limit=10,
+            )
+        except _FAILURES as exc:
+            raise CacheError(f"cannot open the records in {directory}: {exc}") from exc
 
     def __repr__(self) -> str:
-        return "Grants()"
+        return "Records()"
 
-    def salt(self) -> bytes:
-        """A random secret for this cache, made once; salts the credential hashes."""
-        value = self._cache.get("salt")
-        if not isinstance(value, bytes):
-            self._cache.add("salt", os.urandom(32))
-            value = self._cache.get("salt")
-        assert isinstance(value, bytes)
-        return value
+    def get(self, key: str) -> Any:
+        """The value under `key`, or None."""
+        return _guarded(self._cache.get, key)
 
-    def bind(self, scope_key: str, shas: Iterable[str]) -> None:
-        """Record that `scope_key`'s GitLab answers listed or served these files."""
-        with self._cache.transact():
-            for sha in shas:
-                self._cache.set(f"bound|{scope_key}|{sha}", True)
+    def set(self, key: str, value: object, *, expire: float | None = None) -> None:
+        """Store `value` under `key`, forgotten after `expire` seconds if given."""
+        _guarded(self._cache.set, key, value, expire=expire)
 
-    def is_bound(self, scope_key: str, sha256: str) -> bool:
-        """Whether this file was listed or served through this scope."""
-        return f"bound|{scope_key}|{sha256}" in self._cache
+    def add(self, key: str, value: object) -> None:
+        """Store `value` under `key` unless a value is there already."""
+        _guarded(self._cache.add, key, value)
 
-    def remember(self, credential: str, when: float) -> None:
-        """GitLab accepted this (hashed) credential for its scope at `when`."""
-        self._cache.set(f"vouched|{credential}", when)
+    def update(self, key: str, change: Callable[[Any], object]) -> None:
+        """Replace the value under `key` (None if absent) with change(value), atomically."""
 
-    def remembered(self, credential: str) -> float | None:
-        """When GitLab last accepted this (hashed) credential, or None."""
-        value = self._cache.get(f"vouched|{credential}")
-        return float(value) if isinstance(value, int | float) else None
+        def run() -> None:
+            with self._cache.transact():
+                known = self._cache.get(key)
+                value = change(known)
+                if value is not known:
+                    self._cache.set(key, value)
+
+        _guarded(run)
+
+    def volume(self) -> int:
+        """Bytes on disk."""
+        return int(_guarded(self._cache.volume))
+
+    def count(self) -> int:
+        """How many records are held."""
+        return int(_guarded(len, self._cache))
+
+    def prune(self, keep: Callable[[str, Any], bool]) -> int:
+        """Drop expired records and those `keep` rejects; returns how many went."""
+        dropped = int(_guarded(self._cache.expire))
+        for key in _guarded(list, self._cache):
+            if isinstance(key, str) and not keep(key, self.get(key)):
+                dropped += bool(_guarded(self._cache.delete, key))
+        return dropped
 
     def close(self) -> None:
         """Close the SQLite connection of this thread."""
         self._cache.close()
+
+
+def _guarded(call: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return call(*args, **kwargs)
+    except _FAILURES as exc:
+        raise CacheError(f"cache I/O failed: {exc}") from exc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
@@ -14,10 +16,11 @@ from proxy.access import Keeper
 from proxy.cache import Store
 from proxy.errors import OfflineMiss, UpstreamError, UpstreamUnavailable
 from proxy.fills import Body, Filler
-from proxy.models import CacheStatus, Reply, Scope
+from proxy.models import CacheStatus, Caller, Reply
 from proxy.upstream import GitLab
 
 READ_CHUNK = 128 * 1024
+_NOT_FOUND = b'{"message":"404 Package Not Found"}'
 
 
 @dataclass(slots=True)
@@ -36,63 +39,79 @@ class Downloads:
     """Answers file requests (design 3.2) under the access rules of the Keeper."""
 
     def __init__(
-        self, *, store: Store, upstream: GitLab, filler: Filler, keeper: Keeper, offline: bool
+        self,
+        *,
+        store: Store,
+        upstream: GitLab,
+        filler: Filler,
+        keeper: Keeper,
+        offline: bool,
+        refusal_ttl: float = 300.0,
     ) -> None:
         self._store = store
         self._upstream = upstream
         self._filler = filler
         self._keeper = keeper
         self.offline = offline
+        self._refusal_ttl = refusal_ttl
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"Downloads(upstream={self._upstream!r}, offline={self.offline})"
 
-    async def file(
-        self, scope: Scope, sha256: str, filename: str, *, authorization: str | None
-    ) -> FileReply | Reply:
-        """A file from the cache, or from GitLab through one shared fill."""
+    async def file(self, caller: Caller, sha256: str, filename: str) -> FileReply | Reply:
+        """A file from the cache, or from GitLab through a fill this caller may share.
+
+        Knowing a sha256 is not access: the cache serves a file only under a name GitLab
+        gave it through this scope, to this caller or to anyone (design 3.4, 3.7); any
+        other caller asks GitLab first, with a HEAD or with its own download.
+        """
         key = sha256.lower()
-        path = f"{scope.api_path}/files/{sha256}/{quote(filename, safe='+')}"
-        now_ok, later_ok = await self._keeper.vouched(scope.key, authorization, key)
-        upstream_auth = self._keeper.upstream_authorization(authorization)
-        if not now_ok and (
-            self._filler.rival(key, path, authorization=upstream_auth)
-            or await to_thread.run_sync(self._store.has_file, key)
-        ):
-            # Held (or being fetched for someone else), but not yet shown to be readable
-            # here by this caller: knowing a sha256 is not access. GitLab decides, or,
-            # when it can't be asked, what it decided before.
-            refusal = await self._check(scope, path, key, authorization, fallback=later_ok)
-            if refusal is not None:
-                return refusal
-        hit = await self._open_cached(key)
-        if hit is not None:
-            return hit
+        path = f"{caller.scope.api_path}/files/{sha256}/{quote(filename, safe='+')}"
+        vetted, fallback = await self._keeper.vouched(caller, key, filename)
+        if not vetted:
+            if await self._keeper.refused(caller, key, filename):
+                return Reply(404, _NOT_FOUND, {"content-type": "application/json"}, "BYPASS")
+            if await to_thread.run_sync(self._store.has_file, key):
+                refusal = await self._check(caller, path, key, filename, fallback=fallback)
+                if refusal is not None:
+                    return refusal
+                vetted = True
+        if vetted:
+            hit = await self._open_cached(key)
+            if hit is not None:
+                return hit
         if self.offline:
             raise OfflineMiss(f"offline mode: {filename} is not cached")
-        fill = self._filler.start(key, path, authorization=upstream_auth)
+        fill = self._filler.start(
+            key, path, authorization=caller.upstream, origin=caller.origin, vetted=vetted
+        )
         await fill.ready.wait()
         if fill.status == 0 and fill.error is not None:
             raise fill.error
         if fill.status != 200:
+            await self._refused(caller, key, filename, fill.status)
             return Reply(fill.status, fill.error_body, dict(fill.headers), "BYPASS")
-        await self._keeper.vouch(scope.key, authorization, [key])
+        if not vetted:
+            await self._remember(caller, path, key, filename)
         if not fill.done:
             # No await from here until the caller reads: Filler.read counts the reader
             # at once, and a counted reader keeps the fill's file open.
-            return FileReply(
+            reply = FileReply(
                 fill.length, "MISS", lambda start, end: self._filler.read(fill, start, end)
             )
-        if fill.error is not None:
-            raise fill.error
-        committed = await self._open_cached(key)
-        if committed is None:
-            raise UpstreamUnavailable("the file was fetched but could not be read back")
-        committed.cache = "MISS"
-        return committed
+        else:
+            if fill.error is not None:
+                raise fill.error
+            committed = await self._open_cached(key)
+            if committed is None:
+                raise UpstreamUnavailable("the file was fetched but could not be read back")
+            committed.cache = "MISS"
+            reply = committed
+        return reply
 
     async def _check(
-        self, scope: Scope, path: str, sha256: str, authorization: str | None, *, fallback: bool
+        self, caller: Caller, path: str, sha256: str, filename: str, *, fallback: bool
     ) -> Reply | None:
         """None when GitLab (or, offline, its earlier word) lets the caller read the file."""
         if self.offline:
@@ -100,17 +119,48 @@ class Downloads:
                 return None
             raise OfflineMiss("offline mode: this file was never served through this URL")
         try:
-            answer = await self._upstream.check(
-                path, authorization=self._keeper.upstream_authorization(authorization)
-            )
+            answer = await self._upstream.check(path, authorization=caller.upstream)
         except UpstreamError:
             if fallback:
                 return None
             raise
         if answer.status < 400:
-            await self._keeper.vouch(scope.key, authorization, [sha256])
+            await self._remember(caller, path, sha256, filename)
             return None
+        await self._refused(caller, sha256, filename, answer.status)
         return Reply(answer.status, answer.body, dict(answer.headers), "BYPASS")
+
+    async def _remember(self, caller: Caller, path: str, sha256: str, filename: str) -> None:
+        """Record what GitLab just served; a caller with its own credentials has it recorded
+        in the background, since that first asks GitLab again (the download need not wait)."""
+        if not caller.personal:
+            await self._keeper.vouch(caller, [(sha256, filename)], public=True)
+            return
+        task = asyncio.create_task(self._vouch_personal(caller, path, sha256, filename))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _vouch_personal(self, caller: Caller, path: str, sha256: str, filename: str) -> None:
+        """GitLab let a caller with its own credentials read the file: it gets a record of
+        its own only when GitLab would not give the file to anyone (a credential GitLab did
+        not need creates nothing)."""
+        try:
+            public = (await self._upstream.check(path, authorization=None)).status < 400
+        except UpstreamError:
+            public = False
+        await self._keeper.vouch(caller, [(sha256, filename)], public=public)
+
+    async def _refused(self, caller: Caller, sha256: str, filename: str, status: int) -> None:
+        """GitLab's 404 for a caller GitLab lets into the scope: no such name for this
+        sha256 here. Remembered, so a wrong name is never asked for twice."""
+        if status == 404 and not caller.personal:
+            await self._keeper.refuse(caller, sha256, filename, ttl=self._refusal_ttl)
+
+    async def aclose(self) -> None:
+        """Wait for the records of finished downloads (at shutdown)."""
+        for task in list(self._tasks):
+            with contextlib.suppress(Exception):
+                await task
 
     async def _open_cached(self, key: str) -> FileReply | None:
         opened = await to_thread.run_sync(self._open_with_size, key)

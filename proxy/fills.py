@@ -39,7 +39,9 @@ class Fill:
 
     sha256: str
     origin: str = ""
-    """A hash of the scope and credentials it was fetched with (never the credentials)."""
+    """A salted hash of the path, scope and credentials it is fetched with."""
+    vetted: bool = False
+    """GitLab already let its first caller read the file: another worker's fill will do."""
     status: int = 0
     headers: Mapping[str, str] = field(default_factory=dict)
     error_body: bytes = b""
@@ -132,26 +134,35 @@ class Filler:
         self._on_mismatch = on_mismatch
         self._on_evict = on_evict
         self._follow_timeout = follow_timeout
-        self._active: dict[str, Fill] = {}
+        self._active: dict[tuple[str, str], Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def probe_writable(self) -> None:
         """Raise OSError unless the cache can take new files (blocking)."""
         self._spool.probe()
 
-    def rival(self, sha256: str, path: str, *, authorization: str | None) -> bool:
-        """Whether this process is fetching the file right now for another scope or
-        other credentials: GitLab's answer to that fetch says nothing about this caller."""
-        fill = self._active.get(sha256)
-        return fill is not None and fill.origin != _origin(path, authorization)
+    def start(
+        self, sha256: str, path: str, *, authorization: str | None, origin: str, vetted: bool
+    ) -> Fill:
+        """The running fill of this file for this caller, or a new one (it runs whether or
+        not anyone reads).
 
-    def start(self, sha256: str, path: str, *, authorization: str | None) -> Fill:
-        """The running fill for this file, or a new one; it runs whether or not anyone reads."""
-        fill = self._active.get(sha256)
+        `origin` names whom GitLab answers (scope and credentials, hashed): only a fill of the
+        same origin and path is joined, so GitLab's answer to one caller never becomes
+        another's. A `vetted` caller (GitLab already let it read this file here) also joins
+        any fill of the file that has its body, and follows another worker's without asking.
+        """
+        key = hashlib.sha256(f"{origin}\n{path}".encode()).hexdigest()
+        fill = self._active.get((sha256, key))
+        if fill is None and vetted:
+            fill = next(
+                (f for (sha, _), f in self._active.items() if sha == sha256 and f.fd is not None),
+                None,
+            )
         if fill is not None:
             return fill
-        fill = Fill(sha256, _origin(path, authorization))
-        self._active[sha256] = fill
+        fill = Fill(sha256, key, vetted=vetted)
+        self._active[(sha256, key)] = fill
         task = asyncio.create_task(self._run(fill, path, authorization))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -179,14 +190,17 @@ class Filler:
             log.warning("fill of %s failed: %s", fill.sha256, exc)
             fill.error = CacheError(f"cannot write the cache: {exc.strerror}")
         finally:
-            self._active.pop(fill.sha256, None)
+            self._active.pop((fill.sha256, fill.origin), None)
             fill.finish()
 
     async def _lead(self, fill: Fill, path: str, authorization: str | None, lock: int) -> None:
         writer: int | None = None
         try:
             if await to_thread.run_sync(self._store.has_file, fill.sha256):
-                fill.status = 200  # another worker committed it while we waited
+                # Another worker committed it while we waited; GitLab still decides
+                # whether this caller may have it.
+                if fill.vetted or await self._may_follow(fill, path, authorization):
+                    fill.status = 200
                 return
             token = secrets.token_hex(8)
             async with self._upstream.download(path, authorization=authorization) as download:
@@ -255,9 +269,8 @@ class Filler:
                 notice = await to_thread.run_sync(self._spool.read_notice, fill.sha256)
                 if notice and notice.get("token") != token:
                     token = str(notice["token"])
-                    if notice.get("origin") != fill.origin and not await self._may_follow(
-                        fill, path, authorization
-                    ):
+                    foreign = notice.get("origin") != fill.origin and not fill.vetted
+                    if foreign and not await self._may_follow(fill, path, authorization):
                         return None
                     fill.fd = await to_thread.run_sync(_open_read, self._spool.part(fill.sha256))
                     if fill.fd is not None:
@@ -327,11 +340,6 @@ class Filler:
         finally:
             fill.readers -= 1
             fill.release()
-
-
-def _origin(path: str, authorization: str | None) -> str:
-    scope = path.rsplit("/files/", 1)[0]
-    return hashlib.sha256(f"{scope}\n{authorization or ''}".encode()).hexdigest()
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -6,19 +6,32 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Literal
 
 from anyio import to_thread
 
 from proxy import pages
 from proxy.access import Keeper
 from proxy.cache import Store, StoredPage
-from proxy.errors import OfflineMiss, OfflineRefusal, Unauthorized, UpstreamError, UpstreamStatus
-from proxy.models import CacheStatus, NormalizedName, Page, Reply, Scope, normalize
+from proxy.errors import (
+    CacheError,
+    OfflineMiss,
+    OfflineRefusal,
+    Unauthorized,
+    UpstreamError,
+    UpstreamStatus,
+)
+from proxy.models import CacheStatus, Caller, NormalizedName, Page, Reply, Scope, normalize
 from proxy.upstream import Answer, GitLab
 
 log = logging.getLogger("proxy.mirror")
+Representation = Literal["html", "json"]
 # twine sends the form fields before the file (`content` last), so the name is near the start.
 _SNIFF_BYTES = 64 * 1024
+_ACCEPT: dict[Representation, str] = {
+    "json": "application/vnd.pypi.simple.v1+json, text/html;q=0.1",
+    "html": "text/html",
+}
 _NAME_FIELD = re.compile(rb'name="name"\r\n(?:[^\r\n]+\r\n)*\r\n([^\r\n]{1,200})\r\n')
 
 
@@ -64,39 +77,30 @@ class Mirror:
     # -- pages -------------------------------------------------------------------------
 
     async def page(
-        self,
-        scope: Scope,
-        name: NormalizedName | None,
-        *,
-        accept: str,
-        authorization: str | None,
-        base_url: str,
+        self, caller: Caller, name: NormalizedName | None, *, accept: str, base_url: str
     ) -> Reply:
         """A simple page (index when name is None), its links pointing at base_url."""
-        representation = "json" if pages.wants_json(accept) else "html"
-        owner, ttl = self._keeper.page_owner(scope.key, authorization, self._page_ttl)
-        key = Store.page_key(owner, name or "", representation)
+        representation: Representation = "json" if pages.wants_json(accept) else "html"
+        key = Store.page_key(caller.owner, name or "", representation)
         stored: StoredPage | None = await to_thread.run_sync(self._store.get_page, key)
         now = self._clock()
-        if stored is not None and (self.offline or now - stored.fetched_at < ttl):
+        if stored is not None and (
+            self.offline or now - stored.fetched_at < self._keeper.page_ttl(self._page_ttl)
+        ):
             return await self._render(stored.page, base_url, "HIT", only_held=self.offline)
-        # When GitLab can't be asked, the page in the other representation will do:
-        # every client that asks for JSON also accepts HTML.
-        other = Store.page_key(owner, name or "", "html" if representation == "json" else "json")
-        fallback = stored or await to_thread.run_sync(self._store.get_page, other)
+        fallback = stored or await self._fallback(caller, name or "", representation)
         if self.offline:
             if fallback is not None:
                 return await self._render(fallback.page, base_url, "HIT", only_held=True)
             what = f"the page of {name!r}" if name else "the index"
+            scope = caller.scope
             raise OfflineMiss(f"offline mode: {what} of {scope.kind}/{scope.id} is not cached")
-        path = scope.api_path + ("/simple/" + name if name else "/simple")
         try:
             answer = await self._ask(
-                path,
-                accept="application/vnd.pypi.simple.v1+json, text/html;q=0.1"
-                if representation == "json"
-                else "text/html",
-                authorization=self._keeper.upstream_authorization(authorization),
+                caller.scope,
+                name,
+                representation,
+                authorization=caller.upstream,
                 etag=stored.etag if stored else None,
                 quick=stored is not None,
             )
@@ -106,32 +110,98 @@ class Mirror:
             log.warning("serving a stale page for %s: %s", key, exc)
             return await self._render(fallback.page, base_url, "STALE", only_held=True)
         if answer.status == 304 and stored is not None:
-            await self._keeper.vouch(scope.key, authorization, _shas(stored.page))
+            await self._keeper.vouch(caller, _files(stored.page))
             stored = StoredPage(stored.page, now, stored.etag)
-            await to_thread.run_sync(lambda: self._store.put_page(key, stored, name=name or ""))
+            await self._keep(key, stored, name)
             return await self._render(stored.page, base_url, "REVALIDATED")
         if answer.status != 200:
             # 401/403/404 and the 302 that forwards unknown names to pypi.org: the
             # client's business, never cached as this project's page.
             return Reply(answer.status, answer.body, dict(answer.headers), "BYPASS")
-        page = pages.parse(
+        page = self._parse(answer, name)
+        if caller.personal and await self._anyone_sees(caller, name, representation, page):
+            # GitLab gives this page to anyone: the credential added nothing, and a
+            # credential GitLab did not need leaves no record (design 3.4).
+            return await self._render(page, base_url, "MISS")
+        await self._keeper.vouch(caller, _files(page))
+        await self._keep(key, StoredPage(page, now, answer.headers.get("etag", "")), name)
+        return await self._render(page, base_url, "MISS")
+
+    async def _fallback(
+        self, caller: Caller, name: str, representation: Representation
+    ) -> StoredPage | None:
+        """A page to serve when GitLab can't be asked: the other representation (every
+        client that asks for JSON also accepts HTML), else what GitLab gives anyone."""
+        other = "html" if representation == "json" else "json"
+        keys = [Store.page_key(caller.owner, name, other)]
+        if caller.personal:
+            keys += [Store.page_key(caller.public_owner, name, r) for r in (representation, other)]
+        for key in keys:
+            found: StoredPage | None = await to_thread.run_sync(self._store.get_page, key)
+            if found is not None:
+                return found
+        return None
+
+    async def _anyone_sees(
+        self,
+        caller: Caller,
+        name: NormalizedName | None,
+        representation: Representation,
+        page: Page,
+    ) -> bool:
+        """Whether GitLab shows an anonymous client the same page (asked at most once per
+        page_ttl: the anonymous answer is kept as the scope's public page)."""
+        key = Store.page_key(caller.public_owner, name or "", representation)
+        stored: StoredPage | None = await to_thread.run_sync(self._store.get_page, key)
+        now = self._clock()
+        if stored is None or now - stored.fetched_at >= self._keeper.page_ttl(self._page_ttl):
+            try:
+                answer = await self._ask(
+                    caller.scope, name, representation, authorization=None, etag=None, quick=True
+                )
+            except UpstreamError:
+                return False
+            if answer.status != 200:
+                return False
+            public = self._parse(answer, name)
+            await self._keeper.vouch(caller, _files(public), public=True)
+            stored = StoredPage(public, now, answer.headers.get("etag", ""))
+            await self._keep(key, stored, name)
+        return stored.page == page
+
+    def _parse(self, answer: Answer, name: NormalizedName | None) -> Page:
+        return pages.parse(
             answer.body,
             content_type=answer.headers.get("content-type", ""),
             page_url=answer.url,
             upstream_url=self._upstream.url,
             kind="project" if name else "index",
         )
-        await self._keeper.vouch(scope.key, authorization, _shas(page))
-        fresh = StoredPage(page, now, answer.headers.get("etag", ""))
-        await to_thread.run_sync(lambda: self._store.put_page(key, fresh, name=name or ""))
-        return await self._render(page, base_url, "MISS")
+
+    async def _keep(self, key: str, stored: StoredPage, name: NormalizedName | None) -> None:
+        """Store a page; a cache that cannot (a full disk) still lets the page be served."""
+        try:
+            await to_thread.run_sync(lambda: self._store.put_page(key, stored, name=name or ""))
+        except CacheError as exc:
+            log.warning("cannot cache the page %s: %s", key, exc)
 
     async def _ask(
-        self, path: str, *, accept: str, authorization: str | None, etag: str | None, quick: bool
+        self,
+        scope: Scope,
+        name: NormalizedName | None,
+        representation: Representation,
+        *,
+        authorization: str | None,
+        etag: str | None,
+        quick: bool,
     ) -> Answer:
-        """GET from GitLab; 5xx and 429 raise (the client holds off after a Retry-After)."""
+        """GET a page from GitLab; 5xx and 429 raise (the client holds off after a Retry-After)."""
         answer = await self._upstream.get(
-            path, accept=accept, authorization=authorization, etag=etag, quick=quick
+            scope.api_path + ("/simple/" + name if name else "/simple"),
+            accept=_ACCEPT[representation],
+            authorization=authorization,
+            etag=etag,
+            quick=quick,
         )
         if answer.status >= 500 or answer.status == 429:
             retry = _seconds(answer.headers.get("retry-after"))
@@ -193,8 +263,9 @@ class Mirror:
         return Reply(answer.status, answer.body, dict(answer.headers), "BYPASS")
 
 
-def _shas(page: Page) -> list[str]:
-    return [link.sha256 for link in page.links if link.sha256]
+def _files(page: Page) -> list[tuple[str, str]]:
+    """The (sha256, filename) pairs a package page lists."""
+    return [(link.sha256, link.filename) for link in page.links if link.sha256]
 
 
 def _seconds(value: str | None) -> float | None:

@@ -7,6 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal, NewType
 
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+
 NormalizedName = NewType("NormalizedName", str)
 CacheStatus = Literal["HIT", "MISS", "STALE", "REVALIDATED", "BYPASS"]
 
@@ -23,6 +30,17 @@ _SCOPE_ID = re.compile(r"^(?:[0-9]{1,19}|[A-Za-z0-9_.\-]+(?:%2[Ff][A-Za-z0-9_.\-
 def normalize(name: str) -> NormalizedName:
     """PEP 503: "runs of -, _ and . become one -, and the name is lower-cased"."""
     return NormalizedName(_SEPARATORS.sub("-", name).lower())
+
+
+def project_of(filename: str) -> NormalizedName:
+    """The normalized project name a distribution file name carries (wheel and sdist
+    rules of the packaging specs; for other kinds, the part before the first "-")."""
+    try:
+        if filename.endswith(".whl"):
+            return NormalizedName(parse_wheel_filename(filename)[0])
+        return NormalizedName(parse_sdist_filename(filename)[0])
+    except (InvalidWheelFilename, InvalidSdistFilename):
+        return normalize(filename.split("-", 1)[0])
 
 
 def valid_project_name(name: str) -> bool:
@@ -66,6 +84,37 @@ class Scope:
     def key(self) -> str:
         """A short, stable key for cache entries of this scope."""
         return f"{self.kind}/{self.id.lower()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking, worked out once per request and passed down (never the raw header).
+
+    Every access decision reads these fields; none of them is a credential.
+    """
+
+    scope: Scope
+    upstream: str | None = field(repr=False)
+    """The Authorization GitLab sees for this caller's reads (service or the client's own)."""
+    owner: str
+    """Whose pages and file bindings these are: the scope's key, or in passthrough the
+    scope's key and a salted hash of the caller's credential (GitLab filters per caller)."""
+    origin: str
+    """A salted hash of the scope and `upstream`: callers with equal origins get the same
+    answers from GitLab, so they may share a download."""
+    public_owner: str
+    """The owner an anonymous caller of this scope has (the same as `owner` outside
+    passthrough): what GitLab gives anyone is recorded there, not per credential."""
+
+    @property
+    def anonymous(self) -> bool:
+        """True when GitLab sees no credentials."""
+        return self.upstream is None
+
+    @property
+    def personal(self) -> bool:
+        """True when this caller's records are its own (passthrough with a credential)."""
+        return self.owner != self.public_owner
 
 
 @dataclass(frozen=True, slots=True)

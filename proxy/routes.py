@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from proxy.access import Gate
+from proxy.access import Keeper
 from proxy.downloads import Downloads
 from proxy.errors import BadRequest, TooLarge, Unauthorized
 from proxy.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -109,19 +109,19 @@ async def pypi(request: Request) -> Response:
     site: Site = request.state.site
     mirror = _mirror(request)
     authorization = request.headers.get("authorization")
-    gate: Gate = request.state.gate
-    if not gate.admits(authorization):
+    keeper: Keeper = request.state.keeper
+    if not keeper.gate.admits(authorization):
         raise Unauthorized("this proxy needs a proxy token (Basic password or Bearer)")
+    caller = keeper.caller(scope, authorization)
     if is_page:
         name = unquote(parts[1]) if len(parts) == 2 else None
         if name is not None and not valid_project_name(name):
             return _not_found("404 Package Not Found")
         return _reply(
             await mirror.page(
-                scope,
+                caller,
                 normalize(name) if name is not None else None,
                 accept=request.headers.get("accept", "text/html"),
-                authorization=authorization,
                 base_url=site.base_url(request),
             )
         )
@@ -129,7 +129,7 @@ async def pypi(request: Request) -> Response:
     if not valid_sha256(sha256) or not valid_filename(filename):
         return _not_found("404 Package Not Found")
     downloads: Downloads = request.state.downloads
-    answer = await downloads.file(scope, sha256, filename, authorization=authorization)
+    answer = await downloads.file(caller, sha256, filename)
     if isinstance(answer, Reply):
         return _reply(answer)
     return serve_file(request, answer, filename, sha256.lower())

@@ -6,8 +6,9 @@ import base64
 import hashlib
 import os
 import stat
+import time
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -32,9 +33,11 @@ from proxy.access import (
     token_hash,
 )
 from proxy.app import create_app
-from proxy.cache import Grants
+from proxy.cache import Records
 from proxy.config import load
 from proxy.errors import ConfigError
+from proxy.grants import Grants
+from proxy.models import Scope as PyPIScope
 from proxy.models import valid_filename, valid_scope_id, valid_sha256
 
 TOKEN = "gpp_s3cr3t-proxy-token-0123456789"
@@ -340,6 +343,27 @@ def test_realm_is_the_proxys_own() -> None:
 # -- Keeper ------------------------------------------------------------------------------
 
 SERVICE = basic("gitlab-pypi-proxy", GITLAB_TOKEN)
+PROJECT = PyPIScope("projects", "42")
+OTHER_PROJECT = PyPIScope("projects", "43")
+FILE = (SHA, WHEEL_NAME)
+
+
+def grants(directory: Path) -> Grants:
+    """Access records in `directory`, as the proxy keeps them."""
+    return Grants(Records(directory / "access", size_limit=1 << 30))
+
+
+def keeper(
+    tmp_path: Path,
+    mode: str,
+    *,
+    service: str | None = None,
+    auth_ttl: float = 300.0,
+    clock: Callable[[], float] = time.time,
+) -> Keeper:
+    """A Keeper over fresh access records."""
+    gate = Gate(mode, TOKENS if mode == "tokens" else {}, SALT, auth_ttl)  # type: ignore[arg-type]
+    return Keeper(gate, grants(tmp_path), service=service, clock=clock)
 
 
 @pytest.mark.parametrize(
@@ -358,27 +382,44 @@ def test_keeper_sends_gitlab_the_service_or_the_clients_own_credentials(
     tmp_path: Path, mode: str, service: str | None, client: str | None, sent: str | None
 ) -> None:
     """Reads carry the service credential, else the client's; a proxy token never goes on."""
-    gate = Gate(mode, TOKENS if mode == "tokens" else {}, SALT)  # type: ignore[arg-type]
-    keeper = Keeper(gate, Grants(tmp_path), service=service)
-    assert keeper.upstream_authorization(client) == sent
+    assert keeper(tmp_path, mode, service=service).caller(PROJECT, client).upstream == sent
 
 
 @pytest.mark.parametrize("mode", ["open", "tokens"])
 def test_keeper_shares_pages_by_scope_outside_passthrough(tmp_path: Path, mode: str) -> None:
-    """With a service token every client sees the same page of a scope, fresh for page_ttl."""
-    keeper = Keeper(Gate(mode, {}, SALT), Grants(tmp_path), service=SERVICE)  # type: ignore[arg-type]
-    assert keeper.page_owner("projects/42", ALICE, 300.0) == ("projects/42", 300.0)
-    assert keeper.page_owner("projects/42", None, 300.0) == ("projects/42", 300.0)
+    """With a service token every client is the same owner of a scope, fresh for page_ttl."""
+    guard = keeper(tmp_path, mode, service=SERVICE)
+    owners = {guard.caller(PROJECT, client).owner for client in (ALICE, None)}
+    assert owners == {"projects/42"}
+    assert guard.page_ttl(300.0) == 300.0
 
 
-def test_keeper_gives_each_passthrough_credential_its_own_pages(tmp_path: Path) -> None:
-    """Passthrough pages belong to one credential, never name the token and last auth_ttl."""
-    keeper = Keeper(Gate("passthrough", {}, SALT, auth_ttl=60.0), Grants(tmp_path), service=None)
-    owners = {
-        keeper.page_owner("projects/42", a, 300.0) for a in (ALICE, None, f"Bearer {GITLAB_TOKEN}")
-    }
+def test_keeper_gives_each_passthrough_credential_its_own_owner(tmp_path: Path) -> None:
+    """Passthrough owners belong to one credential, never name the token, last auth_ttl,
+    and differ from every owner of the other modes."""
+    guard = keeper(tmp_path, "passthrough", auth_ttl=60.0)
+    callers = [guard.caller(PROJECT, a) for a in (ALICE, None, f"Bearer {GITLAB_TOKEN}")]
+    owners = {caller.owner for caller in callers}
     assert len(owners) == 3
-    assert all(ttl == 60.0 and GITLAB_TOKEN not in owner for owner, ttl in owners)
+    assert "projects/42" not in owners
+    assert all(GITLAB_TOKEN not in owner for owner in owners)
+    assert {caller.public_owner for caller in callers} == {callers[1].owner}
+    assert guard.page_ttl(300.0) == 60.0
+
+
+def test_a_caller_shows_no_credential() -> None:
+    """A Caller's repr and fields carry hashes, never the header it was made from."""
+    caller = Keeper(Gate("passthrough", {}, SALT), grants_stub(), service=None).caller(
+        PROJECT, ALICE
+    )
+    shown = repr(caller) + caller.owner + caller.origin
+    assert GITLAB_TOKEN not in shown
+    assert ALICE.split(" ")[1] not in shown
+
+
+def grants_stub() -> Grants:
+    """Grants that must not be touched by what is tested."""
+    return Grants(None)  # type: ignore[arg-type]
 
 
 class Clock:
@@ -395,54 +436,84 @@ class Clock:
 async def test_keeper_vouches_for_a_passthrough_credential_within_auth_ttl(tmp_path: Path) -> None:
     """Accepted by GitLab: served now for auth_ttl; after it, only while GitLab can't be asked."""
     clock = Clock()
-    gate = Gate("passthrough", {}, SALT, auth_ttl=300.0)
-    keeper = Keeper(gate, Grants(tmp_path), service=None, clock=clock)
-    assert await keeper.vouched("projects/42", ALICE, SHA) == (False, False)
-    await keeper.vouch("projects/42", ALICE, [SHA])
-    assert await keeper.vouched("projects/42", ALICE, SHA) == (True, True)
+    guard = keeper(tmp_path, "passthrough", clock=clock)
+    alice = guard.caller(PROJECT, ALICE)
+    assert await guard.vouched(alice, *FILE) == (False, False)
+    await guard.vouch(alice, [FILE])
+    assert await guard.vouched(alice, *FILE) == (True, True)
     clock.now += 301
-    assert await keeper.vouched("projects/42", ALICE, SHA) == (False, True)
+    assert await guard.vouched(alice, *FILE) == (False, True)
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
-    ("scope", "client", "sha"),
+    ("scope", "client", "file"),
     [
-        ("projects/43", ALICE, SHA),
-        ("projects/42", basic("mallory", "glpat-mallory"), SHA),
-        ("projects/42", None, SHA),
-        ("projects/42", ALICE, "f" * 64),
+        (OTHER_PROJECT, ALICE, FILE),
+        (PROJECT, basic("mallory", "glpat-mallory"), FILE),
+        (PROJECT, None, FILE),
+        (PROJECT, ALICE, ("f" * 64, WHEEL_NAME)),
+        (PROJECT, ALICE, (SHA, WHEEL_NAME + ".metadata")),
+        (PROJECT, ALICE, (SHA, "my_pkg-1.0.tar.gz")),
     ],
 )
 async def test_keeper_vouches_for_nobody_else(
-    tmp_path: Path, scope: str, client: str | None, sha: str
+    tmp_path: Path, scope: PyPIScope, client: str | None, file: tuple[str, str]
 ) -> None:
-    """Another scope, another credential, no credential or an unlisted file: not vouched for."""
-    keeper = Keeper(Gate("passthrough", {}, SALT), Grants(tmp_path), service=None)
-    await keeper.vouch("projects/42", ALICE, [SHA])
-    assert await keeper.vouched(scope, client, sha) == (False, False)
+    """Another scope, another credential, no credential, an unlisted file or another name
+    for the same sha256: not vouched for."""
+    guard = keeper(tmp_path, "passthrough")
+    await guard.vouch(guard.caller(PROJECT, ALICE), [FILE])
+    assert await guard.vouched(guard.caller(scope, client), *file) == (False, False)
+
+
+@pytest.mark.anyio
+async def test_keeper_vouches_for_everyone_what_gitlab_gives_anyone(tmp_path: Path) -> None:
+    """A file GitLab serves anonymously is vouched for every caller of the scope, and the
+    credential that fetched it is not recorded."""
+    guard = keeper(tmp_path, "passthrough")
+    mallory = guard.caller(PROJECT, basic("mallory", "glpat-mallory"))
+    await guard.vouch(mallory, [FILE], public=True)
+    for client in (None, ALICE):
+        assert await guard.vouched(guard.caller(PROJECT, client), *FILE) == (True, True)
+    records, _ = grants(tmp_path).size()
+    assert records == 2  # the binding and the anonymous acceptance; nothing of mallory's
 
 
 @pytest.mark.anyio
 async def test_keeper_outside_passthrough_binds_files_to_scopes(tmp_path: Path) -> None:
     """With a service token any client may have a file its scope listed, and only through it."""
-    keeper = Keeper(Gate("open", {}, SALT), Grants(tmp_path), service=SERVICE)
-    await keeper.vouch("projects/42", None, [SHA])
-    assert await keeper.vouched("projects/42", ALICE, SHA) == (True, True)
-    assert await keeper.vouched("projects/43", None, SHA) == (False, False)
+    guard = keeper(tmp_path, "open", service=SERVICE)
+    await guard.vouch(guard.caller(PROJECT, None), [FILE])
+    assert await guard.vouched(guard.caller(PROJECT, ALICE), *FILE) == (True, True)
+    assert await guard.vouched(guard.caller(OTHER_PROJECT, None), *FILE) == (False, False)
+
+
+@pytest.mark.anyio
+async def test_keeper_remembers_refusals_of_the_service_only(tmp_path: Path) -> None:
+    """GitLab's 404 to the service credential is kept; a client's own is not (it says
+    nothing about other clients)."""
+    guard = keeper(tmp_path, "open", service=SERVICE)
+    await guard.refuse(guard.caller(PROJECT, ALICE), *FILE, ttl=60)
+    assert await guard.refused(guard.caller(PROJECT, None), *FILE)
+    passthrough = keeper(tmp_path / "p", "passthrough")
+    alice = passthrough.caller(PROJECT, ALICE)
+    await passthrough.refuse(alice, *FILE, ttl=60)
+    assert not await passthrough.refused(alice, *FILE)
 
 
 @pytest.mark.anyio
 async def test_keeper_remembers_across_restarts(tmp_path: Path) -> None:
     """A new Keeper on the same cache (and so the same salt) still knows what GitLab allowed."""
-    first = Grants(tmp_path)
+    first = grants(tmp_path)
     gate = Gate("passthrough", {}, first.salt())
-    await Keeper(gate, first, service=None).vouch("projects/42", ALICE, [SHA])
+    before = Keeper(gate, first, service=None)
+    await before.vouch(before.caller(PROJECT, ALICE), [FILE])
     first.close()
-    again = Grants(tmp_path)
+    again = grants(tmp_path)
     assert again.salt() == gate.salt
-    keeper = Keeper(Gate("passthrough", {}, again.salt()), again, service=None)
-    assert await keeper.vouched("projects/42", ALICE, SHA) == (True, True)
+    guard = Keeper(Gate("passthrough", {}, again.salt()), again, service=None)
+    assert await guard.vouched(guard.caller(PROJECT, ALICE), *FILE) == (True, True)
 
 
 # -- command line ------------------------------------------------------------------------

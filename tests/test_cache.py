@@ -70,20 +70,20 @@ def test_file_is_stored_once_and_read_back(tmp_path: Path) -> None:
 
 def test_least_recently_used_file_is_evicted_first(tmp_path: Path) -> None:
     """Past max_size, the file read longest ago goes first and a recently read one stays."""
-    store = Store(tmp_path / "c", max_size=350_000)
+    store = Store(tmp_path / "c", max_size=3_500_000)
     shas = []
     for i in range(3):
-        sha, path = _file(tmp_path, bytes([i]) * 100_000)
+        sha, path = _file(tmp_path, bytes([i]) * 1_000_000)
         store.put_file(sha, path)
         shas.append(sha)
     handle = store.open_file(shas[0])  # a use: now shas[1] is the oldest
     assert handle is not None
     handle.close()
     for i in range(3, 6):
-        sha, path = _file(tmp_path, bytes([i]) * 100_000)
+        sha, path = _file(tmp_path, bytes([i]) * 1_000_000)
         store.put_file(sha, path)
     assert not store.has_file(shas[1])
-    assert store.stats().bytes <= 350_000 + 100_000
+    assert store.stats().bytes <= 3_500_000 + 1_000_000
 
 
 def test_clean_temp_removes_leftover_parts(tmp_path: Path) -> None:
@@ -121,23 +121,23 @@ def _read(store: Store, sha: str) -> bytes:
 
 def test_pinned_file_survives_eviction_pressure(tmp_path: Path) -> None:
     """A pinned file stays held and readable however many files push past max_size."""
-    store = Store(tmp_path / "c", max_size=350_000)
-    pinned = _put(store, tmp_path, b"p" * 100_000)
+    store = Store(tmp_path / "c", max_size=3_500_000)
+    pinned = _put(store, tmp_path, b"p" * 1_000_000)
     assert store.pin(pinned)
-    others = [_put(store, tmp_path, bytes([i]) * 100_000) for i in range(10)]
+    others = [_put(store, tmp_path, bytes([i]) * 1_000_000) for i in range(10)]
     assert not all(store.has_file(sha) for sha in others)
     assert store.is_pinned(pinned)
-    assert _read(store, pinned) == b"p" * 100_000
+    assert _read(store, pinned) == b"p" * 1_000_000
 
 
 def test_unpinned_files_are_still_evicted_least_recently_used_first(tmp_path: Path) -> None:
     """With a pinned file present, the unpinned file read longest ago is evicted first."""
-    store = Store(tmp_path / "c", max_size=350_000)
-    pinned = _put(store, tmp_path, b"p" * 100_000, pinned=True)
-    shas = [_put(store, tmp_path, bytes([i]) * 100_000) for i in range(3)]
+    store = Store(tmp_path / "c", max_size=3_500_000)
+    pinned = _put(store, tmp_path, b"p" * 1_000_000, pinned=True)
+    shas = [_put(store, tmp_path, bytes([i]) * 1_000_000) for i in range(3)]
     _read(store, shas[0])  # a use: now shas[1] is the oldest
     for i in range(3, 6):
-        _put(store, tmp_path, bytes([i]) * 100_000)
+        _put(store, tmp_path, bytes([i]) * 1_000_000)
     assert not store.has_file(shas[1])
     assert store.has_file(pinned)
 
@@ -152,13 +152,13 @@ def test_put_file_pinned_is_pinned_from_the_start(tmp_path: Path) -> None:
 
 def test_unpin_makes_a_file_evictable_again(tmp_path: Path) -> None:
     """An unpinned file keeps its bytes and is evicted like any other under pressure."""
-    store = Store(tmp_path / "c", max_size=350_000)
-    sha = _put(store, tmp_path, b"p" * 100_000, pinned=True)
+    store = Store(tmp_path / "c", max_size=3_500_000)
+    sha = _put(store, tmp_path, b"p" * 1_000_000, pinned=True)
     assert store.unpin(sha)
     assert not store.is_pinned(sha)
-    assert _read(store, sha) == b"p" * 100_000
+    assert _read(store, sha) == b"p" * 1_000_000
     for i in range(10):
-        _put(store, tmp_path, bytes([i]) * 100_000)
+        _put(store, tmp_path, bytes([i]) * 1_000_000)
     assert not store.has_file(sha)
 
 
@@ -261,7 +261,9 @@ def test_prune_to_size_removes_least_recently_used_first(tmp_path: Path) -> None
         shas.append(_put(store, tmp_path, bytes([i]) * 1000))
         clock.now += 60
     _read(store, shas[0])  # shas[1] is now the least recently used
-    assert store.prune(to_size=2000) == (1, 1000)
+    held = store.stats()
+    pages_and_access = held.page_bytes + held.access_bytes  # count toward the size too
+    assert store.prune(to_size=2000 + pages_and_access) == (1, 1000)
     assert [store.has_file(sha) for sha in shas] == [True, False, True]
 
 
@@ -287,7 +289,7 @@ def test_remove_forgets_the_file(tmp_path: Path) -> None:
 
 def _evict(store: Store, sha: str, tmp_path: Path) -> None:
     for i in range(8):
-        _put(store, tmp_path, bytes([i]) * 100_000)
+        _put(store, tmp_path, bytes([i]) * 1_000_000)
 
 
 def _prune(store: Store, sha: str, tmp_path: Path) -> None:
@@ -304,7 +306,7 @@ def test_a_reader_keeps_reading_after_its_file_is_dropped(
 ) -> None:
     """A handle opened before eviction, prune or remove still reads every byte of the file."""
     clock = Clock()
-    store = Store(tmp_path / "c", max_size=350_000, clock=clock)
+    store = Store(tmp_path / "c", max_size=3_500_000, clock=clock)
     content = bytes(range(256)) * 1000
     sha = _put(store, tmp_path, content)
     handle = store.open_file(sha)

@@ -56,7 +56,9 @@ async def test_concurrent_readers_share_one_download(tmp_path: Path) -> None:
         return_value=httpx.Response(200, headers={"Content-Length": str(len(CONTENT))}, stream=gate)
     )
     filler, store = _filler(tmp_path)
-    fills = [filler.start(SHA, PATH, authorization=None) for _ in range(20)]
+    fills = [
+        filler.start(SHA, PATH, authorization=None, origin="o", vetted=False) for _ in range(20)
+    ]
     await fills[0].ready.wait()
     readers = [asyncio.create_task(_collect(filler.read(fill))) for fill in fills]
     gate.release.set()
@@ -74,7 +76,7 @@ async def test_readers_get_bytes_before_the_download_ends(tmp_path: Path) -> Non
         return_value=httpx.Response(200, headers={"Content-Length": str(len(CONTENT))}, stream=gate)
     )
     filler, _ = _filler(tmp_path)
-    fill = filler.start(SHA, PATH, authorization=None)
+    fill = filler.start(SHA, PATH, authorization=None, origin="o", vetted=False)
     await fill.ready.wait()
     stream = filler.read(fill)
     first = await asyncio.wait_for(anext(stream), timeout=10)
@@ -90,7 +92,7 @@ async def test_hash_mismatch_caches_nothing_and_breaks_the_readers(tmp_path: Pat
     wrong = b"x" + CONTENT[1:]
     respx.get(BASE + PATH).respond(200, content=wrong)
     filler, store = _filler(tmp_path)
-    fill = filler.start(SHA, PATH, authorization=None)
+    fill = filler.start(SHA, PATH, authorization=None, origin="o", vetted=False)
     await fill.ready.wait()
     received = bytearray()
 
@@ -111,7 +113,7 @@ async def test_fill_completes_when_every_reader_left(tmp_path: Path) -> None:
     gate = Gate(CONTENT)
     respx.get(BASE + PATH).mock(return_value=httpx.Response(200, stream=gate))
     filler, store = _filler(tmp_path)
-    fill = filler.start(SHA, PATH, authorization=None)
+    fill = filler.start(SHA, PATH, authorization=None, origin="o", vetted=False)
     await fill.ready.wait()
     stream = filler.read(fill)
     await anext(stream)
@@ -129,7 +131,7 @@ async def test_range_of_a_growing_file(tmp_path: Path) -> None:
     """A byte range is served from the fill as soon as its bytes have arrived."""
     respx.get(BASE + PATH).respond(200, content=CONTENT)
     filler, _ = _filler(tmp_path)
-    fill = filler.start(SHA, PATH, authorization=None)
+    fill = filler.start(SHA, PATH, authorization=None, origin="o", vetted=False)
     await fill.ready.wait()
     if fill.done:
         pytest.skip("the fill finished before a reader could join")  # pragma: no cover
@@ -147,9 +149,9 @@ async def test_a_second_worker_follows_the_first_workers_download(tmp_path: Path
     )
     leader, store = _filler(tmp_path)
     follower, _ = _filler(tmp_path)
-    led = leader.start(SHA, PATH, authorization=None)
+    led = leader.start(SHA, PATH, authorization=None, origin="o", vetted=False)
     await led.ready.wait()
-    followed = follower.start(SHA, PATH, authorization=None)
+    followed = follower.start(SHA, PATH, authorization=None, origin="o", vetted=False)
     await asyncio.wait_for(followed.ready.wait(), timeout=10)
     assert followed.length == len(CONTENT)
     stream = follower.read(followed)
@@ -179,9 +181,9 @@ async def test_another_workers_fill_for_another_scope_is_followed_only_if_gitlab
     check = respx.head(BASE + other).respond(head)
     leader, _ = _filler(tmp_path)
     follower, _ = _filler(tmp_path)
-    led = leader.start(SHA, PATH, authorization=None)
+    led = leader.start(SHA, PATH, authorization=None, origin="o", vetted=False)
     await led.ready.wait()
-    followed = follower.start(SHA, other, authorization=None)
+    followed = follower.start(SHA, other, authorization=None, origin="o", vetted=False)
     await asyncio.wait_for(followed.ready.wait(), timeout=10)
     assert check.call_count == 1
     assert (followed.status == 200) is follows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
@@ -257,7 +258,8 @@ def test_passthrough_member_reads_and_caches_the_private_page_and_file(
     assert world.private.filename in page.text
     file = read(proxy, world.private.file(), AS_ALICE)
     assert (file.status_code, file.content) == (200, world.private.content)
-    assert set(gitlab_passwords(gitlab)) == {ALICE}
+    # alice's token, or none at all: whether GitLab gives the same to anyone.
+    assert set(gitlab_passwords(gitlab)) == {ALICE, None}
     stats = run(
         [sys.executable, "-m", "proxy", "cache", "stats", "--cache-dir", str(tmp_path / "cache")]
     )
@@ -703,3 +705,65 @@ def test_token_file_is_read_only_by_its_owner_after_token_add(tmp_path: Path) ->
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert token not in path.read_text()
     assert token not in result.stderr
+
+
+# -- races (passthrough) -----------------------------------------------------------------
+
+RACE_ROUNDS = 12
+RACERS = 16
+
+
+async def _race(
+    proxy: ProxyProcess, path: str, first: dict[str, str], rest: dict[str, str]
+) -> tuple[httpx.Response, list[httpx.Response]]:
+    """One request as `first` and RACERS as `rest`, all sent at once."""
+    async with httpx.AsyncClient(base_url=proxy.url, timeout=30) as client:
+        leader = client.get(path, headers=first)
+        racers = [client.get(path, headers=rest) for _ in range(RACERS)]
+        answers = await asyncio.gather(leader, *racers)
+    return answers[0], list(answers[1:])
+
+
+def _race_rounds(
+    gitlab: FakeGitLab, proxy: ProxyProcess, first: dict[str, str], rest: dict[str, str]
+) -> Iterator[tuple[Wheel, httpx.Response, list[httpx.Response]]]:
+    """RACE_ROUNDS rounds, each on a new private wheel nobody has fetched yet."""
+    for round_ in range(RACE_ROUNDS):
+        filename, content = make_wheel("secret-pkg", f"2.{round_}")
+        gitlab.add_file(42, "secret-pkg", f"2.{round_}", filename, content)
+        wheel = Wheel(42, "secret-pkg", filename, content)
+        leader, racers = asyncio.run(_race(proxy, wheel.file(), first, rest))
+        yield wheel, leader, racers
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_passthrough_non_members_racing_a_members_first_fetch_get_nothing(
+    gitlab: FakeGitLab, world: World, start_proxy: Start, tmp_path: Path, workers: str
+) -> None:
+    """Non-members hammering a private file while a member fetches it first are never served
+    it, and are not remembered as allowed afterwards."""
+    proxy = passthrough(
+        start_proxy, gitlab, tmp_path / "cache", GITLAB_PYPI_PROXY_SERVER_WORKERS=workers
+    )
+    gitlab.delay = 0.005
+    for wheel, member, racers in _race_rounds(gitlab, proxy, AS_ALICE, AS_MALLORY):
+        assert member.status_code == 200
+        assert member.content == wheel.content
+        for response in racers:
+            assert_no_wheel(response, wheel)
+        assert_no_wheel(read(proxy, wheel.file(), AS_MALLORY), wheel)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_passthrough_a_non_members_refused_fetch_never_becomes_a_members_answer(
+    gitlab: FakeGitLab, world: World, start_proxy: Start, tmp_path: Path, workers: str
+) -> None:
+    """Members racing a non-member's first fetch of a private file all get the file."""
+    proxy = passthrough(
+        start_proxy, gitlab, tmp_path / "cache", GITLAB_PYPI_PROXY_SERVER_WORKERS=workers
+    )
+    gitlab.delay = 0.005
+    for wheel, mallory, members in _race_rounds(gitlab, proxy, AS_MALLORY, AS_ALICE):
+        assert_no_wheel(mallory, wheel)
+        assert [r.status_code for r in members] == [200] * RACERS
+        assert all(r.content == wheel.content for r in members)
