@@ -184,14 +184,6 @@ class Store:
         evicted: int = _guarded(self._files.cull)
         return evicted
 
-    def pin(self, sha256: str) -> bool:
-        """Exempt a held file from eviction and prune (copies it once); False if not held."""
-        return self.is_pinned(sha256) or self._move(sha256, self._files, self._pinned)
-
-    def unpin(self, sha256: str) -> bool:
-        """Make a pinned file evictable again (copies it once); False if it was not pinned."""
-        return self._move(sha256, self._pinned, self._files)
-
     def remove(self, sha256: str) -> bool:
         """Forget a file, pinned or not; a reader that has it open reads on. False if not held."""
         removed = [bool(_guarded(cache.delete, sha256)) for cache in (self._files, self._pinned)]
@@ -208,10 +200,6 @@ class Store:
             if record is not None:
                 found.append(StoredFile(sha256, *record, pinned=sha256 in pinned))
         return iter(sorted(found, key=lambda file: file.last_used))
-
-    def verify(self, sha256: str) -> bool:
-        """Re-hash the file: True when held and intact; a corrupt one is dropped."""
-        return self.check(sha256) is None and self.has_file(sha256)
 
     def check(self, sha256: str) -> str | None:
         """Re-hash the file: why it cannot be served (it is then dropped), or None.
@@ -314,19 +302,6 @@ class Store:
             _guarded(cache.delete, sha256)
             raise _Vanished(sha256)
         return handle if handle is not None and not isinstance(handle, bytes) else None
-
-    def _move(self, sha256: str, source: Any, target: Any) -> bool:
-        """Copy a file into `target`, then drop it from `source`: it is held throughout."""
-        try:
-            handle = self._open_in(source, sha256)
-        except _Vanished:
-            return False
-        if handle is None:
-            return False
-        with handle:
-            _guarded(target.set, sha256, handle, read=True)
-        _guarded(source.delete, sha256)
-        return True
 
     def _record(self, sha256: str) -> tuple[int, float] | None:
         """(size, last use) of a held file, recording it as used now if it has no record."""

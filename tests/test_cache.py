@@ -122,8 +122,7 @@ def _read(store: Store, sha: str) -> bytes:
 def test_pinned_file_survives_eviction_pressure(tmp_path: Path) -> None:
     """A pinned file stays held and readable however many files push past max_size."""
     store = Store(tmp_path / "c", max_size=3_500_000)
-    pinned = _put(store, tmp_path, b"p" * 1_000_000)
-    assert store.pin(pinned)
+    pinned = _put(store, tmp_path, b"p" * 1_000_000, pinned=True)
     others = [_put(store, tmp_path, bytes([i]) * 1_000_000) for i in range(10)]
     assert not all(store.has_file(sha) for sha in others)
     assert store.is_pinned(pinned)
@@ -148,27 +147,6 @@ def test_put_file_pinned_is_pinned_from_the_start(tmp_path: Path) -> None:
     sha = _put(store, tmp_path, b"wheel", pinned=True)
     assert store.is_pinned(sha)
     assert _read(store, sha) == b"wheel"
-
-
-def test_unpin_makes_a_file_evictable_again(tmp_path: Path) -> None:
-    """An unpinned file keeps its bytes and is evicted like any other under pressure."""
-    store = Store(tmp_path / "c", max_size=3_500_000)
-    sha = _put(store, tmp_path, b"p" * 1_000_000, pinned=True)
-    assert store.unpin(sha)
-    assert not store.is_pinned(sha)
-    assert _read(store, sha) == b"p" * 1_000_000
-    for i in range(10):
-        _put(store, tmp_path, bytes([i]) * 1_000_000)
-    assert not store.has_file(sha)
-
-
-def test_pin_and_unpin_of_a_file_not_held_are_false(tmp_path: Path) -> None:
-    """Pinning a file the cache does not hold, or unpinning one not pinned, does nothing."""
-    store = Store(tmp_path / "c", max_size=10**6)
-    unpinned = _put(store, tmp_path, b"wheel")
-    assert not store.pin("0" * 64)
-    assert not store.unpin(unpinned)
-    assert not store.has_file("0" * 64)
 
 
 def test_stats_count_pinned_files_among_the_files(tmp_path: Path) -> None:
@@ -206,11 +184,11 @@ def test_a_file_stored_without_a_record_is_listed_as_used_now(tmp_path: Path) ->
     assert list(store.iter_files()) == [StoredFile("f" * 64, size, clock.now, pinned=False)]
 
 
-def test_verify_keeps_an_intact_file(tmp_path: Path) -> None:
-    """A file whose bytes still hash to its sha256 verifies and stays."""
+def test_check_keeps_an_intact_file(tmp_path: Path) -> None:
+    """A file whose bytes still hash to its sha256 passes the check and stays."""
     store = Store(tmp_path / "c", max_size=10**6)
     sha = _put(store, tmp_path, b"wheel bytes")
-    assert store.verify(sha)
+    assert store.check(sha) is None
     assert store.has_file(sha)
 
 
@@ -225,7 +203,6 @@ def test_verify_drops_a_file_whose_bytes_changed_on_disk(tmp_path: Path) -> None
     bad = hashlib.sha256(b"wheel bytez").hexdigest()
     assert store.check(sha) == f"hashes to {bad}"
     assert not store.has_file(sha)
-    assert not store.verify(sha)
 
 
 def test_check_names_a_file_deleted_from_disk_missing(tmp_path: Path) -> None:
