@@ -25,17 +25,15 @@ from proxy.access import (
     REALM,
     Gate,
     Keeper,
-    add_token,
     presented_secret,
-    read_tokens,
     resolve_mode,
-    token_hash,
 )
 from proxy.app import create_app
 from proxy.cache import Grants
 from proxy.config import load
 from proxy.errors import ConfigError
 from proxy.models import valid_filename, valid_scope_id, valid_sha256
+from proxy.tokens import add_token, read_tokens, token_hash
 
 TOKEN = "gpp_s3cr3t-proxy-token-0123456789"
 OTHER = "gpp_another-proxy-token-9876543210"

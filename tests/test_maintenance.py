@@ -72,7 +72,8 @@ def test_stats_prints_one_fact_a_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert lines[:3] == ["files: 3", "pinned files: 1", "pages: 1"]
     assert lines[3].startswith("bytes: ")
     assert lines[4] == "max size: 21474836480 (20.0 GiB, pinned files not counted)"
-    assert lines[5] == "hit ratio: unknown (see /-/metrics)"
+    assert lines[5] == "hit ratio: unknown (no requests yet)"
+    assert lines[6] == "file bytes served: 0 B from the cache, 0 B from GitLab"
 
 
 def test_verify_of_a_clean_cache_exits_0(
