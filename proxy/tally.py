@@ -22,6 +22,7 @@ TOTALS = "totals.json"
 HITS = frozenset({"HIT", "STALE", "REVALIDATED"})
 """X-Cache values whose body came from the cache (STALE and REVALIDATED: pages only)."""
 PAGE_ROUTES = frozenset({"page", "index"})
+_OWN = (".json", ".lock")  # a process's counts, and the lock it holds while it runs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,8 +88,10 @@ class Ledger:
     """Writes a Tally to this process's file in the stats directory every `interval`
     seconds (from a thread of its own) and, at close(), folds it into the totals.
 
-    start() also folds the files that earlier processes on this host left when they
-    were killed. Failing to write is logged, never raised: counting is not serving.
+    While it runs, the Ledger holds a lock on a `.lock` file beside its own; the kernel
+    drops that lock when the process dies, however it dies, so start() can tell the
+    files that killed processes left and fold them. Failing to write is logged, never
+    raised: counting is not serving.
     """
 
     def __init__(self, tally: Tally, cache_dir: Path, *, interval: float = 5.0) -> None:
@@ -96,7 +99,9 @@ class Ledger:
         self._directory = cache_dir / DIRECTORY
         self._interval = interval
         self._host = socket.gethostname()
-        self._file = self._directory / f"{self._host}-{os.getpid()}-{secrets.token_hex(4)}.json"
+        name = f"{self._host}-{os.getpid()}-{secrets.token_hex(4)}"
+        self._file = self._directory / f"{name}.json"
+        self._held: int | None = None  # the descriptor holding the lock on `name`.lock
         self._written = Counts()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tally", daemon=True)
@@ -109,24 +114,32 @@ class Ledger:
         try:
             self._directory.mkdir(parents=True, exist_ok=True)
             with _locked(self._directory, exclusive=True):
-                for path in self._directory.glob("*-*-*.json"):
-                    if path != self._file and self._ended(path):
-                        _fold(self._directory, path)
+                left = {p.stem for p in self._directory.glob("*-*-*.*") if p.suffix in _OWN}
+                for name in left:
+                    if _ended(self._directory / f"{name}.json"):
+                        _fold(self._directory, self._directory / f"{name}.json")
+                # Under the directory's lock, so that no other start() finds it unlocked.
+                self._held = _hold(self._file.with_suffix(".lock"))
         except OSError as exc:
             log.warning("cannot keep request counts in %s: %s", self._directory, exc)
+            return
         self._thread.start()
 
     def close(self) -> None:
         """Stop writing, add this process's counts to the totals and remove its file."""
+        if self._held is None:
+            return
         self._stop.set()
         self._thread.join()
-        counts = self._tally.counts()
         try:
-            _write(self._file, self._host, counts)
+            _write(self._file, self._host, self._tally.counts())
             with _locked(self._directory, exclusive=True):
                 _fold(self._directory, self._file)
         except OSError as exc:
             log.warning("cannot keep request counts in %s: %s", self._directory, exc)
+        finally:
+            os.close(self._held)
+            self._held = None
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -140,22 +153,32 @@ class Ledger:
             else:
                 self._written = counts
 
-    def _ended(self, path: Path) -> bool:
-        """Whether the file is a process's on this host that is no more (a pid now in use
-        counts as alive, unless it is this process's own: then it was an earlier one's)."""
-        data = _load(path)
-        if not isinstance(data, dict) or data.get("host") != self._host:
-            return False
-        pid = data.get("pid")
-        if not isinstance(pid, int) or pid == os.getpid():
-            return True
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # alive, someone else's
-            return False
+
+def _hold(path: Path) -> int:
+    """A descriptor of `path` (created) holding an exclusive lock on it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _ended(path: Path) -> bool:
+    """Whether the process that writes `path` is gone: nobody holds its lock (a lock held
+    by another Ledger of this same process counts too: flock locks belong to open files)."""
+    try:
+        fd = os.open(path.with_suffix(".lock"), os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def recorded(cache_dir: Path) -> Counts:
@@ -173,8 +196,19 @@ def recorded(cache_dir: Path) -> Counts:
 
 @contextlib.contextmanager
 def _locked(directory: Path, *, exclusive: bool) -> Iterator[None]:
-    """Readers share, folders exclude: a sum never sees a file counted twice or not at all."""
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    """Readers share, folders exclude: a sum never sees a file counted twice or not at all.
+
+    A reader opens the lock read-only, and reads without it where it may not (`cache
+    stats` run by another user) or before any proxy has made it.
+    """
+    path = directory / ".lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644) if exclusive else os.open(path, 0)
+    except OSError:
+        if exclusive:
+            raise
+        yield
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
@@ -183,13 +217,14 @@ def _locked(directory: Path, *, exclusive: bool) -> Iterator[None]:
 
 
 def _fold(directory: Path, path: Path) -> None:
-    """Add a process's file to the totals, then remove it (under the exclusive lock)."""
+    """Add a process's file to the totals, then remove it and its lock file (under the
+    directory's exclusive lock)."""
     data = _load(path)
-    if data is None:
-        return
-    total = Counts.from_json(_load(directory / TOTALS)) + Counts.from_json(data)
-    _replace(directory / TOTALS, asdict(total))
+    if data is not None:
+        total = Counts.from_json(_load(directory / TOTALS)) + Counts.from_json(data)
+        _replace(directory / TOTALS, asdict(total))
     path.unlink(missing_ok=True)
+    path.with_suffix(".lock").unlink(missing_ok=True)
 
 
 def _write(path: Path, host: str, counts: Counts) -> None:
@@ -210,6 +245,7 @@ def _replace(path: Path, data: dict[str, object]) -> None:
     try:
         with os.fdopen(fd, "w") as out:
             json.dump(data, out)
+            os.fchmod(out.fileno(), 0o644)  # counts only: `cache stats` may run as anyone
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

@@ -86,17 +86,22 @@ def test_restarts_add_up(tmp_path: Path) -> None:
 
 
 def test_recorded_sums_the_files_of_running_processes(tmp_path: Path) -> None:
-    """Two running ledgers write their own files every interval; recorded() sums them."""
+    """A ledger started while another runs (here in the same process) leaves its file
+    alone; recorded() sums both files, and both closes count once."""
     first = make_ledger(tmp_path, requests=4, hits=3, interval=0.01)
-    second = make_ledger(tmp_path, requests=6, hits=1, interval=0.01)
     try:
-        expected = Counts(file_requests=10, file_hits=4)
-        assert wait_for(lambda: recorded(tmp_path) == expected)
-        assert len(json_files(tmp_path)) == 2
+        assert wait_for(lambda: recorded(tmp_path) == Counts(file_requests=4, file_hits=3))
+        second = make_ledger(tmp_path, requests=6, hits=1, interval=0.01)
+        try:
+            expected = Counts(file_requests=10, file_hits=4)
+            assert wait_for(lambda: recorded(tmp_path) == expected)
+            assert len(json_files(tmp_path)) == 2
+        finally:
+            second.close()
     finally:
         first.close()
-        second.close()
     assert recorded(tmp_path) == expected
+    assert json_files(tmp_path) == ["totals.json"]
 
 
 KILLED = """
@@ -124,6 +129,7 @@ def test_a_new_process_folds_the_file_a_killed_one_left(tmp_path: Path) -> None:
     ledger = make_ledger(tmp_path, requests=0, hits=0)
     try:
         assert json_files(tmp_path) == ["totals.json"]
+        assert len(list((tmp_path / "stats").glob("*-*-*.lock"))) == 1  # its own alone
         assert recorded(tmp_path) == left
     finally:
         ledger.close()
