@@ -14,7 +14,7 @@ from typing import Any
 
 import uvicorn
 
-from proxy import __version__, access, config, maintenance, metrics, values
+from proxy import __version__, access, config, maintenance, metrics, tally, tokens, values
 from proxy.cache import Store
 from proxy.errors import CacheError, ConfigError
 
@@ -79,31 +79,83 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="default: info")
     serve.set_defaults(run=_serve)
     _add_cache_commands(commands)
-    token = commands.add_parser(
-        "token", help="manage proxy tokens (access.mode = tokens)", description="Proxy tokens."
-    )
-    token.set_defaults(run=lambda args: _usage(token))
-    token_actions = token.add_subparsers(metavar="ACTION")
-    add = token_actions.add_parser(
-        "add",
-        help="make a token for NAME, print it once, keep only its hash",
-        description="Make a new proxy token for NAME. It is printed once; only its sha256 "
-        "is written to access.tokens_file.",
-    )
-    add.add_argument("name", metavar="NAME")
-    add.add_argument(
-        "--config", metavar="FILE", help=f"TOML config file (default: ${config.CONFIG_ENV})"
-    )
-    add.add_argument("--tokens-file", metavar="FILE", help="where hashes go (access.tokens_file)")
-    add.set_defaults(run=_token_add)
+    _add_token_commands(commands)
     return parser
 
 
+def _add_token_commands(commands: Any) -> None:
+    """`token add NAME | list | revoke NAME`, each with --config and --tokens-file."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", metavar="FILE", help=f"TOML config file (default: ${config.CONFIG_ENV})"
+    )
+    common.add_argument(
+        "--tokens-file",
+        metavar="FILE",
+        help="where token hashes are kept (access.tokens_file; default: "
+        "$XDG_CONFIG_HOME/gitlab-pypi-proxy/tokens, else ~/.config/gitlab-pypi-proxy/tokens)",
+    )
+    token = commands.add_parser(
+        "token",
+        help="manage proxy tokens (access.mode = tokens)",
+        description="Proxy tokens, for access.mode = tokens. A running proxy sees changes "
+        "within a second, without a restart.",
+    )
+    token.set_defaults(run=lambda args: _usage(token))
+    actions = token.add_subparsers(metavar="ACTION")
+    add = actions.add_parser(
+        "add",
+        parents=[common],
+        help="make a token for NAME, print it once, keep only its hash",
+        description="Make a new proxy token for NAME. It is printed once; only its sha256 "
+        "is written to access.tokens_file (created with mode 0600 if missing).",
+    )
+    add.add_argument("name", metavar="NAME")
+    add.set_defaults(run=_token_add)
+    actions.add_parser(
+        "list", parents=[common], help="the names of the tokens, one a line"
+    ).set_defaults(run=_token_list)
+    revoke = actions.add_parser(
+        "revoke",
+        parents=[common],
+        help="remove NAME's token (exit status 1 if there is none)",
+        description="Remove NAME's token from access.tokens_file; a running proxy refuses "
+        "it within a second.",
+    )
+    revoke.add_argument("name", metavar="NAME")
+    revoke.set_defaults(run=_token_revoke)
+
+
+def _tokens_file(args: argparse.Namespace) -> str:
+    if args.tokens_file:
+        return str(args.tokens_file)
+    return config.load(config_file=args.config).access.tokens_file
+
+
 def _token_add(args: argparse.Namespace) -> int:
-    path = args.tokens_file or config.load(config_file=args.config).access.tokens_file
-    token = access.add_token(path, args.name)
+    path = _tokens_file(args)
+    token = tokens.add_token(path, args.name)
     print(token)
     print(f"{PROG}: stored the hash of {args.name}'s token in {path}", file=sys.stderr)
+    return 0
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    path = _tokens_file(args)
+    names = tokens.token_names(path)
+    for name in names:
+        print(name)
+    if not names:
+        print(f"{PROG}: no tokens in {path}", file=sys.stderr)
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    path = _tokens_file(args)
+    if not tokens.revoke_token(path, args.name):
+        print(f"{PROG}: token revoke: no token named {args.name!r} in {path}", file=sys.stderr)
+        return 1
+    print(f"{PROG}: revoked {args.name}'s token in {path}", file=sys.stderr)
     return 0
 
 
@@ -122,7 +174,9 @@ def _add_cache_commands(commands: Any) -> None:
     cache.set_defaults(run=lambda args: _usage(cache))
     actions = cache.add_subparsers(metavar="ACTION")
     actions.add_parser(
-        "stats", parents=[common], help="files, pinned files, pages and bytes held"
+        "stats",
+        parents=[common],
+        help="files, pinned files, pages and bytes held; hit ratio of the proxies using it",
     ).set_defaults(run=_cache_stats)
     actions.add_parser(
         "verify",
@@ -149,7 +203,10 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def _cache_stats(args: argparse.Namespace) -> int:
     settings = _cache_settings(args)
     return _on_store(
-        settings, lambda store: maintenance.stats(store, sys.stdout, max_size=settings.max_size)
+        settings,
+        lambda store: maintenance.stats(
+            store, sys.stdout, max_size=settings.max_size, served=tally.recorded(settings.dir)
+        ),
     )
 
 
@@ -216,7 +273,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings.access.mode, host=settings.server.host, service_token=bool(settings.upstream.token)
     )
     if mode == "tokens":
-        access.read_tokens(settings.access.tokens_file)
+        tokens.read_tokens(settings.access.tokens_file, missing_ok=True)
     options: dict[str, Any] = {
         "host": settings.server.host,
         "port": settings.server.port,

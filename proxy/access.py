@@ -9,13 +9,9 @@ import hmac
 import ipaddress
 import logging
 import math
-import os
-import re
-import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from anyio import to_thread
@@ -23,12 +19,11 @@ from anyio import to_thread
 from proxy.errors import CacheError, ConfigError
 from proxy.grants import Grants
 from proxy.models import Caller, Scope
+from proxy.tokens import token_hash
 
 log = logging.getLogger("proxy.access")
 Mode = Literal["open", "tokens", "passthrough"]
 REALM = 'Basic realm="gitlab-pypi-proxy"'
-_TOKEN_LINE = re.compile(r"^([A-Za-z0-9_.@-]{1,64}):([0-9a-f]{64})$")
-_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
 
 def resolve_mode(mode: str, *, host: str, service_token: bool) -> Mode:
@@ -60,47 +55,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def token_hash(token: str) -> str:
-    """How a proxy token is stored: its sha256 (tokens are random, so no salt is needed)."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def read_tokens(path: str) -> dict[str, str]:
-    """The tokens file as {hash: name}; a malformed line stops start-up naming its number."""
-    tokens: dict[str, str] = {}
-    if not path:
-        return tokens
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"access.tokens_file: cannot read {path!r} ({exc.strerror})") from exc
-    for number, line in enumerate(lines, 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        match = _TOKEN_LINE.fullmatch(line.strip())
-        if match is None:
-            raise ConfigError(
-                f"access.tokens_file: line {number} of {path!r} is not 'name:<sha256 hex>'"
-            )
-        tokens[match[2]] = match[1]
-    return tokens
-
-
-def add_token(path: str, name: str) -> str:
-    """Make a new proxy token for `name`, store only its hash, and return it (shown once)."""
-    if not path:
-        raise ConfigError("access.tokens_file: set it to a file where token hashes are kept")
-    if not _NAME.fullmatch(name):
-        raise ConfigError(f"token add: {name!r} is not a name (letters, digits, _ . @ -)")
-    if Path(path).exists() and name in read_tokens(path).values():
-        raise ConfigError(f"token add: a token named {name!r} exists already")
-    token = "gpp_" + secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "a") as out:
-        out.write(f"{name}:{token_hash(token)}\n")
-    return token
-
-
 def presented_secret(authorization: str | None) -> str | None:
     """The secret in a Basic (password; any username) or Bearer header, or None."""
     if not authorization:
@@ -123,8 +77,8 @@ class Gate:
     """The access policy in force for reads."""
 
     mode: Mode
-    tokens: dict[str, str]
-    """Proxy tokens, {sha256: name}, for mode "tokens"."""
+    tokens: Mapping[str, str]
+    """Proxy tokens, {sha256: name}, for mode "tokens" (a TokensFile follows the file)."""
     salt: bytes = b""
     """Per-cache secret salt for remembered credentials, for mode "passthrough"."""
     auth_ttl: float = 300.0

@@ -6,7 +6,7 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.access import REALM, Gate, Keeper, read_tokens, resolve_mode
+from proxy.access import REALM, Gate, Keeper, resolve_mode
 from proxy.cache import Records, Store
 from proxy.config import Settings, load_for_workers
 from proxy.downloads import Downloads
@@ -38,6 +38,8 @@ from proxy.metrics import Metrics
 from proxy.mirror import Mirror
 from proxy.routes import Site, route_kind, routes
 from proxy.spool import Spool
+from proxy.tally import Ledger, Tally
+from proxy.tokens import TokensFile
 from proxy.upstream import GitLab, basic_authorization
 
 log = logging.getLogger("proxy.app")
@@ -84,11 +86,12 @@ async def _on_error(request: Request, exc: Exception) -> Response:
 
 class Observed:
     """Gives every response an X-Cache header (BYPASS unless an endpoint said otherwise)
-    and counts it by route kind and cache status."""
+    and counts it by route kind and cache status (in the metrics and the tally)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, tally: Tally) -> None:
         self.app = app
         self.metrics = metrics
+        self.tally = tally
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,6 +100,7 @@ class Observed:
 
         started = time.monotonic()
         outcome: list[tuple[int, str]] = []
+        body_sizes: list[Callable[[int], None]] = []
         if sum(len(name) + len(value) for name, value in scope["headers"]) > MAX_HEADER_BYTES:
             # Nothing the PyPI clients send comes near this; refuse before any work.
             app: ASGIApp = PlainTextResponse(
@@ -116,6 +120,9 @@ class Observed:
                 route = route_kind(scope["path"])
                 self.metrics.requests.labels(route, cache.decode("latin-1")).inc()
                 outcome.append((message["status"], cache.decode("latin-1")))
+                body_sizes.append(self.tally.response(route, *outcome[0]))
+            elif body_sizes:
+                body_sizes[0](len(message.get("body", b"")))
             await send(message)
 
         try:
@@ -147,10 +154,15 @@ def create_app(
     mode = resolve_mode(
         settings.access.mode, host=settings.server.host, service_token=bool(service)
     )
-    tokens = read_tokens(settings.access.tokens_file) if mode == "tokens" else {}
+    tokens = TokensFile(settings.access.tokens_file) if mode == "tokens" else {}
     if mode == "tokens" and not tokens:
-        log.warning("access.mode is tokens but no token is set up: every read gets 401")
+        log.warning(
+            "access.mode is tokens but %s holds no token: every read gets 401 until "
+            "`gitlab-pypi-proxy token add NAME`",
+            settings.access.tokens_file,
+        )
     metrics = Metrics()
+    tally = Tally()
     site = Site(
         public_url=settings.server.public_url,
         trusted_proxies=tuple(
@@ -212,6 +224,8 @@ def create_app(
             settings.cache.dir,
             " (offline)" if settings.cache.offline else "",
         )
+        ledger = Ledger(tally, settings.cache.dir)
+        await to_thread.run_sync(ledger.start)
         try:
             yield {
                 "mirror": mirror,
@@ -226,11 +240,12 @@ def create_app(
             await upstream.aclose()
             store.close()
             grants.close()
+            await to_thread.run_sync(ledger.close)
 
     app = Starlette(routes=routes(), lifespan=lifespan, exception_handlers={ProxyError: _on_error})
     # A path Starlette cannot route is a 404 here, never a redirect to another path.
     app.router.redirect_slashes = False
-    app.add_middleware(Observed, metrics=metrics)
+    app.add_middleware(Observed, metrics=metrics, tally=tally)
     return app
 
 

@@ -68,6 +68,15 @@ def _default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
     return base / "gitlab-pypi-proxy"
 
 
+def default_tokens_file(env: Mapping[str, str] | None = None) -> Path:
+    """Where `token add` keeps token hashes and `serve` reads them when access.tokens_file
+    is empty: $XDG_CONFIG_HOME/gitlab-pypi-proxy/tokens, else ~/.config/gitlab-pypi-proxy/tokens."""
+    # XDG Base Directory spec, as for the cache: $HOME/.config when unset, empty or relative.
+    xdg = (os.environ if env is None else env).get("XDG_CONFIG_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".config"
+    return base / "gitlab-pypi-proxy" / "tokens"
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ServerSettings:
     """Where the proxy listens and how it names itself to clients."""
@@ -109,7 +118,8 @@ class AccessSettings:
     """Who may read what the proxy has cached."""
 
     mode: AccessMode = "auto"
-    tokens_file: str = ""
+    # "" in the config means default_tokens_file(), which may not exist yet (no tokens).
+    tokens_file: str = field(default_factory=lambda: str(default_tokens_file()))
     auth_ttl: float = 300.0  # seconds a credential GitLab accepted is trusted for a scope
     allow_service_upload: bool = False
 
@@ -282,11 +292,16 @@ def load(
     upstream["token"] = _read_token(env, token_env, upstream.get("token_file", ""), where)
     cache_dir = cache.get("dir", "")
     cache["dir"] = Path(cache_dir).expanduser() if cache_dir else _default_cache_dir(env)
+    access = section("access")
+    tokens_file = access.get("tokens_file", "")
+    access["tokens_file"] = (
+        str(Path(tokens_file).expanduser()) if tokens_file else str(default_tokens_file(env))
+    )
     return Settings(
         server=ServerSettings(**server),
         upstream=UpstreamSettings(**upstream),
         cache=CacheSettings(**cache),
-        access=AccessSettings(**section("access")),
+        access=AccessSettings(**access),
     )
 
 

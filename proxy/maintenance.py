@@ -10,6 +10,7 @@ from proxy.cache import Store
 from proxy.config import CacheSettings
 from proxy.errors import ConfigError
 from proxy.retention import StoredFile
+from proxy.tally import Counts
 
 DAY = 86_400.0  # seconds
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
@@ -23,16 +24,22 @@ def open_store(settings: CacheSettings) -> Store:
     return Store(settings.dir, max_size=settings.max_size)
 
 
-def stats(store: Store, out: TextIO, *, max_size: int) -> int:
-    """Print what the cache holds, one fact a line; returns 0."""
+def stats(store: Store, out: TextIO, *, max_size: int, served: Counts) -> int:
+    """Print what the cache holds and what the proxies using it `served`, one fact a
+    line; returns 0."""
     held = store.stats()
     print(f"files: {held.files}", file=out)
     print(f"pinned files: {held.pinned}", file=out)
     print(f"pages: {held.pages}", file=out)
     print(f"bytes: {held.bytes} ({human_size(held.bytes)})", file=out)
     print(f"max size: {max_size} ({human_size(max_size)}, pinned files not counted)", file=out)
-    # Hits and misses are counted by the running proxy, in memory.
-    print("hit ratio: unknown (see /-/metrics)", file=out)
+    print(f"hit ratio: {hit_ratio(served)}", file=out)
+    from_cache, from_gitlab = served.bytes_from_cache, served.bytes_from_gitlab
+    print(
+        f"file bytes served: {human_size(from_cache)} from the cache, "
+        f"{human_size(from_gitlab)} from GitLab",
+        file=out,
+    )
     return 0
 
 
@@ -62,6 +69,20 @@ def prune(store: Store, out: TextIO, *, older_than_days: float | None, to_size: 
     files, size = store.prune(older_than, to_size, on_remove=report)
     print(f"pruned {files} files, {size} bytes ({human_size(size)})", file=out)
     return 0
+
+
+def hit_ratio(served: Counts) -> str:
+    """For people: "87.5% of 1,234 file requests (pages: 92.0% of 456)", or "unknown (...)"."""
+    if not served.file_requests and not served.page_requests:
+        return "unknown (no requests yet)"
+    files = _share(served.file_hits, served.file_requests, " file requests")
+    return f"{files} (pages: {_share(served.page_hits, served.page_requests, '')})"
+
+
+def _share(hits: int, requests: int, what: str) -> str:
+    if not requests:
+        return f"no{what or ' requests'} yet"
+    return f"{100 * hits / requests:.1f}% of {requests:,}{what}"
 
 
 def human_size(size: int) -> str:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
-import stat
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Callable
@@ -26,11 +24,8 @@ from proxy.access import (
     REALM,
     Gate,
     Keeper,
-    add_token,
     presented_secret,
-    read_tokens,
     resolve_mode,
-    token_hash,
 )
 from proxy.app import create_app
 from proxy.cache import Records
@@ -39,6 +34,7 @@ from proxy.errors import ConfigError
 from proxy.grants import Grants
 from proxy.models import Scope as PyPIScope
 from proxy.models import valid_filename, valid_scope_id, valid_sha256
+from proxy.tokens import token_hash
 
 TOKEN = "gpp_s3cr3t-proxy-token-0123456789"
 OTHER = "gpp_another-proxy-token-9876543210"
@@ -107,115 +103,6 @@ def test_resolve_mode_refuses_in_one_line_naming_access_mode(mode: str, host: st
     message = str(refused.value)
     assert message.startswith("access.mode: ")
     assert "\n" not in message
-
-
-# -- tokens file -------------------------------------------------------------------------
-
-
-def test_read_tokens_maps_each_hash_to_its_name(tmp_path: Path) -> None:
-    """Each `name:sha256` line becomes {sha256: name}."""
-    path = tmp_path / "tokens"
-    path.write_text(f"ci:{token_hash(TOKEN)}\nlaptop@alice:{token_hash(OTHER)}\n")
-    assert read_tokens(str(path)) == {token_hash(TOKEN): "ci", token_hash(OTHER): "laptop@alice"}
-
-
-def test_read_tokens_skips_comments_and_blank_lines(tmp_path: Path) -> None:
-    """Lines starting with # and blank lines carry no token."""
-    path = tmp_path / "tokens"
-    path.write_text(f"# made by token add\n\n   \nci:{token_hash(TOKEN)}\n# end\n")
-    assert read_tokens(str(path)) == {token_hash(TOKEN): "ci"}
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        "ci",
-        "ci:not-a-hash",
-        f"ci:{token_hash(TOKEN)[:63]}",
-        f"ci:{token_hash(TOKEN).upper()}",
-        f":{token_hash(TOKEN)}",
-        f"two words:{token_hash(TOKEN)}",
-        TOKEN,
-    ],
-)
-def test_read_tokens_names_the_line_number_of_a_malformed_line(tmp_path: Path, bad: str) -> None:
-    """A malformed line stops start-up with one line naming its number and not echoing it."""
-    path = tmp_path / "tokens"
-    path.write_text(f"# tokens\nci:{token_hash(TOKEN)}\n{bad}\n")
-    with pytest.raises(ConfigError) as refused:
-        read_tokens(str(path))
-    message = str(refused.value)
-    assert message.startswith("access.tokens_file: line 3 ")
-    assert "\n" not in message
-    assert TOKEN not in message
-
-
-def test_read_tokens_of_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
-    """A tokens file that cannot be read stops start-up naming the key."""
-    with pytest.raises(ConfigError, match=r"^access\.tokens_file: cannot read"):
-        read_tokens(str(tmp_path / "absent"))
-
-
-def test_add_token_stores_only_the_hash_of_the_token_it_returns(tmp_path: Path) -> None:
-    """The file holds `name:sha256(token)` and never the token itself."""
-    path = tmp_path / "tokens"
-    token = add_token(str(path), "ci")
-    text = path.read_text()
-    assert text == f"ci:{hashlib.sha256(token.encode()).hexdigest()}\n"
-    assert token not in text
-    assert read_tokens(str(path)) == {token_hash(token): "ci"}
-
-
-def test_add_token_gives_a_new_token_each_time(tmp_path: Path) -> None:
-    """Two names get two different tokens, both kept."""
-    path = tmp_path / "tokens"
-    first, second = add_token(str(path), "ci"), add_token(str(path), "laptop")
-    assert first != second
-    assert read_tokens(str(path)) == {token_hash(first): "ci", token_hash(second): "laptop"}
-
-
-def test_add_token_creates_the_file_readable_by_its_owner_only(tmp_path: Path) -> None:
-    """A new tokens file is mode 0600."""
-    path = tmp_path / "tokens"
-    add_token(str(path), "ci")
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-
-
-def test_add_token_refuses_a_name_that_exists(tmp_path: Path) -> None:
-    """A second token under the same name is refused and the file is unchanged."""
-    path = tmp_path / "tokens"
-    add_token(str(path), "ci")
-    before = path.read_text()
-    with pytest.raises(ConfigError, match="exists already"):
-        add_token(str(path), "ci")
-    assert path.read_text() == before
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "",
-        "two words",
-        "ci:admin",
-        "x" * 65,
-        "naïve",
-        "ci/..",
-        "ci\x00",
-        "ci\n",
-    ],
-)
-def test_add_token_refuses_a_bad_name(tmp_path: Path, name: str) -> None:
-    """A name outside letters, digits and `_ . @ -` (1-64 of them) is refused, nothing written."""
-    path = tmp_path / "tokens"
-    with pytest.raises(ConfigError, match="is not a name"):
-        add_token(str(path), name)
-    assert not path.exists()
-
-
-def test_add_token_without_a_tokens_file_is_refused() -> None:
-    """With no access.tokens_file there is nowhere to keep the hash: refused, naming the key."""
-    with pytest.raises(ConfigError, match=r"^access\.tokens_file: "):
-        add_token("", "ci")
 
 
 # -- presented_secret --------------------------------------------------------------------
@@ -517,34 +404,6 @@ async def test_keeper_remembers_across_restarts(tmp_path: Path) -> None:
 
 
 # -- command line ------------------------------------------------------------------------
-
-
-def test_token_add_prints_the_token_once_and_nothing_secret_on_stderr(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`token add NAME` prints the token alone on stdout; stderr says where its hash went."""
-    path = tmp_path / "tokens"
-    assert cli.main(["token", "add", "ci", "--tokens-file", str(path)]) == 0
-    out, err = capsys.readouterr()
-    token = out.strip()
-    assert out == token + "\n"
-    assert read_tokens(str(path)) == {token_hash(token): "ci"}
-    assert token not in err
-    assert token_hash(token) not in err
-    assert str(path) in err
-
-
-def test_token_add_refusal_is_one_line_and_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A duplicate name exits 2 with one line on stderr and prints no token."""
-    path = tmp_path / "tokens"
-    cli.main(["token", "add", "ci", "--tokens-file", str(path)])
-    capsys.readouterr()
-    assert cli.main(["token", "add", "ci", "--tokens-file", str(path)]) == 2
-    out, err = capsys.readouterr()
-    assert out == ""
-    assert err.count("\n") == 1
 
 
 def test_serve_on_a_network_address_with_a_token_refuses_before_listening(

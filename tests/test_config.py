@@ -31,6 +31,8 @@ def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Default cache dirs point into tmp_path, in Settings() and in load(env=...) alike."""
     home = tmp_path / "xdg-cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    # Settings() reads os.environ, load(env=...) its env: the same default tokens file.
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     return home
 
 
@@ -69,6 +71,33 @@ def test_defaults_need_no_file(cache_home: Path) -> None:
 def test_cache_dir_defaults_to_home_cache_without_xdg() -> None:
     """Without XDG_CACHE_HOME the cache lives in ~/.cache/gitlab-pypi-proxy."""
     assert load(env={}).cache.dir == Path.home() / ".cache" / "gitlab-pypi-proxy"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"XDG_CONFIG_HOME": "/xdg"}, Path("/xdg/gitlab-pypi-proxy/tokens")),
+        ({}, Path.home() / ".config" / "gitlab-pypi-proxy" / "tokens"),
+        ({"XDG_CONFIG_HOME": "relative"}, Path.home() / ".config" / "gitlab-pypi-proxy" / "tokens"),
+        (
+            {"GITLAB_PYPI_PROXY_ACCESS_TOKENS_FILE": ""},
+            Path.home() / ".config/gitlab-pypi-proxy/tokens",
+        ),
+    ],
+)
+def test_tokens_file_defaults_to_the_config_home(env: dict[str, str], expected: Path) -> None:
+    """An empty access.tokens_file is $XDG_CONFIG_HOME (else ~/.config)/gitlab-pypi-proxy/tokens."""
+    assert load(env=env).access.tokens_file == str(expected)
+
+
+def test_tokens_file_may_start_with_a_tilde(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """access.tokens_file = "~/tokens" is the tokens file in the home directory."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "tokens").touch()
+    settings = load(env={"GITLAB_PYPI_PROXY_ACCESS_TOKENS_FILE": "~/tokens"})
+    assert settings.access.tokens_file == str(tmp_path / "tokens")
 
 
 SOURCES = {

@@ -188,3 +188,16 @@ def test_serve_never_prints_the_token(
     cli.main(["serve", "--log-level", "debug"])
     out, err = capsys.readouterr()
     assert TOKEN not in out + err
+
+
+def test_serve_in_tokens_mode_starts_before_the_first_token_add(
+    recorder: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tokens mode with the default tokens file not made yet: serve starts (every read is a 401
+    until `token add`, which the running proxy then sees)."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("GITLAB_PYPI_PROXY_ACCESS_MODE", "tokens")
+    assert cli.main(["serve"]) == 0
+    assert recorder.settings is not None
+    assert recorder.settings.access.tokens_file == str(tmp_path / "config/gitlab-pypi-proxy/tokens")
+    assert recorder.app == "the app"

@@ -7,12 +7,18 @@ import os
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+import respx
 
 from proxy import __main__ as cli
 from proxy.cache import Store, StoredPage
 from proxy.maintenance import human_size
 from proxy.models import Page
+from tests.fakegitlab import FakeGitLab
+from tests.inproc import GITLAB, Serve, gitlab_page
+from tests.scenario import SERVICE, Start, acme, publish
+from tests.scenario import serve as serve_process
 
 DAY = 86_400.0
 
@@ -72,7 +78,82 @@ def test_stats_prints_one_fact_a_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert lines[:3] == ["files: 3", "pinned files: 1", "pages: 1"]
     assert lines[3].startswith("bytes: ")
     assert lines[4] == "max size: 21474836480 (20.0 GiB, pinned files not counted)"
-    assert lines[5] == "hit ratio: unknown (see /-/metrics)"
+    assert lines[5] == "hit ratio: unknown (no requests yet)"
+    assert lines[6] == "file bytes served: 0 B from the cache, 0 B from GitLab"
+
+
+WHEEL = b"PK\x03\x04" + bytes(range(256)) * 16
+SHA = hashlib.sha256(WHEEL).hexdigest()
+API = "/api/v4/projects/42/packages/pypi"
+FILE = f"{API}/files/{SHA}/my_pkg-1.0-py3-none-any.whl"
+PAGE = f"{API}/simple/my-pkg/"
+
+
+@pytest.fixture
+def gitlab_has_the_wheel(gitlab_api: respx.MockRouter) -> None:
+    """GitLab serves the wheel under files/ and its package page under simple/."""
+    anchor = f'<a href="{GITLAB}{FILE}#sha256={SHA}">my_pkg-1.0-py3-none-any.whl</a>'
+    gitlab_api.get(url__regex=r".*/files/.*").respond(200, content=WHEEL)
+    gitlab_api.get(url__regex=r".*/simple/.*").respond(
+        200, content=gitlab_page("my-pkg", anchor), headers={"content-type": "text/html"}
+    )
+
+
+def _stats_line(cache: Path, capsys: pytest.CaptureFixture[str], start: str) -> str:
+    """The line of `cache stats` for `cache` that starts with `start`."""
+    capsys.readouterr()
+    assert cli.main(["cache", "stats", "--cache-dir", str(cache)]) == 0
+    return next(line for line in capsys.readouterr().out.splitlines() if line.startswith(start))
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("gitlab_has_the_wheel")
+async def test_stats_gives_the_hit_ratio_of_a_proxy_that_ran(
+    serve: Serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Files and pages fetched once (MISS) then from the cache (HIT): 50% each, bytes by source."""
+    async with serve() as client:
+        for path in (PAGE, PAGE, FILE, FILE):
+            assert (await client.get(path)).status_code == 200
+    assert _stats_line(tmp_path / "cache", capsys, "hit ratio: ") == (
+        "hit ratio: 50.0% of 2 file requests (pages: 50.0% of 2)"
+    )
+    assert _stats_line(tmp_path / "cache", capsys, "file bytes served: ") == (
+        "file bytes served: 4.0 KiB from the cache, 4.0 KiB from GitLab"
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("gitlab_has_the_wheel")
+async def test_stats_sums_every_proxy_process_that_used_the_cache(
+    serve: Serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A proxy that missed and one that ran while it still served, each counted once."""
+    async with serve() as first:
+        assert (await first.get(FILE)).headers["x-cache"] == "MISS"
+        async with serve() as second:
+            for _ in range(3):
+                assert (await second.get(FILE)).headers["x-cache"] == "HIT"
+    assert _stats_line(tmp_path / "cache", capsys, "hit ratio: ") == (
+        "hit ratio: 75.0% of 4 file requests (pages: no requests yet)"
+    )
+
+
+@pytest.mark.e2e
+def test_stats_counts_what_the_workers_of_a_stopped_proxy_served(
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`serve --workers 2`, one file fetched four times, SIGTERM: four requests, three hits."""
+    acme(gitlab)
+    filename, sha = publish(gitlab, 42, "demo-pkg", "1.0")
+    proxy = serve_process(start_proxy, gitlab, tmp_path / "cache", "--workers", "2", token=SERVICE)
+    url = f"{proxy.url}{API}/files/{sha}/{filename}"
+    seen = [httpx.get(url, timeout=20).headers["x-cache"] for _ in range(4)]
+    assert seen == ["MISS", "HIT", "HIT", "HIT"]
+    proxy.stop()
+    assert _stats_line(tmp_path / "cache", capsys, "hit ratio: ") == (
+        "hit ratio: 75.0% of 4 file requests (pages: no requests yet)"
+    )
 
 
 def test_verify_of_a_clean_cache_exits_0(

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.access import add_token
+from proxy.tokens import add_token
 from tests.clients import ProxyProcess, clean_env, free_port, new_venv, pip_install, run
 from tests.distfactory import make_wheel
 from tests.fakegitlab import FakeGitLab
