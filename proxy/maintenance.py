@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from typing import TextIO
 
 from proxy.cache import Store
 from proxy.config import CacheSettings
 from proxy.errors import ConfigError
+from proxy.grants import Grants
 from proxy.retention import StoredFile
 from proxy.tally import Counts
 
@@ -32,7 +34,14 @@ def stats(store: Store, out: TextIO, *, max_size: int, served: Counts) -> int:
     print(f"pinned files: {held.pinned}", file=out)
     print(f"pages: {held.pages}", file=out)
     print(f"bytes: {held.bytes} ({human_size(held.bytes)})", file=out)
-    print(f"max size: {max_size} ({human_size(max_size)}, pinned files not counted)", file=out)
+    print(f"page bytes: {held.page_bytes} ({human_size(held.page_bytes)})", file=out)
+    print(f"access records: {held.access_records} ({human_size(held.access_bytes)})", file=out)
+    print(f"total bytes: {held.total_bytes} ({human_size(held.total_bytes)})", file=out)
+    print(
+        f"max size: {max_size} ({human_size(max_size)}, for files, pages and access records;"
+        " pinned files not counted)",
+        file=out,
+    )
     print(f"hit ratio: {hit_ratio(served)}", file=out)
     from_cache, from_gitlab = served.bytes_from_cache, served.bytes_from_gitlab
     print(
@@ -57,8 +66,9 @@ def verify(store: Store, out: TextIO) -> int:
 
 
 def prune(store: Store, out: TextIO, *, older_than_days: float | None, to_size: int | None) -> int:
-    """Remove unpinned files unused for `older_than_days`, then the least recently used
-    down to `to_size` bytes; print each file removed and a total. Returns 0.
+    """Remove pages, access records and unpinned files unused for `older_than_days`, then
+    the least recently used files down to `to_size` bytes (everything counted); print each
+    file removed and a total. Returns 0.
     """
 
     def report(file: StoredFile) -> None:
@@ -67,6 +77,10 @@ def prune(store: Store, out: TextIO, *, older_than_days: float | None, to_size: 
 
     older_than = None if older_than_days is None else older_than_days * DAY
     files, size = store.prune(older_than, to_size, on_remove=report)
+    if older_than is not None:
+        records = Grants(store.access).prune(accepted_before=time.time() - older_than)
+        if records:
+            print(f"pruned {records} access records", file=out)
     print(f"pruned {files} files, {size} bytes ({human_size(size)})", file=out)
     return 0
 

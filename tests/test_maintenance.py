@@ -13,6 +13,7 @@ import respx
 
 from proxy import __main__ as cli
 from proxy.cache import Store, StoredPage
+from proxy.grants import Grants
 from proxy.maintenance import human_size
 from proxy.models import Page
 from tests.fakegitlab import FakeGitLab
@@ -77,9 +78,39 @@ def test_stats_prints_one_fact_a_line(tmp_path: Path, capsys: pytest.CaptureFixt
     lines = capsys.readouterr().out.splitlines()
     assert lines[:3] == ["files: 3", "pinned files: 1", "pages: 1"]
     assert lines[3].startswith("bytes: ")
-    assert lines[4] == "max size: 21474836480 (20.0 GiB, pinned files not counted)"
-    assert lines[5] == "hit ratio: unknown (no requests yet)"
-    assert lines[6] == "file bytes served: 0 B from the cache, 0 B from GitLab"
+    assert lines[4].startswith("page bytes: ")
+    assert lines[5].startswith("access records: 0 (")
+    assert lines[6].startswith("total bytes: ")
+    assert lines[7] == (
+        "max size: 21474836480 (20.0 GiB, for files, pages and access records;"
+        " pinned files not counted)"
+    )
+    assert lines[8] == "hit ratio: unknown (no requests yet)"
+    assert lines[9] == "file bytes served: 0 B from the cache, 0 B from GitLab"
+
+
+def test_prune_older_than_drops_old_pages_and_access_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--older-than DAYS also removes pages GitLab last confirmed before then and credentials
+    GitLab last accepted before then; newer ones stay."""
+    cache = tmp_path / "cache"
+    store = Store(cache, max_size=10**9)
+    store.put_page("old", StoredPage(Page("t"), time.time() - 3 * DAY), name="a")
+    store.put_page("new", StoredPage(Page("t"), time.time()), name="b")
+    grants = Grants(store.access)
+    grants.accept("projects/1@old", time.time() - 3 * DAY)
+    grants.accept("projects/1@new", time.time())
+    store.close()
+    argv = ["cache", "prune", "--older-than", "2", "--cache-dir", str(cache)]
+    assert cli.main(argv) == 0
+    assert "pruned 1 access records" in capsys.readouterr().out
+    store = Store(cache, max_size=10**9)
+    assert (store.get_page("old"), store.get_page("new") is not None) == (None, True)
+    grants = Grants(store.access)
+    assert grants.accepted("projects/1@old") is None
+    assert grants.accepted("projects/1@new") is not None
+    store.close()
 
 
 WHEEL = b"PK\x03\x04" + bytes(range(256)) * 16
