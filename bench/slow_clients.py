@@ -50,7 +50,7 @@ def main() -> None:
         def attack() -> None:
             while not stop.is_set():
                 slow.fill(connect_timeout=0.2)
-                slow.trickle()
+                slow.trickled()
                 stop.wait(args.interval)
 
         attacker = threading.Thread(target=attack, daemon=True)

@@ -24,6 +24,7 @@ ACCEPT_FAILED = "socket.accept() out of system resource"
 LATE_HEAD = "closed a connection whose request head took over"
 OVER_LIMIT = "closed the connection idle longest"
 MAX_BACKLOG = 2048  # uvicorn's default
+LISTEN_QUEUE = 2048  # connections the kernel holds for accept(), whatever the batch
 WANTED_DESCRIPTORS = 65536  # the soft limit serve asks for, within the hard limit
 
 
@@ -33,7 +34,7 @@ class Limits:
 
     header_timeout: float  # seconds from connecting, or from the last response, to a whole head
     max_connections: int  # open at once; past it, the one idle longest is closed
-    backlog: int  # the listen queue, which is also how many asyncio accepts in one go
+    backlog: int  # how many connections asyncio accepts in one go (uvicorn's backlog)
 
 
 def plan(*, header_timeout: float, max_connections: int, descriptors: int) -> Limits:
@@ -79,8 +80,28 @@ def run(app: Any, *, header_timeout: float, max_connections: int, **options: Any
     # A partial of a module-level class, so that it pickles into --workers processes.
     protocol = functools.partial(GuardedH11Protocol, connections=Connections(limits))
     uvicorn.run(
-        app, http=cast("type[asyncio.Protocol]", protocol), backlog=limits.backlog, **options
+        app,
+        http=cast("type[asyncio.Protocol]", protocol),
+        backlog=limits.backlog,
+        loop="proxy.server:DeepQueueLoop",  # uvicorn calls it for a loop
+        **options,
     )
+
+
+class DeepQueueLoop(asyncio.SelectorEventLoop):
+    """asyncio's loop, accepting `backlog` connections at a time but queueing LISTEN_QUEUE.
+
+    asyncio listens with the same `backlog` it accepts in one go. A small batch keeps
+    descriptors from running out before connections past max_connections are shed; a
+    short queue would drop new connections (a second's SYN retry) under a flood.
+    """
+
+    async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.Server:
+        server = await super().create_server(*args, **kwargs)
+        for listening in server.sockets:
+            with listening.dup() as sock:  # the same listening socket, another descriptor
+                sock.listen(LISTEN_QUEUE)
+        return server
 
 
 class Connections:

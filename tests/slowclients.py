@@ -40,9 +40,10 @@ class SlowHeads:
         """Connections open right now, as far as this side knows."""
         return len(self._open)
 
-    def fill(self, *, connect_timeout: float = 0.5) -> None:
-        """Open connections until `count` are held, each sending its first byte."""
-        for _ in range(self.count - len(self._open)):
+    def fill(self, *, at_most: int | None = None, connect_timeout: float = 0.5) -> None:
+        """Open connections (`at_most` this time) towards `count` held, each sending a byte."""
+        missing = self.count - len(self._open)
+        for _ in range(missing if at_most is None else min(at_most, missing)):
             sock = socket.socket()
             sock.settimeout(connect_timeout)
             try:
@@ -57,11 +58,15 @@ class SlowHeads:
             self._selector.register(sock, selectors.EVENT_READ)
             self._send(slow)
 
-    def trickle(self) -> None:
-        """Send one more byte on every held connection; drop those the server closed."""
+    def trickled(self) -> int:
+        """Send one more byte on every held connection; drop those the server closed.
+
+        Returns how many are still held.
+        """
         self.reap()
         for slow in list(self._open.values()):
             self._send(slow)
+        return self.held
 
     def reap(self) -> None:
         """Drop (and count) the held connections the server has closed."""

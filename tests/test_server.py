@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,24 +54,37 @@ def _closed_by_peer(sock: socket.socket) -> bool:
 def test_hundreds_of_slow_heads_leave_health_answered(
     gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
 ) -> None:
-    """300 slow heads on 256 descriptors: health answers within 1 s, all are closed, EMFILE unlogged."""
+    """300 slow heads, 256 descriptors: health answers in 1 s, all are closed, no EMFILE logged."""
     proxy = serve(
         start_proxy, gitlab, tmp_path / "cache", nofile_limit=256, **{HEADER_TIMEOUT: "1"}
     )
     slow = SlowHeads(proxy.port, 300)
+    stop = threading.Event()
+
+    def attack() -> None:  # a few dozen new connections at a time, every byte late
+        while not stop.wait(0.05):
+            slow.fill(at_most=20, connect_timeout=0.1)
+            slow.trickled()
+
+    attacker = threading.Thread(target=attack)
+    attacker.start()
+    latencies = []
     try:
-        slow.fill()
-        opened = slow.held + slow.closed_by_server
-        end = time.monotonic() + 2.5  # header_timeout and then some, under constant trickle
-        latencies = []
+        end = time.monotonic() + 3  # header_timeout three times over: closed ones come back
         while time.monotonic() < end:
-            slow.trickle()
             latencies.append(_health_seconds(proxy))
-        _until(lambda: (slow.trickle(), slow.held)[1] == 0, "the server to close them", 5)
+            time.sleep(0.05)  # the probes' pace, not a wait for a condition
+        held = slow.held
+    finally:
+        stop.set()
+        attacker.join()
+    try:
+        _until(lambda: slow.trickled() == 0, "the server to close them", 5)
     finally:
         slow.close()
-    assert opened >= 250  # what was refused never got in
-    assert slow.closed_by_server == opened
+    print(held, slow.closed_by_server, slow.refused, len(latencies), max(latencies))
+    assert held >= 100  # hundreds were held open at once
+    assert slow.closed_by_server >= 300
     assert max(latencies) < 1.0
     assert proxy.log is not None
     assert proxy.log.read_text().count(ACCEPT_FAILED) <= 1
@@ -85,7 +99,7 @@ def test_head_is_closed_after_header_timeout(
     slow = SlowHeads(proxy.port, 1)
     try:
         slow.fill()
-        took = _until(lambda: (slow.trickle(), slow.held)[1] == 0, "the close", 5)
+        took = _until(lambda: slow.trickled() == 0, "the close", 5)
     finally:
         slow.close()
     assert took >= 0.8
