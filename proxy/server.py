@@ -53,14 +53,16 @@ def plan(*, header_timeout: float, max_connections: int, descriptors: int) -> Li
 def raise_descriptor_limit() -> int:
     """Raise the soft RLIMIT_NOFILE towards the hard one (as Go and the JVM do); the result."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return WANTED_DESCRIPTORS
     wanted = WANTED_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(hard, WANTED_DESCRIPTORS)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        except (OSError, ValueError):
-            return soft
-        return wanted
-    return soft
+    if soft >= wanted:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (OSError, ValueError):
+        return soft
+    return wanted
 
 
 def run(app: Any, *, header_timeout: float, max_connections: int, **options: Any) -> None:
@@ -113,9 +115,8 @@ class Connections:
         self._owing: dict[GuardedH11Protocol, None] = {}  # insertion order: idle longest first
 
     def opened(self, connection: GuardedH11Protocol) -> None:
-        """Count a new connection, which owes a head; past the limit, shed the one idle longest."""
+        """Count a new connection; past the limit, shed the one idle longest (maybe this one)."""
         self._open.add(connection)
-        self._owing[connection] = None
         if len(self._open) > self.limits.max_connections:
             oldest = next(iter(self._owing))
             log.warning("%s: %d connections open", OVER_LIMIT, len(self._open))
@@ -153,7 +154,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._deadline = self.loop.call_later(self._connections.limits.header_timeout, self._late)
+        self._await_head()
         self._connections.opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

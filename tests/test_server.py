@@ -54,7 +54,10 @@ def _closed_by_peer(sock: socket.socket) -> bool:
 def test_hundreds_of_slow_heads_leave_health_answered(
     gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
 ) -> None:
-    """300 slow heads, 256 descriptors: health answers in 1 s, all are closed, no EMFILE logged."""
+    """300 slow heads on 256 descriptors: all get in and are closed, health answers in 1 s.
+
+    And running short of descriptors is not logged (at most once).
+    """
     proxy = serve(
         start_proxy, gitlab, tmp_path / "cache", nofile_limit=256, **{HEADER_TIMEOUT: "1"}
     )
@@ -82,8 +85,8 @@ def test_hundreds_of_slow_heads_leave_health_answered(
         _until(lambda: slow.trickled() == 0, "the server to close them", 5)
     finally:
         slow.close()
-    print(held, slow.closed_by_server, slow.refused, len(latencies), max(latencies))
     assert held >= 100  # hundreds were held open at once
+    assert slow.refused == 0  # the listen queue held every new connection until accepted
     assert slow.closed_by_server >= 300
     assert max(latencies) < 1.0
     assert proxy.log is not None
