@@ -1,4 +1,4 @@
-"""Command line: parse flags -> config.load -> app.create_app -> uvicorn.run."""
+"""Command line: parse flags -> config.load -> app.create_app -> server.run."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import uvicorn
-
-from proxy import __version__, access, config, maintenance, metrics, tally, tokens, values
+from proxy import __version__, access, config, maintenance, metrics, server, tally, tokens, values
 from proxy.cache import Store
 from proxy.errors import CacheError, ConfigError
 
@@ -287,6 +285,8 @@ def _serve(args: argparse.Namespace) -> int:
         # The server's own bound on a request head (the app answers 431 above 64 KiB).
         "h11_max_incomplete_event_size": 256 * 1024,
         "server_header": False,
+        "header_timeout": settings.server.header_timeout,
+        "max_connections": settings.server.max_connections,
     }
     if settings.server.workers > 1:
         # Each worker is a fresh process: it rebuilds Settings from the same flags.
@@ -295,7 +295,7 @@ def _serve(args: argparse.Namespace) -> int:
         shared = metrics.shared_between_workers(settings.cache.dir / "metrics")
         shared[config.SERVE_ARGS_ENV] = config.to_overrides_env(overrides)
         with _environment(shared):  # inherited by the worker processes, then put back
-            uvicorn.run(
+            server.run(
                 "proxy.app:app_from_environment",
                 factory=True,
                 workers=settings.server.workers,
@@ -304,7 +304,7 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         from proxy.app import create_app  # only serve needs the app
 
-        uvicorn.run(create_app(settings), **options)
+        server.run(create_app(settings), **options)
     return 0
 
 
@@ -337,9 +337,17 @@ def _log_config(level: str) -> dict[str, Any]:
             }
         },
         "root": {"level": level.upper(), "handlers": ["stderr"]},
+        # Out of descriptors, asyncio logs each failed accept; slow clients are shed by
+        # the hundred: a line a minute of each is enough.
+        "filters": {"throttle": {"()": "proxy.server.Throttle"}},
         # httpx logs every URL it requests at INFO, presigned object-storage
         # signatures included: keep it to warnings.
-        "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+        "loggers": {
+            "httpx": {"level": "WARNING"},
+            "httpcore": {"level": "WARNING"},
+            "asyncio": {"filters": ["throttle"]},
+            "proxy.server": {"filters": ["throttle"]},
+        },
     }
 
 

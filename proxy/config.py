@@ -87,6 +87,8 @@ class ServerSettings:
     trusted_proxies: tuple[str, ...] = ()  # addresses or networks whose X-Forwarded-* count
     max_upload_size: int = 5 * GiB  # bytes
     workers: int = 1
+    header_timeout: float = 5.0  # seconds for a whole request head, from connecting or idling
+    max_connections: int = 1000  # per process, and within the open-file limit
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -141,6 +143,8 @@ _KEYS: dict[str, values.Converter] = {
     "server.trusted_proxies": values.addresses,
     "server.max_upload_size": values.size,
     "server.workers": values.workers,
+    "server.header_timeout": partial(values.number, above_zero=True),
+    "server.max_connections": values.connections,
     "upstream.url": values.url,
     "upstream.username": values.string,
     "upstream.token_env": values.variable_name,

@@ -67,10 +67,18 @@ def number(value: object, text: bool, *, above_zero: bool) -> float:
 
 
 def workers(value: object, text: bool) -> int:
+    return _count(value, text, of="processes")
+
+
+def connections(value: object, text: bool) -> int:
+    return _count(value, text, of="connections")
+
+
+def _count(value: object, text: bool, *, of: str) -> int:
     if text and isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise Invalid("is not a number of processes (expected a whole number, 1 or more)")
+        raise Invalid(f"is not a number of {of} (expected a whole number, 1 or more)")
     return value
 
 

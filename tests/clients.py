@@ -147,6 +147,8 @@ class ProxyProcess:
     log: Path | None = None
     file_size_limit: int | None = None
     """RLIMIT_FSIZE for the process: writes past it fail with EFBIG, like a full disk."""
+    nofile_limit: int | None = None
+    """RLIMIT_NOFILE for the process: descriptors past it fail with EMFILE."""
 
     @property
     def url(self) -> str:
@@ -172,7 +174,7 @@ class ProxyProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 text=True,
-                preexec_fn=self._limits if self.file_size_limit else None,
+                preexec_fn=self._limits if self.file_size_limit or self.nofile_limit else None,
             )
         end = time.monotonic() + deadline
         while time.monotonic() < end:
@@ -188,8 +190,11 @@ class ProxyProcess:
         raise AssertionError(f"proxy did not become healthy:\n{self.log.read_text()}")
 
     def _limits(self) -> None:
-        assert self.file_size_limit is not None
-        resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_size_limit, resource.RLIM_INFINITY))
+        if self.file_size_limit is not None:
+            limit = (self.file_size_limit, resource.RLIM_INFINITY)
+            resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        if self.nofile_limit is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile_limit, self.nofile_limit))
 
     def lift_file_size_limit(self) -> None:
         """Give the running process back an unlimited file size (the disk was freed)."""

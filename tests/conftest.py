@@ -44,11 +44,16 @@ def start_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
     started: list[ProxyProcess] = []
 
     def start(
-        *args: str, token: str | None = None, file_size_limit: int | None = None, **env: str
+        *args: str,
+        token: str | None = None,
+        file_size_limit: int | None = None,
+        nofile_limit: int | None = None,
+        **env: str,
     ) -> ProxyProcess:
         extra = {"GITLAB_PYPI_PROXY_TOKEN": token} if token else {}
         proxy = ProxyProcess(list(args), clean_env(**extra, **env))
         proxy.file_size_limit = file_size_limit
+        proxy.nofile_limit = nofile_limit
         proxy.log = tmp_path / f"proxy-{len(started)}.log"
         started.append(proxy)
         return proxy.start()

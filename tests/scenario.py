@@ -40,5 +40,5 @@ def serve(
     start: Start, gitlab: FakeGitLab, cache: Path, *args: str, **options: object
 ) -> ProxyProcess:
     """A proxy in front of `gitlab` caching in `cache`; keyword options go to start_proxy
-    (token=..., file_size_limit=..., or environment variables)."""
+    (token=..., file_size_limit=..., nofile_limit=..., or environment variables)."""
     return start("--upstream", gitlab.url, "--cache-dir", str(cache), *args, **options)

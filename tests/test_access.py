@@ -412,9 +412,9 @@ def test_serve_on_a_network_address_with_a_token_refuses_before_listening(
     """auto mode, 0.0.0.0 and a service token: exit 2, one line naming access.mode, no server."""
 
     def must_not_run(*args: object, **kwargs: object) -> None:
-        pytest.fail("uvicorn.run was called")
+        pytest.fail("server.run was called")
 
-    monkeypatch.setattr("proxy.__main__.uvicorn.run", must_not_run)
+    monkeypatch.setattr("proxy.server.run", must_not_run)
     monkeypatch.setenv("GITLAB_PYPI_PROXY_TOKEN", GITLAB_TOKEN)
     assert cli.main(["serve", "--listen", "0.0.0.0:8080"]) == 2
     out, err = capsys.readouterr()

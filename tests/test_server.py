@@ -1,0 +1,190 @@
+"""The server: late request heads are closed, connections bounded, health always answered."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from proxy.server import ACCEPT_FAILED, LATE_HEAD, Limits, Throttle, plan
+from tests.clients import ProxyProcess
+from tests.fakegitlab import FakeGitLab
+from tests.scenario import Start, serve
+from tests.slowclients import SlowHeads
+
+HEADER_TIMEOUT = "GITLAB_PYPI_PROXY_SERVER_HEADER_TIMEOUT"
+MAX_CONNECTIONS = "GITLAB_PYPI_PROXY_SERVER_MAX_CONNECTIONS"
+
+
+def _until(condition: Callable[[], bool], what: str, deadline: float) -> float:
+    """Poll `condition` until it holds; the seconds it took, or fail after `deadline`."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > deadline:
+            raise AssertionError(f"timed out after {deadline} s waiting for {what}")
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def _health_seconds(proxy: ProxyProcess) -> float:
+    """Time one /-/health; it must answer 200 within a second."""
+    started = time.monotonic()
+    response = httpx.get(proxy.url + "/-/health", timeout=1.0)
+    assert response.status_code == 200
+    return time.monotonic() - started
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(4096) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+@pytest.mark.e2e
+def test_hundreds_of_slow_heads_leave_health_answered(
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
+) -> None:
+    """300 slow heads on 256 descriptors: all get in and are closed, health answers in 1 s.
+
+    And running short of descriptors is not logged (at most once).
+    """
+    proxy = serve(
+        start_proxy, gitlab, tmp_path / "cache", nofile_limit=256, **{HEADER_TIMEOUT: "1"}
+    )
+    slow = SlowHeads(proxy.port, 300)
+    stop = threading.Event()
+
+    def attack() -> None:  # a few dozen new connections at a time, every byte late
+        while not stop.wait(0.05):
+            slow.fill(at_most=20, connect_timeout=0.1)
+            slow.trickled()
+
+    attacker = threading.Thread(target=attack)
+    attacker.start()
+    latencies = []
+    try:
+        end = time.monotonic() + 3  # header_timeout three times over: closed ones come back
+        while time.monotonic() < end:
+            latencies.append(_health_seconds(proxy))
+            time.sleep(0.05)  # the probes' pace, not a wait for a condition
+        held = slow.held
+    finally:
+        stop.set()
+        attacker.join()
+    try:
+        _until(lambda: slow.trickled() == 0, "the server to close them", 5)
+    finally:
+        slow.close()
+    assert held >= 100  # hundreds were held open at once
+    assert slow.refused == 0  # the listen queue held every new connection until accepted
+    assert slow.closed_by_server >= 300
+    assert max(latencies) < 1.0
+    assert proxy.log is not None
+    assert proxy.log.read_text().count(ACCEPT_FAILED) <= 1
+
+
+@pytest.mark.e2e
+def test_head_is_closed_after_header_timeout(
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
+) -> None:
+    """A connection still sending its head a byte at a time is closed after header_timeout."""
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", **{HEADER_TIMEOUT: "1"})
+    slow = SlowHeads(proxy.port, 1)
+    try:
+        slow.fill()
+        took = _until(lambda: slow.trickled() == 0, "the close", 5)
+    finally:
+        slow.close()
+    assert took >= 0.8
+    assert proxy.log is not None
+    assert LATE_HEAD in proxy.log.read_text()
+
+
+@pytest.mark.e2e
+def test_idle_connection_after_a_response_owes_the_next_head(
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
+) -> None:
+    """After a response, a kept-alive connection trickling its next head is closed too."""
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", **{HEADER_TIMEOUT: "1"})
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(b"GET /-/health HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+        sock.settimeout(None)
+
+        def trickled_until_closed() -> bool:
+            if _closed_by_peer(sock):
+                return True
+            sock.send(b"G")  # never a whole head: "GGG..." is one long method
+            return False
+
+        took = _until(trickled_until_closed, "the close", 5)
+    assert took >= 0.8
+
+
+@pytest.mark.e2e
+def test_past_max_connections_the_idle_longest_is_closed(
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
+) -> None:
+    """With max_connections open and idle, a new client gets in and the oldest idle one goes."""
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", **{MAX_CONNECTIONS: "4"})
+    idle = [socket.create_connection(("127.0.0.1", proxy.port)) for _ in range(4)]
+    try:
+        _health_seconds(proxy)
+        _until(lambda: _closed_by_peer(idle[0]), "the oldest to be closed", 5)
+        assert not any(_closed_by_peer(sock) for sock in idle[1:])
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+@pytest.mark.parametrize(
+    ("descriptors", "expected"),
+    [
+        (256, Limits(header_timeout=5.0, max_connections=128, backlog=16)),
+        (1024, Limits(header_timeout=5.0, max_connections=640, backlog=64)),
+        (65536, Limits(header_timeout=5.0, max_connections=1000, backlog=2048)),
+        (64, Limits(header_timeout=5.0, max_connections=1, backlog=16)),
+    ],
+)
+def test_plan_keeps_descriptors_to_spare(descriptors: int, expected: Limits) -> None:
+    """max_connections shrinks to leave a reserve and a few accept batches below the limit."""
+    assert plan(header_timeout=5.0, max_connections=1000, descriptors=descriptors) == expected
+
+
+def _record(message: str, *args: object) -> logging.LogRecord:
+    return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, args, None)
+
+
+def test_throttle_passes_one_of_a_kind_a_minute_then_counts_the_rest() -> None:
+    """Repeats within the interval are held; the first after it says how many were."""
+    now = [0.0]
+    throttle = Throttle(interval=60, clock=lambda: now[0])
+    passed = [throttle.filter(_record(ACCEPT_FAILED)) for _ in range(1000)]
+    assert passed == [True] + [False] * 999
+    now[0] = 61.0
+    record = _record(ACCEPT_FAILED)
+    assert throttle.filter(record)
+    assert record.getMessage() == f"{ACCEPT_FAILED} (and 999 more in 61 s)"
+
+
+def test_throttle_lets_other_records_through() -> None:
+    """Records that start with none of its prefixes always pass."""
+    throttle = Throttle(interval=60, clock=lambda: 0.0)
+    assert all(throttle.filter(_record("Task exception was never retrieved")) for _ in range(3))
+
+
+def test_throttle_matches_the_formatted_message() -> None:
+    """A prefix given as a %-argument counts as the message's start."""
+    throttle = Throttle(interval=60, clock=lambda: 0.0)
+    assert throttle.filter(_record("%s after %g s", LATE_HEAD, 5.0))
+    assert not throttle.filter(_record("%s after %g s", LATE_HEAD, 5.0))
