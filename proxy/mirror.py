@@ -14,6 +14,7 @@ from proxy.access import Keeper
 from proxy.cache import Store, StoredPage
 from proxy.errors import OfflineMiss, OfflineRefusal, Unauthorized, UpstreamError, UpstreamStatus
 from proxy.models import CacheStatus, NormalizedName, Page, Reply, Scope, normalize
+from proxy.rendered import Renderer
 from proxy.upstream import Answer, GitLab
 
 log = logging.getLogger("proxy.mirror")
@@ -37,6 +38,7 @@ class Mirror:
         allow_service_upload: bool = False,
         probe_writable: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
+        renderer: Renderer,
     ) -> None:
         self._store = store
         self._upstream = upstream
@@ -47,6 +49,7 @@ class Mirror:
         self._allow_service_upload = allow_service_upload
         self._probe_writable = probe_writable
         self._clock = clock
+        self._renderer = renderer
 
     def __repr__(self) -> str:
         return f"Mirror(upstream={self._upstream!r}, offline={self.offline})"
@@ -114,7 +117,7 @@ class Mirror:
             # 401/403/404 and the 302 that forwards unknown names to pypi.org: the
             # client's business, never cached as this project's page.
             return Reply(answer.status, answer.body, dict(answer.headers), "BYPASS")
-        page = pages.parse(
+        page = await self._renderer.parse(
             answer.body,
             content_type=answer.headers.get("content-type", ""),
             page_url=answer.url,
@@ -141,10 +144,8 @@ class Mirror:
     async def _render(
         self, page: Page, base_url: str, cache: CacheStatus, *, only_held: bool = False
     ) -> Reply:
-        if only_held and page.kind == "project":
-            shas = frozenset(link.sha256 for link in page.links if link.sha256)
-            page = page.only(await to_thread.run_sync(self._store.held, shas))
-        body, content_type = pages.render(page, base_url=base_url)
+        held = self._store.held if only_held and page.kind == "project" else None
+        body, content_type = await self._renderer.render(page, base_url=base_url, held=held)
         return Reply(200, body, {"content-type": content_type, "vary": "Accept"}, cache)
 
     # -- uploads ----
