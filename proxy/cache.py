@@ -13,13 +13,15 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import starmap
+from operator import attrgetter
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import diskcache
 
 from proxy.errors import CacheError
-from proxy.models import Page
+from proxy.models import Link, Page
 from proxy.retention import StoredFile, to_prune
 
 log = logging.getLogger("proxy.cache")
@@ -35,6 +37,28 @@ class StoredPage:
     fetched_at: float
     """Wall-clock time (time.time()) GitLab last confirmed this page."""
     etag: str = ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Links as plain tuples: a 50,000-link page unpickles in half the time (and
+        # pickles in a third) of one dataclass state per link.
+        page = self.page
+        links = tuple(map(_LINK_FIELDS, page.links))
+        return _stored_page, (page.title, page.kind, page.json, links, self.fetched_at, self.etag)
+
+
+_LINK_FIELDS = attrgetter("path", "text", "fragment", "attrs")
+
+
+def _stored_page(
+    title: str,
+    kind: Literal["index", "project"],
+    json: bool,
+    links: tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...],
+    fetched_at: float,
+    etag: str,
+) -> StoredPage:
+    page = Page(title, tuple(starmap(Link, links)), kind, json)
+    return StoredPage(page, fetched_at, etag)
 
 
 @dataclass(frozen=True, slots=True)
