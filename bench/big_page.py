@@ -4,8 +4,8 @@ Run from the repository with the test venv: `.venv/bin/python bench/big_page.py`
 First the codec alone, in this process (best of three): parse GitLab's HTML page, render
 it as HTML and as JSON, pickle and unpickle it as the Store does. Then a real proxy in
 front of the fake GitLab: one client fetches the page (MISS), then N clients fetch it
-together (HIT), while a thread polls /-/health and records its slowest answer (how long
-the event loop was held), and the proxy's memory is sampled.
+together (HIT), while another process polls /-/health and records its slowest answer (how
+long the event loop was held), and the proxy's memory is sampled.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from proxy import pages
 from proxy.cache import StoredPage
 from proxy.models import Page
 from tests import fakepages
+from tests.clients import slowest_answer
 
 GITLAB = "https://gitlab.example.com"
 FILES_PER_VERSION = 100  # the fake GitLab's add_file looks packages up one by one
@@ -81,23 +82,6 @@ def codec(links: int) -> None:
     best("digest (Renderer's key)", lambda: digest(page))
 
 
-class HealthPoller(threading.Thread):
-    """GETs /-/health in a loop and keeps the slowest answer's time."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.url = url
-        self.slowest = 0.0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        with httpx.Client(timeout=60) as client:
-            while not self.stop.wait(0.02):
-                started = time.perf_counter()
-                client.get(self.url).raise_for_status()
-                self.slowest = max(self.slowest, time.perf_counter() - started)
-
-
 def served(links: int, clients: int) -> None:
     """Time a proxy process serving the big page, once and then to `clients` at once."""
     with gitlab_and_proxy(max_file_size=MB, proxy_token=DEV_TOKEN) as (gitlab, proxy):
@@ -115,18 +99,17 @@ def served(links: int, clients: int) -> None:
             bodies.append(len(response.content))
 
         for label, crowd in (("first fetch (MISS)", 1), (f"{clients} clients (HIT)", clients)):
-            poller = HealthPoller(f"{proxy.url}/-/health")
-            poller.start()
             threads = [threading.Thread(target=fetch) for _ in range(crowd)]
-            with measuring(label, pid, 0) as result:
+            with (
+                slowest_answer(f"{proxy.url}/-/health") as slowest,
+                measuring(label, pid, 0) as result,
+            ):
                 for thread in threads:
                     thread.start()
                 for thread in threads:
                     thread.join()
-            poller.stop.set()
-            poller.join()
             measured = result[0]
-            print(f"{label}: {measured.seconds:.2f} s, slowest /-/health {poller.slowest:.3f} s")
+            print(f"{label}: {measured.seconds:.2f} s, slowest /-/health {slowest[0]:.3f} s")
             print(
                 f"  proxy RSS: baseline {measured.before / 2**20:.0f} MiB, "
                 f"peak {measured.peak / 2**20:.0f} MiB, after {measured.after / 2**20:.0f} MiB"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
 from anyio import to_thread
 
@@ -194,8 +194,10 @@ class Mirror:
         return Reply(answer.status, answer.body, dict(answer.headers), "BYPASS")
 
 
-def _shas(page: Page) -> list[str]:
-    return [link.sha256 for link in page.links if link.sha256]
+def _shas(page: Page) -> Iterator[str]:
+    """The page's file hashes, lazily: Keeper.vouch reads them in its worker thread, so a
+    50,000-link page does not hold the event loop (0.1 s and more)."""
+    return (link.sha256 for link in page.links if link.sha256)
 
 
 def _seconds(value: str | None) -> float | None:

@@ -11,13 +11,16 @@ from functools import partial
 from operator import attrgetter
 from typing import Literal, Protocol
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 
 from proxy import pages
 from proxy.models import Page
 
 RENDERED_MEMORY = 64 * 1024 * 1024
 """Default bound on the bytes of renderings kept in memory."""
+THREADS = 2
+"""Worker threads parsing or rendering at once: more only contend for the GIL with the
+event loop (ten at once made /-/health wait 0.8 s)."""
 _FIELDS = attrgetter("path", "text", "fragment", "attrs")  # what render reads of a Link
 
 
@@ -54,6 +57,7 @@ class Renderer:
         # One rendering at a time: ten clients on a new big page wait for one rendering
         # instead of making ten (the GIL runs one at a time anyway).
         self._lock = threading.Lock()
+        self._threads = CapacityLimiter(THREADS)
 
     def __repr__(self) -> str:
         return f"Renderer(max_bytes={self.max_bytes}, held_bytes={self.held_bytes})"
@@ -81,7 +85,8 @@ class Renderer:
                 page_url=page_url,
                 upstream_url=upstream_url,
                 kind=kind,
-            )
+            ),
+            limiter=self._threads,
         )
 
     async def render(
@@ -93,7 +98,7 @@ class Renderer:
     ) -> tuple[bytes, str]:
         """(body, content type) of `page`, or of its links to files `held` says are held;
         the same bytes for as long as the page (and what is held) stays the same."""
-        return await to_thread.run_sync(self._rendered, page, base_url, held)
+        return await to_thread.run_sync(self._rendered, page, base_url, held, limiter=self._threads)
 
     def _rendered(
         self,
