@@ -19,8 +19,8 @@ from proxy.models import Page
 RENDERED_MEMORY = 64 * 1024 * 1024
 """Default bound on the bytes of renderings kept in memory."""
 THREADS = 2
-"""Worker threads parsing or rendering at once: more only contend for the GIL with the
-event loop (ten at once made /-/health wait 0.8 s)."""
+"""Worker threads parsing or rendering at once: the work holds the GIL, so more threads
+would not go faster, only take turns from the event loop."""
 _FIELDS = attrgetter("path", "text", "fragment", "attrs")  # what render reads of a Link
 
 
