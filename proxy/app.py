@@ -36,6 +36,7 @@ from proxy.fills import Filler
 from proxy.grants import Grants
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
+from proxy.rendered import Renderer
 from proxy.routes import Site, route_kind, routes
 from proxy.spool import Spool
 from proxy.tally import Ledger, Tally
@@ -209,6 +210,7 @@ def create_app(
             service_authorization=service,
             allow_service_upload=settings.access.allow_service_upload,
             probe_writable=filler.probe_writable,
+            renderer=Renderer(),
         )
         downloads = Downloads(
             store=store,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Literal
 
 from anyio import to_thread
@@ -22,6 +22,7 @@ from proxy.errors import (
     UpstreamStatus,
 )
 from proxy.models import CacheStatus, Caller, NormalizedName, Page, Reply, Scope, normalize
+from proxy.rendered import Renderer
 from proxy.upstream import Answer, GitLab
 
 log = logging.getLogger("proxy.mirror")
@@ -50,6 +51,7 @@ class Mirror:
         allow_service_upload: bool = False,
         probe_writable: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
+        renderer: Renderer,
     ) -> None:
         self._store = store
         self._upstream = upstream
@@ -60,6 +62,7 @@ class Mirror:
         self._allow_service_upload = allow_service_upload
         self._probe_writable = probe_writable
         self._clock = clock
+        self._renderer = renderer
 
     def __repr__(self) -> str:
         return f"Mirror(upstream={self._upstream!r}, offline={self.offline})"
@@ -118,7 +121,7 @@ class Mirror:
             # 401/403/404 and the 302 that forwards unknown names to pypi.org: the
             # client's business, never cached as this project's page.
             return Reply(answer.status, answer.body, dict(answer.headers), "BYPASS")
-        page = self._parse(answer, name)
+        page = await self._parse(answer, name)
         if caller.personal and await self._anyone_sees(caller, name, representation, page):
             # GitLab gives this page to anyone: the credential added nothing, and a
             # credential GitLab did not need leaves no record (design 3.4).
@@ -163,14 +166,14 @@ class Mirror:
                 return False
             if answer.status != 200:
                 return False
-            public = self._parse(answer, name)
+            public = await self._parse(answer, name)
             await self._keeper.vouch(caller, _files(public), public=True)
             stored = StoredPage(public, now, answer.headers.get("etag", ""))
             await self._keep(key, stored, name)
         return stored.page == page
 
-    def _parse(self, answer: Answer, name: NormalizedName | None) -> Page:
-        return pages.parse(
+    async def _parse(self, answer: Answer, name: NormalizedName | None) -> Page:
+        return await self._renderer.parse(
             answer.body,
             content_type=answer.headers.get("content-type", ""),
             page_url=answer.url,
@@ -211,10 +214,8 @@ class Mirror:
     async def _render(
         self, page: Page, base_url: str, cache: CacheStatus, *, only_held: bool = False
     ) -> Reply:
-        if only_held and page.kind == "project":
-            shas = frozenset(link.sha256 for link in page.links if link.sha256)
-            page = page.only(await to_thread.run_sync(self._store.held, shas))
-        body, content_type = pages.render(page, base_url=base_url)
+        held = self._store.held if only_held and page.kind == "project" else None
+        body, content_type = await self._renderer.render(page, base_url=base_url, held=held)
         return Reply(200, body, {"content-type": content_type, "vary": "Accept"}, cache)
 
     # -- uploads ----
@@ -263,9 +264,10 @@ class Mirror:
         return Reply(answer.status, answer.body, dict(answer.headers), "BYPASS")
 
 
-def _files(page: Page) -> list[tuple[str, str]]:
-    """The (sha256, filename) pairs a package page lists."""
-    return [(link.sha256, link.filename) for link in page.links if link.sha256]
+def _files(page: Page) -> Iterator[tuple[str, str]]:
+    """The (sha256, filename) pairs a package page lists, lazily: Keeper.vouch reads them in
+    its worker thread, so a 50,000-link page does not hold the event loop."""
+    return ((link.sha256, link.filename) for link in page.links if link.sha256)
 
 
 def _seconds(value: str | None) -> float | None:

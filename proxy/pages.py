@@ -6,11 +6,10 @@ import contextlib
 import html
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote, urljoin, urlsplit
 
-import lxml.html
 from lxml import etree
 
 from proxy.errors import PageError
@@ -33,8 +32,11 @@ _PCHARS = "-._~!$&'()*+,;=:@"
 _PATH_SAFE = _PCHARS + "/"
 _FRAGMENT_SAFE = _PCHARS + "/?"
 # Dot segments are refused in the path and inside an encoded id ("a%2F..%2Fb").
-_SEGMENTS = re.compile(r"/|%2[Ff]")
+_DOT_SEGMENT = re.compile(r"(?:^|/|%2[Ff])(?:\.|%2[Ee]){1,2}(?=/|%2[Ff]|$)")
 _LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# A path and fragment that urljoin, urlsplit and _requote would leave as they are (no
+# ";" params, "?" query, whitespace or lone "%"): GitLab's own links skip parsing.
+_CLEAN_TAIL = r"(/[-A-Za-z0-9._~!$&'()*+,=:@/%]*)(?:#([-A-Za-z0-9._~!$&'()*+,;=:@/?%]*))?"
 # HTML: a data-* name is lower-case and XML-compatible; anything else is never echoed.
 _DATA_ATTR = re.compile(r"data-[a-z0-9_][a-z0-9_.:-]*")
 _HREF_SPACE = " \t\n\r\f"
@@ -51,12 +53,22 @@ class _Origin:
     port: int | None
     root: str
     """relative_url_root without a trailing slash, e.g. "/gitlab" or ""."""
+    clean: re.Pattern[str]
+    """An absolute link below the root whose (path, fragment) need no parsing."""
+    scopes: dict[str, bool] = field(default_factory=dict)
+    """valid_scope_id's answers so far: a page's links share one or a few ids."""
 
     @classmethod
     def of(cls, upstream_url: str) -> _Origin:
         parts = urlsplit(upstream_url)
+        root = parts.path.rstrip("/")
+        prefix = re.escape(f"{parts.scheme}://{parts.netloc}{root}")
         return cls(
-            parts.scheme, parts.hostname, _port(parts.scheme, parts.port), parts.path.rstrip("/")
+            parts.scheme,
+            parts.hostname,
+            _port(parts.scheme, parts.port),
+            root,
+            re.compile(prefix + _CLEAN_TAIL),
         )
 
 
@@ -73,6 +85,31 @@ def _requote(value: str, safe: str) -> str:
 def _locate(href: str, base: str, gitlab: _Origin) -> tuple[str, str] | None:
     """(path below the root, fragment) of a link into GitLab's PyPI API, else None."""
     href = href.strip(_HREF_SPACE)
+    clean = gitlab.clean.fullmatch(href)
+    if clean is not None and not ("%" in href and _LONE_PERCENT.search(href)):
+        path, fragment = clean.group(1), clean.group(2) or ""
+    else:
+        located = _parse_link(href, base, gitlab)
+        if located is None:
+            return None
+        path, fragment = located
+    match = _API_PATH.fullmatch(path)
+    if match is None:
+        return None
+    scope = match.group(1) or match.group(2)
+    valid = gitlab.scopes.get(scope)
+    if valid is None:
+        valid = gitlab.scopes[scope] = valid_scope_id(scope)
+    if not valid:
+        return None
+    # Only "/." or an encoded "/" or "." can start a dot segment: most paths skip the regex.
+    if ("/." in path or "%2" in path) and _DOT_SEGMENT.search(path):
+        return None
+    return path, fragment
+
+
+def _parse_link(href: str, base: str, gitlab: _Origin) -> tuple[str, str] | None:
+    """(path below the root, fragment) of any link to GitLab, both re-quoted, else None."""
     if not href:
         return None
     try:
@@ -85,11 +122,6 @@ def _locate(href: str, base: str, gitlab: _Origin) -> tuple[str, str] | None:
     if not parts.path.startswith(gitlab.root + "/"):
         return None
     path = _requote(parts.path[len(gitlab.root) :], _PATH_SAFE)
-    match = _API_PATH.fullmatch(path)
-    if match is None or not valid_scope_id(match.group(1) or match.group(2)):
-        return None
-    if any(s.lower().replace("%2e", ".") in (".", "..") for s in _SEGMENTS.split(path)):
-        return None
     return path, _requote(parts.fragment, _FRAGMENT_SAFE)
 
 
@@ -115,6 +147,8 @@ def parse(
 
 
 def _text(element: etree._Element) -> str:
+    if len(element) == 0:  # no child elements: the text is all there is
+        return (element.text or "").strip()
     return "".join(t for t in element.itertext() if isinstance(t, str)).strip()
 
 
@@ -122,7 +156,8 @@ def _parse_html(
     body: bytes, page_url: str, gitlab: _Origin, kind: Literal["index", "project"]
 ) -> Page:
     # GitLab always sends UTF-8; bad bytes and NULs become U+FFFD rather than errors.
-    parser = lxml.html.HTMLParser(
+    # etree's parser, not lxml.html's: no Python class lookup for each element.
+    parser = etree.HTMLParser(
         encoding="utf-8",
         no_network=True,
         remove_comments=True,
@@ -154,8 +189,10 @@ def _parse_html(
         located = _locate(target, base, gitlab) if target is not None else None
         if located is None:
             continue
-        names = ((str(name).lower(), str(value)) for name, value in anchor.attrib.items())
-        attrs = tuple((name, value) for name, value in names if _DATA_ATTR.fullmatch(name))
+        # libxml2's HTML parser gives attribute names in lower case.
+        attrs = tuple(
+            (n, str(v)) for n, v in anchor.items() if isinstance(n, str) and _DATA_ATTR.fullmatch(n)
+        )
         links.append(Link(located[0], _text(anchor), located[1], attrs))
     return Page(title=title, links=tuple(links), kind=kind, json=False)
 

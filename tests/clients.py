@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,19 @@ BIN = Path(sys.executable).parent
 # design.md section 6: a pip under test must not see the machine's pip configuration
 # (extra index URLs, find-links, PIP_* variables), or it can pass without the proxy.
 _LEAKY_PREFIXES = ("PIP_", "UV_", "TWINE_", "GITLAB_PYPI_PROXY_", "PYTHONPATH", "PROMETHEUS_")
+# Polls a URL until its stdin closes, then prints the slowest answer's seconds.
+_POLLER = """
+import sys, threading, time, urllib.request
+closed = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), closed.set()), daemon=True).start()
+slowest = 0.0
+while not closed.wait(0.01):
+    started = time.monotonic()
+    with urllib.request.urlopen(sys.argv[1], timeout=60) as response:
+        assert response.status == 200
+    slowest = max(slowest, time.monotonic() - started)
+print(slowest)
+"""
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -212,3 +227,19 @@ class ProxyProcess:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+@contextmanager
+def slowest_answer(url: str) -> Iterator[list[float]]:
+    """GET `url` over and over during the block, from a process of its own (so that the
+    caller's threads cannot slow it); the slowest answer's seconds land in the list."""
+    poller = subprocess.Popen(
+        [sys.executable, "-c", _POLLER, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    slowest: list[float] = []
+    try:
+        yield slowest
+    finally:
+        out, _ = poller.communicate(timeout=120)
+        assert poller.returncode == 0, poller.returncode
+        slowest.append(float(out))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 from dataclasses import replace
 from html.parser import HTMLParser
@@ -875,3 +876,42 @@ def test_every_rendered_href_points_into_the_proxys_api(body: str, base_url: str
 def test_render_then_parse_is_identity(page: Page, base_url: str) -> None:
     """A page with valid paths reads back equal after rendering."""
     assert reparse(page, base_url, page_path=f"{API}/simple/") == page
+
+
+LINK_STARTS = st.sampled_from(
+    [
+        f"{API}/files/",
+        f"{API}/simple/",
+        "/api/v4/projects/acme%2Ftools/packages/pypi/simple/",
+        "/api/v4/groups/7/-/packages/pypi/files/",
+        "/api/v4/projects/",
+    ]
+)
+LINK_TAILS = st.lists(
+    st.sampled_from(
+        [*"/a4.%;?#=~&' \t:@+-\u00e9", "..", "%2e", "%2E", "%2F", "%2f", "%zz", "%4", "sha256="]
+    ),
+    max_size=14,
+).map("".join)
+
+
+@PROPERTY
+@given(start=LINK_STARTS, tail=LINK_TAILS)
+def test_gitlabs_own_links_read_as_any_other_spelling_of_them(start: str, tail: str) -> None:
+    """A link spelled as GitLab writes it (read the quick way) parses as the same link
+    spelled with an upper-case scheme and the default port (read the general way)."""
+    quick, general = (
+        page_with(f'<a href="{html.escape(origin + start + tail)}">x</a>')
+        for origin in ("https://gitlab.example.com/gitlab", "HTTPS://gitlab.example.com:443/gitlab")
+    )
+    assert quick == general
+
+
+def test_a_big_page_keeps_every_link() -> None:
+    """A 50,000-link page from GitLab parses to its 50,000 links, in order."""
+    anchors = [
+        f'<a href="{GITLAB}{API}/files/{i:064x}/big-{i}.tar.gz#sha256={i:064x}">big-{i}.tar.gz</a>'
+        for i in range(50_000)
+    ]
+    page = page_with(*anchors)
+    assert [link.text for link in page.links] == [f"big-{i}.tar.gz" for i in range(50_000)]
