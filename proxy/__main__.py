@@ -15,7 +15,18 @@ from typing import Any
 
 import uvicorn
 
-from proxy import __version__, access, bundles, config, maintenance, metrics, tally, tokens, values
+from proxy import (
+    __version__,
+    access,
+    bundleimport,
+    bundles,
+    config,
+    maintenance,
+    metrics,
+    tally,
+    tokens,
+    values,
+)
 from proxy.cache import Store
 from proxy.errors import BundleError, CacheError, ConfigError
 from proxy.grants import Grants
@@ -334,7 +345,9 @@ def _import(args: argparse.Namespace) -> int:
             source = (
                 sys.stdin.buffer if args.file == "-" else stack.enter_context(open(args.file, "rb"))
             )
-            done = bundles.import_bundle(store, Grants(store.access), source, progress=progress)
+            done = bundleimport.import_bundle(
+                store, Grants(store.access), source, progress=progress
+            )
         evicted = f"; {done.evicted} older files evicted to stay under max_size" * bool(
             done.evicted
         )
