@@ -357,14 +357,19 @@ def _import(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return _bundle_command("import", _cache_settings(args), run)
+    # A laptop's first import makes its cache, as serve would.
+    return _bundle_command("import", _cache_settings(args), run, create=True)
 
 
-def _bundle_command(name: str, settings: config.CacheSettings, run: Callable[[Store], int]) -> int:
+def _bundle_command(
+    name: str, settings: config.CacheSettings, run: Callable[[Store], int], *, create: bool = False
+) -> int:
     """Run export or import: a refusal lists its bad entries (exit status 1); a failure or
     an interruption (SIGINT, SIGTERM) is one line (exit status 1, 130)."""
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        if create:
+            settings.dir.mkdir(parents=True, exist_ok=True)
         return _on_store(settings, run)
     except BundleError as exc:
         print(f"{PROG}: {name}: {exc}", file=sys.stderr)
