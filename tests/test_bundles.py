@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from proxy import __main__ as cli
+from proxy.bundles import Progress
 from proxy.cache import Store, StoredPage
 from proxy.grants import Grants
 from proxy.models import Link, Page, Scope
@@ -457,3 +459,58 @@ def test_a_bundle_serves_pip_and_uv_offline_without_gitlab(
         for venv in (python, uv_python):
             assert installed_version(venv, module) == ("1.0" if module == "demo_pkg" else "2.0")
     assert gitlab.requests == []
+
+
+def test_a_full_disk_while_staging_refuses_the_import_and_leaves_the_cache(
+    tmp_path: Path,
+) -> None:
+    """Staging that cannot be written (RLIMIT_FSIZE, as a full disk) fails in one line, exit 1."""
+    _fill(tmp_path / "src", "projects/42", {_wheel("a", "1"): os.urandom(2 * 1024 * 1024)})
+    assert _export(tmp_path / "src", tmp_path / "bundle.tar") == 0
+    target = tmp_path / "target"
+    _fill(target, "projects/7", {_wheel("old", "1"): b"old"})
+    before = _snapshot(target)
+    command = [sys.executable, "-m", "proxy", "import", str(tmp_path / "bundle.tar")]
+    limit = (1024 * 1024, resource.RLIM_INFINITY)
+    result = subprocess.run(
+        [*command, "--cache-dir", str(target)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, limit),
+    )
+    assert result.returncode == 1, result.stderr
+    assert "cannot stage the bundle" in result.stderr
+    assert _snapshot(target) == before
+
+
+def test_export_does_not_count_as_a_use(tmp_path: Path) -> None:
+    """Exporting reads every file without making it recently used (prune order unchanged)."""
+    _fill(tmp_path / "c", "projects/42", {_wheel("a", "1"): b"a", _wheel("a", "2"): b"b"})
+    before = _content(tmp_path / "c")
+    store = Store(tmp_path / "c", max_size=10**9)
+    used = [(f.sha256, f.last_used) for f in store.iter_files()]
+    store.close()
+    assert _export(tmp_path / "c", tmp_path / "bundle.tar") == 0
+    store = Store(tmp_path / "c", max_size=10**9)
+    assert [(f.sha256, f.last_used) for f in store.iter_files()] == used
+    store.close()
+    assert _content(tmp_path / "c") == before
+
+
+@pytest.mark.parametrize(
+    ("tty", "expected"),
+    [
+        (False, "import: 2 files\n"),
+        (True, "\rimport: [############             ]  50% 512.0 KiB of 1.0 MiB"),
+    ],
+)
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(tty: bool, expected: str) -> None:
+    """On a terminal a redrawn bar; otherwise one line per step and no bar."""
+    out = io.StringIO()
+    progress = Progress(out, verb="import", tty=tty)
+    progress.step("2 files")
+    progress.start(1024 * 1024)
+    progress.advance(512 * 1024)
+    assert out.getvalue().endswith(expected)
