@@ -50,10 +50,11 @@ def _fill(
     *,
     pinned: bool = False,
     fetched_at: float = 1000.0,
+    hours_ago: float = 0.0,
 ) -> list[str]:
-    """Files held and bound to `owner` as a proxy would have them, with a page listing
-    them; returns their sha256s."""
-    store = Store(cache, max_size=10**9)
+    """Files held and bound to `owner` as a proxy would have them (last used `hours_ago`),
+    with a page listing them; returns their sha256s."""
+    store = Store(cache, max_size=10**9, clock=lambda: time.time() - hours_ago * 3600)
     shas, links = [], []
     for filename, content in files.items():
         sha = hashlib.sha256(content).hexdigest()
@@ -487,7 +488,8 @@ def test_a_full_disk_while_staging_refuses_the_import_and_leaves_the_cache(
 
 def test_export_does_not_count_as_a_use(tmp_path: Path) -> None:
     """Exporting reads every file without making it recently used (prune order unchanged)."""
-    _fill(tmp_path / "c", "projects/42", {_wheel("a", "1"): b"a", _wheel("a", "2"): b"b"})
+    files = {_wheel("a", "1"): b"a", _wheel("a", "2"): b"b"}
+    _fill(tmp_path / "c", "projects/42", files, hours_ago=2)
     before = _content(tmp_path / "c")
     store = Store(tmp_path / "c", max_size=10**9)
     used = [(f.sha256, f.last_used) for f in store.iter_files()]
