@@ -153,6 +153,13 @@ class Store:
         """Store a page, tagged with its normalized name so uploads can drop it."""
         _guarded(self._pages.set, key, stored, tag=name)
 
+    def iter_pages(self) -> Iterator[tuple[str, StoredPage]]:
+        """Every stored page with its key (a page dropped while listing is skipped)."""
+        for key in _guarded(list, self._pages):
+            stored = self.get_page(key) if isinstance(key, str) else None
+            if stored is not None:
+                yield key, stored
+
     def drop_pages(self, name: str) -> int:
         """Drop every page of `name` in every scope, and every index page; returns the count."""
         dropped: int = _guarded(self._pages.evict, name)
@@ -178,13 +185,14 @@ class Store:
         """The subset of `sha256s` the cache holds."""
         return frozenset(sha for sha in sha256s if self.has_file(sha))
 
-    def open_file(self, sha256: str) -> IO[bytes] | None:
-        """An open handle on the file, or None; counts as a use for eviction and prune."""
+    def open_file(self, sha256: str, *, use: bool = True) -> IO[bytes] | None:
+        """An open handle on the file, or None; counts as a use for eviction and prune
+        (with `use` False, for prune only in diskcache's order: read in iter_files() order)."""
         try:
             handle = self._open(sha256)
         except _Vanished:
             return None
-        if handle is not None:
+        if handle is not None and use:
             self._record_use(sha256, os.fstat(handle.fileno()).st_size)
         return handle
 
@@ -385,6 +393,14 @@ class Records:
     def add(self, key: str, value: object) -> None:
         """Store `value` under `key` unless a value is there already."""
         _guarded(self._cache.add, key, value)
+
+    def items(self, prefix: str) -> Iterator[tuple[str, Any]]:
+        """Every (key, value) whose key starts with `prefix` (keys listed first)."""
+        for key in _guarded(list, self._cache):
+            if isinstance(key, str) and key.startswith(prefix):
+                value = self.get(key)
+                if value is not None:
+                    yield key, value
 
     def update(self, key: str, change: Callable[[Any], object]) -> None:
         """Replace the value under `key` (None if absent) with change(value), atomically."""

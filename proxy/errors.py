@@ -14,6 +14,7 @@ ProxyError
  +-- OfflineRefusal          offline mode and the request needs GitLab (an upload)
  +-- TooLarge                a request body above the configured limit
  +-- CacheError              the cache could not store or read (disk full, I/O)
+ +-- BundleError             a bundle cannot be written or is refused (carries the bad entries)
 """
 
 from __future__ import annotations
@@ -82,3 +83,11 @@ class TooLarge(ProxyError):
 
 class CacheError(ProxyError):
     """The cache could not store or read an entry."""
+
+
+class BundleError(ProxyError):
+    """A bundle could not be exported, or an import was refused; `problems` lists why."""
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems

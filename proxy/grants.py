@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from proxy.cache import Records
@@ -50,6 +50,14 @@ class Grants:
         """Whether GitLab listed or served this file under this name to `owner`."""
         entries = self._records.get(f"bound|{owner}|{project_of(filename)}")
         return isinstance(entries, frozenset) and f"{sha256}/{filename}" in entries
+
+    def bindings(self) -> Iterator[tuple[str, frozenset[tuple[str, str]]]]:
+        """Every (owner, {(sha256, filename)}) record, one per owner and project."""
+        for key, entries in self._records.items("bound|"):
+            owner = key.split("|")[1]
+            if isinstance(entries, frozenset):
+                pairs = (entry.partition("/") for entry in entries if isinstance(entry, str))
+                yield owner, frozenset((sha256, name) for sha256, _, name in pairs)
 
     def accept(self, credential: str, when: float) -> None:
         """GitLab accepted this (hashed) credential for its scope at `when`."""
