@@ -287,8 +287,9 @@ class Filler:
     def read(self, fill: Fill, start: int = 0, end: int | None = None) -> Body:
         """The bytes [start, end) of a fill as they arrive.
 
-        The last byte is held back until the file is verified, so a client never sees a
-        clean end of a body that failed its hash: it sees the connection break instead.
+        The last byte (of the file, or of the range) is held back until the file is
+        verified, so a client never sees a clean end of a body that failed its hash: it
+        sees the connection break instead.
         Call it with no await between checking the fill and calling: the reader is
         counted at once, so the descriptor stays open until the last reader is done.
         """
@@ -306,13 +307,14 @@ class Filler:
     ) -> AsyncGenerator[bytes, None]:
         try:
             position = start
-            while end is None or position < end:
+            while True:
                 done, written = fill.done, fill.written
                 if done and fill.error is not None:
                     raise fill.error
-                limit = written if done else written - 1
-                if end is not None:
-                    limit = min(limit, end)
+                limit = written if end is None else min(written, end)
+                if not done:
+                    # The last byte waits for the verdict: a range ends no sooner than the file.
+                    limit = min(limit, (written if end is None else end) - 1)
                 if position < limit:
                     size = min(READ_CHUNK, limit - position)
                     chunk: bytes = await to_thread.run_sync(os.pread, fd, size, position)

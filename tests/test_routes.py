@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -192,12 +193,31 @@ async def _raw_get(app: ASGIApp, raw_path: bytes) -> int:
     """The status for a GET whose path is sent as is (curl --path-as-is; httpx would normalize)."""
     statuses: list[int] = []
 
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
     async def send(message: Message) -> None:
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
+
+    await _call(app, raw_path, send)
+    return statuses[0]
+
+
+async def _call(
+    app: ASGIApp,
+    raw_path: bytes,
+    send: Callable[[Message], Awaitable[None]],
+    *,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """A GET of `raw_path` as is, its messages given to `send` as the app sends them."""
+
+    requested = False
+
+    async def receive() -> Message:
+        nonlocal requested
+        if requested:
+            await asyncio.Event().wait()  # the client stays until the response is over
+        requested = True
+        return {"type": "http.request", "body": b"", "more_body": False}
 
     scope: Scope = {
         "type": "http",
@@ -209,12 +229,11 @@ async def _raw_get(app: ASGIApp, raw_path: bytes) -> int:
         "raw_path": raw_path,
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"host", b"proxy.test")],
+        "headers": [(b"host", b"proxy.test"), *headers],
         "client": ("127.0.0.1", 50000),
         "server": ("proxy.test", 80),
     }
     await app(scope, receive, send)
-    return statuses[0]
 
 
 @pytest.mark.parametrize(
@@ -556,6 +575,45 @@ async def test_wrong_bytes_are_not_cached_and_the_body_breaks_off(
         else:
             assert response.status_code == 502
     assert route.call_count == 2
+
+
+class HeldBack(httpx.AsyncByteStream):
+    """GitLab's body: its first half, then the rest once `let_go` is set."""
+
+    def __init__(self, content: bytes) -> None:
+        self.content = content
+        self.let_go = asyncio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.content[: len(self.content) // 2]
+        await self.let_go.wait()
+        yield self.content[len(self.content) // 2 :]
+
+
+async def test_a_range_of_wrong_bytes_on_a_miss_breaks_off(tmp_path: Path) -> None:
+    """A Range on a MISS whose bytes fail their hash is never a clean 206, even when the
+    range arrived before the rest of the file."""
+    right = bytes(range(256)) * 4096  # above the upstream's chunk size, to arrive in parts
+    path = FILE.replace(SHA, hashlib.sha256(right).hexdigest())
+    body = HeldBack(bytes(reversed(right)))
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(
+            200, headers={"content-length": str(len(right))}, stream=body
+        )
+    )
+    settings = load(env={}, overrides={"upstream.url": GITLAB, "cache.dir": str(tmp_path)})
+    messages: list[Message] = []
+
+    async def send(message: Message) -> None:
+        messages.append(message)
+        if message.get("body"):
+            body.let_go.set()  # the client has bytes of the range: now GitLab sends the rest
+
+    async with LifespanManager(create_app(settings, transport=transport)) as manager:
+        await _call(manager.app, path.encode(), send, headers=[(b"range", b"bytes=0-9")])
+    assert messages[0]["status"] == 206
+    assert len(b"".join(m.get("body", b"") for m in messages[1:])) < 10
+    assert messages[-1].get("more_body", False)  # no final message: the line breaks
 
 
 async def test_the_same_file_under_two_projects_is_stored_once(
