@@ -35,7 +35,7 @@ from proxy.errors import (
 from proxy.fills import Filler
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
-from proxy.routes import Site, route_kind, routes
+from proxy.routes import Site, raw_path, routes, target
 from proxy.spool import Spool
 from proxy.upstream import GitLab, basic_authorization
 
@@ -112,7 +112,7 @@ class Observed:
                     cache = b"BYPASS"
                     headers.append((b"x-cache", cache))
                 message["headers"] = headers
-                route = route_kind(scope["path"])
+                route = target(raw_path(scope)).kind
                 self.metrics.requests.labels(route, cache.decode("latin-1")).inc()
                 outcome.append((message["status"], cache.decode("latin-1")))
             await send(message)

@@ -215,6 +215,27 @@ async def test_every_response_carries_x_cache(
     assert response.headers.get("x-cache") == cache
 
 
+TOOLS = "/api/v4/projects/acme%2Ftools/packages/pypi"
+
+
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [
+        pytest.param(f"{TOOLS}/files/{SHA}/{WHEEL_NAME}", "file", id="file"),
+        pytest.param(f"{TOOLS}/simple/my-pkg", "page", id="page"),
+        pytest.param(f"{TOOLS}/simple", "index", id="index"),
+    ],
+)
+async def test_a_request_through_a_full_project_path_is_counted_under_its_route(
+    client: httpx.AsyncClient, gitlab_api: respx.MockRouter, path: str, route: str
+) -> None:
+    """Metrics label a request by the route of its raw path, `%2F` in the project included."""
+    gitlab_api.get(host="git.example.com").mock(side_effect=gitlab_answer)
+    assert (await client.get(path)).status_code == 200
+    metrics = (await client.get("/-/metrics")).text
+    assert f'gitlab_pypi_proxy_requests_total{{cache="MISS",route="{route}"}} 1.0' in metrics
+
+
 # -- settings wired in -------------------------------------------------------------------
 
 

@@ -15,6 +15,8 @@ from starlette.types import ASGIApp, Message, Scope
 
 from proxy.app import create_app
 from proxy.config import load
+from proxy.models import Scope as PypiScope
+from proxy.routes import Target, target
 from tests.inproc import GITLAB, PROXY, BrokenBody, Serve, edge, gitlab_page
 
 pytestmark = pytest.mark.anyio
@@ -109,6 +111,29 @@ SURFACE = [
         for rest in ("simple", "simple/my-pkg", f"files/{SHA}/{WHEEL_NAME}")
     ),
 ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (f"{API}/simple", Target("index", PypiScope("projects", "42"))),
+        (f"{API}//simple/My_Pkg/", Target("page", PypiScope("projects", "42"), name="My_Pkg")),
+        (
+            f"/api/v4/projects/acme%2Ftools/packages/pypi/files/{SHA}/a%2B1.whl",
+            Target("file", PypiScope("projects", "acme%2Ftools"), sha256=SHA, filename="a+1.whl"),
+        ),
+        (API, Target("upload", PypiScope("projects", "42"))),
+        (GROUP_API, Target("other")),
+        ("/api/v4/projects/../packages/pypi/simple", Target("other")),
+        (f"{API}/simple/a/b", Target("other")),
+        ("/-/health", Target("health")),
+        ("/-/metrics", Target("metrics")),
+        ("/-/other", Target("other")),
+    ],
+)
+def test_a_raw_path_parses_to_what_it_names(raw: str, expected: Target) -> None:
+    """The one path parser names the route kind, scope, name, sha256 and file name."""
+    assert target(raw.encode()) == expected
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
