@@ -100,6 +100,8 @@ class Mirror:
                 etag=stored.etag if stored else None,
                 quick=stored is not None,
             )
+            # A 200 that cannot be parsed (PageError) is a failure like a 5xx: stale wins.
+            page = self._parse(answer, name) if answer.status == 200 else None
         except UpstreamError as exc:
             if fallback is None:
                 raise
@@ -110,17 +112,10 @@ class Mirror:
             stored = StoredPage(stored.page, now, stored.etag)
             await to_thread.run_sync(lambda: self._store.put_page(key, stored, name=name or ""))
             return await self._render(stored.page, base_url, "REVALIDATED")
-        if answer.status != 200:
+        if page is None:
             # 401/403/404 and the 302 that forwards unknown names to pypi.org: the
             # client's business, never cached as this project's page.
             return Reply(answer.status, answer.body, dict(answer.headers), "BYPASS")
-        page = pages.parse(
-            answer.body,
-            content_type=answer.headers.get("content-type", ""),
-            page_url=answer.url,
-            upstream_url=self._upstream.url,
-            kind="project" if name else "index",
-        )
         await self._keeper.vouch(scope.key, authorization, _shas(page))
         fresh = StoredPage(page, now, answer.headers.get("etag", ""))
         await to_thread.run_sync(lambda: self._store.put_page(key, fresh, name=name or ""))
@@ -137,6 +132,15 @@ class Mirror:
             retry = _seconds(answer.headers.get("retry-after"))
             raise UpstreamStatus(answer.status, retry_after=retry)
         return answer
+
+    def _parse(self, answer: Answer, name: NormalizedName | None) -> Page:
+        return pages.parse(
+            answer.body,
+            content_type=answer.headers.get("content-type", ""),
+            page_url=answer.url,
+            upstream_url=self._upstream.url,
+            kind="project" if name else "index",
+        )
 
     async def _render(
         self, page: Page, base_url: str, cache: CacheStatus, *, only_held: bool = False

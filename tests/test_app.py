@@ -127,22 +127,31 @@ async def test_gitlab_429_is_passed_on_with_retry_after_and_honoured(
     assert route.call_count == 1
 
 
-async def test_an_unreadable_page_is_502(
-    client: httpx.AsyncClient, gitlab_api: respx.MockRouter
-) -> None:
-    """A page GitLab sends that cannot be parsed is a gateway error, not a 500."""
-    gitlab_api.get(GITLAB + API + "/simple/my-pkg").respond(
+def unparsable(request: httpx.Request) -> httpx.Response:
+    """GitLab answers 200 with a page that cannot be parsed."""
+    return httpx.Response(
         200, content=b"<html", headers={"content-type": "application/vnd.pypi.simple.v1+json"}
     )
+
+
+async def test_an_unreadable_page_with_nothing_cached_is_502(
+    client: httpx.AsyncClient, gitlab_api: respx.MockRouter
+) -> None:
+    """A page GitLab sends that cannot be parsed, and no page to fall back on, is a gateway
+    error, not a 500."""
+    gitlab_api.get(GITLAB + API + "/simple/my-pkg").mock(side_effect=unparsable)
     response = await client.get(PAGE)
     assert response.status_code == 502
 
 
-@pytest.mark.parametrize("failure", [refused, status(503)], ids=["unreachable", "503"])
+@pytest.mark.parametrize(
+    "failure", [refused, status(503), unparsable], ids=["unreachable", "503", "unparsable-200"]
+)
 async def test_an_expired_page_is_served_stale_when_gitlab_fails(
     serve: Serve, gitlab_api: respx.MockRouter, failure: Failure
 ) -> None:
-    """Past page_ttl, a GitLab failure serves the cached page with X-Cache STALE."""
+    """Past page_ttl, a GitLab failure serves the cached page with X-Cache STALE, listing
+    only the files the cache holds."""
     asked = itertools.count()
     gitlab_api.get(GITLAB + API + "/simple/my-pkg").mock(
         side_effect=lambda request: (
@@ -158,6 +167,7 @@ async def test_an_expired_page_is_served_stale_when_gitlab_fails(
         response = await client.get(PAGE)
     assert (response.status_code, response.headers["x-cache"]) == (200, "STALE")
     assert f"{PROXY}{FILE}#sha256={SHA}" in response.text
+    assert SDIST_NAME not in response.text
 
 
 async def test_an_expired_page_is_revalidated_with_its_etag(
