@@ -14,7 +14,7 @@ from proxy.access import Keeper
 from proxy.cache import Store, StoredPage
 from proxy.errors import OfflineMiss, OfflineRefusal, Unauthorized, UpstreamError, UpstreamStatus
 from proxy.models import CacheStatus, NormalizedName, Page, Reply, Scope, normalize
-from proxy.upstream import Answer, GitLab
+from proxy.upstream import Answer, GitLab, retry_after
 
 log = logging.getLogger("proxy.mirror")
 # twine sends the form fields before the file (`content` last), so the name is near the start.
@@ -129,7 +129,7 @@ class Mirror:
             path, accept=accept, authorization=authorization, etag=etag, quick=quick
         )
         if answer.status >= 500 or answer.status == 429:
-            retry = _seconds(answer.headers.get("retry-after"))
+            retry = retry_after(answer.headers.get("retry-after"))
             raise UpstreamStatus(answer.status, retry_after=retry)
         return answer
 
@@ -199,10 +199,3 @@ class Mirror:
 
 def _shas(page: Page) -> list[str]:
     return [link.sha256 for link in page.links if link.sha256]
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None

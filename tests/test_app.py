@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import time
 from collections.abc import Callable, Mapping
+from email.utils import formatdate
 from pathlib import Path
 
 import httpx
@@ -109,6 +111,18 @@ async def test_gitlab_failure_with_nothing_cached_is_a_gateway_error_with_one_li
     assert response.text.startswith(f"{expected} ")
     assert response.text.count("\n") == 1
     assert response.text.endswith("\n")
+
+
+async def test_gitlab_429_with_a_date_is_passed_on_in_seconds(
+    client: httpx.AsyncClient, gitlab_api: respx.MockRouter
+) -> None:
+    """A Retry-After that is an HTTP-date reaches the client as the seconds left until then."""
+    gitlab_api.get(GITLAB + API + "/simple/my-pkg").respond(
+        429, headers={"retry-after": formatdate(time.time() + 120, usegmt=True)}
+    )
+    response = await client.get(PAGE)
+    assert response.status_code == 429
+    assert 100 < int(response.headers["retry-after"]) <= 120
 
 
 async def test_gitlab_429_is_passed_on_with_retry_after_and_honoured(
