@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import logging
 import time
 from collections.abc import Callable, Mapping
 from email.utils import formatdate
@@ -13,8 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 import respx
+from asgi_lifespan import LifespanManager
+from starlette.types import Message
 
-from tests.inproc import GITLAB, PROXY, Serve, gitlab_page
+from proxy.app import create_app
+from proxy.config import load
+from tests.inproc import GITLAB, PROXY, Serve, call_raw, edge, gitlab_page
 
 pytestmark = pytest.mark.anyio
 
@@ -258,6 +263,43 @@ async def test_a_request_through_a_full_project_path_is_counted_under_its_route(
     assert (await client.get(path)).status_code == 200
     metrics = (await client.get("/-/metrics")).text
     assert f'gitlab_pypi_proxy_requests_total{{cache="MISS",route="{route}"}} 1.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "status"),
+    [
+        # Starlette routes no path with a newline: a 404 that only the access log shows.
+        pytest.param(f"{API}/simple/a\r\nFAKE 200".encode(), 404, id="newline"),
+        pytest.param(f"{API}/simple/a\x1b[2J\x07\\x41\xff".encode("latin-1"), 401, id="raw"),
+        pytest.param(f"{API}/simple/a%1b%5b2J%07%ff".encode(), 401, id="encoded"),
+    ],
+)
+async def test_a_path_reaches_the_logs_with_its_control_characters_escaped(
+    tmp_path: Path,
+    gitlab_api: respx.MockRouter,
+    caplog: pytest.LogCaptureFixture,
+    raw_path: bytes,
+    status: int,
+) -> None:
+    """Neither the access log nor an error's log line carries a control character of a path."""
+    settings = load(
+        env={},
+        overrides={"upstream.url": GITLAB, "cache.dir": str(tmp_path), "access.mode": "tokens"},
+    )
+    statuses: list[int] = []
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    caplog.set_level(logging.INFO, logger="proxy")
+    async with LifespanManager(create_app(settings, transport=edge(gitlab_api))) as manager:
+        await call_raw(manager.app, raw_path, send)
+    assert statuses == [status]
+    lines = [r.getMessage() for r in caplog.records if r.name in ("proxy.access", "proxy.app")]
+    assert any(" -> 401: " in line for line in lines) is (status == 401)
+    assert any(f'"GET {API}/simple/a' in line for line in lines)
+    assert all(line.isascii() and line.isprintable() for line in lines)
 
 
 # -- settings wired in -------------------------------------------------------------------

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 import respx
 from asgi_lifespan import LifespanManager
-from starlette.types import ASGIApp, Message, Scope
+from starlette.types import ASGIApp, Message
 
 from proxy.app import create_app
 from proxy.config import load
-from proxy.models import Scope as PypiScope
+from proxy.models import Scope
 from proxy.routes import Target, target
-from tests.inproc import GITLAB, PROXY, BrokenBody, Serve, edge, gitlab_page
+from tests.inproc import GITLAB, PROXY, BrokenBody, Serve, call_raw, edge, gitlab_page
 
 pytestmark = pytest.mark.anyio
 
@@ -116,13 +116,13 @@ SURFACE = [
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        (f"{API}/simple", Target("index", PypiScope("projects", "42"))),
-        (f"{API}//simple/My_Pkg/", Target("page", PypiScope("projects", "42"), name="My_Pkg")),
+        (f"{API}/simple", Target("index", Scope("projects", "42"))),
+        (f"{API}//simple/My_Pkg/", Target("page", Scope("projects", "42"), name="My_Pkg")),
         (
             f"/api/v4/projects/acme%2Ftools/packages/pypi/files/{SHA}/a%2B1.whl",
-            Target("file", PypiScope("projects", "acme%2Ftools"), sha256=SHA, filename="a+1.whl"),
+            Target("file", Scope("projects", "acme%2Ftools"), sha256=SHA, filename="a+1.whl"),
         ),
-        (API, Target("upload", PypiScope("projects", "42"))),
+        (API, Target("upload", Scope("projects", "42"))),
         (GROUP_API, Target("other")),
         ("/api/v4/projects/../packages/pypi/simple", Target("other")),
         (f"{API}/simple/a/b", Target("other")),
@@ -215,50 +215,15 @@ async def test_bad_path_parameters_are_404_without_asking_gitlab(
 
 
 async def _raw_get(app: ASGIApp, raw_path: bytes) -> int:
-    """The status for a GET whose path is sent as is (curl --path-as-is; httpx would normalize)."""
+    """The status for a GET whose path is sent as is."""
     statuses: list[int] = []
 
     async def send(message: Message) -> None:
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
 
-    await _call(app, raw_path, send)
+    await call_raw(app, raw_path, send)
     return statuses[0]
-
-
-async def _call(
-    app: ASGIApp,
-    raw_path: bytes,
-    send: Callable[[Message], Awaitable[None]],
-    *,
-    headers: Sequence[tuple[bytes, bytes]] = (),
-) -> None:
-    """A GET of `raw_path` as is, its messages given to `send` as the app sends them."""
-
-    requested = False
-
-    async def receive() -> Message:
-        nonlocal requested
-        if requested:
-            await asyncio.Event().wait()  # the client stays until the response is over
-        requested = True
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    scope: Scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": raw_path.decode(),
-        "raw_path": raw_path,
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"proxy.test"), *headers],
-        "client": ("127.0.0.1", 50000),
-        "server": ("proxy.test", 80),
-    }
-    await app(scope, receive, send)
 
 
 @pytest.mark.parametrize(
@@ -635,7 +600,7 @@ async def test_a_range_of_wrong_bytes_on_a_miss_breaks_off(tmp_path: Path) -> No
             body.let_go.set()  # the client has bytes of the range: now GitLab sends the rest
 
     async with LifespanManager(create_app(settings, transport=transport)) as manager:
-        await _call(manager.app, path.encode(), send, headers=[(b"range", b"bytes=0-9")])
+        await call_raw(manager.app, path.encode(), send, headers=[(b"range", b"bytes=0-9")])
     assert messages[0]["status"] == 206
     assert len(b"".join(m.get("body", b"") for m in messages[1:])) < 10
     assert messages[-1].get("more_body", False)  # no final message: the line breaks
