@@ -122,6 +122,24 @@ async def test_a_range_of_a_fill_that_fails_its_hash_never_ends_cleanly(tmp_path
 
 
 @respx.mock
+async def test_fills_leave_no_lock_file_behind(tmp_path: Path) -> None:
+    """Each fill's lock file goes when the fill ends, committed or failed."""
+    contents = [bytes([i]) * 1000 for i in range(5)]
+    for content in contents:
+        sha = hashlib.sha256(content).hexdigest()
+        respx.get(BASE + PATH.replace(SHA, sha)).respond(200, content=content)
+    respx.get(BASE + PATH).respond(200, content=b"wrong")
+    filler, store = _filler(tmp_path)
+    shas = [hashlib.sha256(content).hexdigest() for content in contents] + [SHA]
+    for sha in shas:
+        fill = filler.start(sha, PATH.replace(SHA, sha), authorization=None)
+        while not fill.done:
+            await fill.changed()
+    assert [store.has_file(sha) for sha in shas] == [True] * 5 + [False]
+    assert list((tmp_path / "cache" / "locks").iterdir()) == []
+
+
+@respx.mock
 async def test_fill_completes_when_every_reader_left(tmp_path: Path) -> None:
     """A reader that stops early (a client that hung up) does not stop the cache fill."""
     gate = Gate(CONTENT)
