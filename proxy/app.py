@@ -37,7 +37,7 @@ from proxy.grants import Grants
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
 from proxy.rendered import Renderer
-from proxy.routes import Site, route_kind, routes
+from proxy.routes import Site, raw_path, routes, target
 from proxy.spool import Spool
 from proxy.tally import Ledger, Tally
 from proxy.tokens import TokensFile
@@ -50,6 +50,8 @@ access_log = logging.getLogger("proxy.access")
 DEFAULT_USERNAME = "gitlab-pypi-proxy"
 MAX_HEADER_BYTES = 64 * 1024
 _USERINFO = re.compile(r"(//)[^/@]*@")
+_UNPRINTABLE = re.compile(r"[^\x20-\x5b\x5d-\x7e]")
+"""A character a log line shows escaped: all but printable ASCII, and the backslash."""
 
 
 def status_for(exc: ProxyError) -> int:
@@ -77,7 +79,7 @@ async def _on_error(request: Request, exc: Exception) -> Response:
         headers["www-authenticate"] = REALM
     if isinstance(exc, UpstreamStatus) and exc.retry_after:
         headers["retry-after"] = str(int(exc.retry_after + 0.999))
-    log.info("%s %s -> %d: %s", request.method, request.url.path, status, exc)
+    log.info("%s %s -> %d: %s", request.method, _loggable(request.scope), status, exc)
     return PlainTextResponse(
         f"{status} {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n",
         status,
@@ -118,7 +120,7 @@ class Observed:
                     cache = b"BYPASS"
                     headers.append((b"x-cache", cache))
                 message["headers"] = headers
-                route = route_kind(scope["path"])
+                route = target(raw_path(scope)).kind
                 self.metrics.requests.labels(route, cache.decode("latin-1")).inc()
                 outcome.append((message["status"], cache.decode("latin-1")))
                 body_sizes.append(self.tally.response(route, *outcome[0]))
@@ -252,11 +254,12 @@ def create_app(
 
 
 def _loggable(scope: Scope) -> str:
-    """The request's path for the access log: no query string, no `user:pass@` (an
-    absolute-form target such as `http://user:token@host/...` would carry one)."""
-    raw: bytes = scope.get("raw_path") or scope["path"].encode()
-    path = raw.split(b"?", 1)[0].decode("latin-1")
-    return _USERINFO.sub(r"\1***@", path)
+    """The request's path as logs show it: as sent, without query string or `user:pass@`
+    (an absolute-form target such as `http://user:token@host/...` would carry one), and
+    every byte outside printable ASCII (a newline, a terminal escape) and every backslash
+    as a backslash escape, so one request stays one unambiguous log line."""
+    path = _USERINFO.sub(r"\1***@", raw_path(scope).decode("latin-1"))
+    return _UNPRINTABLE.sub(lambda found: f"\\x{ord(found[0]):02x}", path)
 
 
 def _size(store: Store) -> tuple[int, int]:

@@ -9,7 +9,6 @@ import hashlib
 import logging
 import os
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -296,19 +295,6 @@ class Store:
             if isinstance(key, str) and not self.has_file(key):
                 _guarded(self._meta.delete, key)
         return files, size
-
-    def new_temp(self) -> tuple[IO[bytes], Path]:
-        """A new temporary file in the cache's tmp folder, open for writing."""
-        fd, name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
-        return os.fdopen(fd, "w+b"), Path(name)
-
-    def clean_temp(self) -> int:
-        """Remove temporary files left by a crash; returns how many."""
-        removed = 0
-        for path in self.tmp.glob("*.part"):
-            path.unlink(missing_ok=True)
-            removed += 1
-        return removed
 
     def stats(self) -> FileStats:
         """How many files (and of them pinned) and bytes are held, and how many pages."""

@@ -260,7 +260,7 @@ class Filler:
                 # The leader is gone. With a body, it finished (or died): the Store knows.
                 if fill.fd is None:
                     return lock  # it never started a body: lead ourselves
-                os.close(lock)
+                await to_thread.run_sync(self._spool.unlock, fill.sha256, lock)
                 fill.written = (await to_thread.run_sync(os.fstat, fill.fd)).st_size
                 if not await to_thread.run_sync(self._store.has_file, fill.sha256):
                     raise UpstreamUnavailable("the worker fetching this file failed")
@@ -300,8 +300,9 @@ class Filler:
     def read(self, fill: Fill, start: int = 0, end: int | None = None) -> Body:
         """The bytes [start, end) of a fill as they arrive.
 
-        The last byte is held back until the file is verified, so a client never sees a
-        clean end of a body that failed its hash: it sees the connection break instead.
+        The last byte (of the file, or of the range) is held back until the file is
+        verified, so a client never sees a clean end of a body that failed its hash: it
+        sees the connection break instead.
         Call it with no await between checking the fill and calling: the reader is
         counted at once, so the descriptor stays open until the last reader is done.
         """
@@ -319,13 +320,14 @@ class Filler:
     ) -> AsyncGenerator[bytes, None]:
         try:
             position = start
-            while end is None or position < end:
+            while True:
                 done, written = fill.done, fill.written
                 if done and fill.error is not None:
                     raise fill.error
-                limit = written if done else written - 1
-                if end is not None:
-                    limit = min(limit, end)
+                limit = written if end is None else min(written, end)
+                if not done:
+                    # The last byte waits for the verdict: a range ends no sooner than the file.
+                    limit = min(limit, (written if end is None else end) - 1)
                 if position < limit:
                     size = min(READ_CHUNK, limit - position)
                     chunk: bytes = await to_thread.run_sync(os.pread, fd, size, position)

@@ -23,7 +23,7 @@ from proxy.errors import (
 )
 from proxy.models import CacheStatus, Caller, NormalizedName, Page, Reply, Scope, normalize
 from proxy.rendered import Renderer
-from proxy.upstream import Answer, GitLab
+from proxy.upstream import Answer, GitLab, retry_after
 
 log = logging.getLogger("proxy.mirror")
 Representation = Literal["html", "json"]
@@ -107,6 +107,8 @@ class Mirror:
                 etag=stored.etag if stored else None,
                 quick=stored is not None,
             )
+            # A 200 that cannot be parsed (PageError) is a failure like a 5xx: stale wins.
+            page = await self._parse(answer, name) if answer.status == 200 else None
         except UpstreamError as exc:
             if fallback is None:
                 raise
@@ -117,11 +119,10 @@ class Mirror:
             stored = StoredPage(stored.page, now, stored.etag)
             await self._keep(key, stored, name)
             return await self._render(stored.page, base_url, "REVALIDATED")
-        if answer.status != 200:
+        if page is None:
             # 401/403/404 and the 302 that forwards unknown names to pypi.org: the
             # client's business, never cached as this project's page.
             return Reply(answer.status, answer.body, dict(answer.headers), "BYPASS")
-        page = await self._parse(answer, name)
         if caller.personal and await self._anyone_sees(caller, name, representation, page):
             # GitLab gives this page to anyone: the credential added nothing, and a
             # credential GitLab did not need leaves no record (design 3.4).
@@ -207,7 +208,7 @@ class Mirror:
             quick=quick,
         )
         if answer.status >= 500 or answer.status == 429:
-            retry = _seconds(answer.headers.get("retry-after"))
+            retry = retry_after(answer.headers.get("retry-after"))
             raise UpstreamStatus(answer.status, retry_after=retry)
         return answer
 
@@ -268,10 +269,3 @@ def _files(page: Page) -> Iterator[tuple[str, str]]:
     """The (sha256, filename) pairs a package page lists, lazily: Keeper.vouch reads them in
     its worker thread, so a 50,000-link page does not hold the event loop."""
     return ((link.sha256, link.filename) for link in page.links if link.sha256)
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None

@@ -16,7 +16,10 @@ from proxy.fills import Body
 from proxy.metrics import Metrics
 
 log = logging.getLogger("proxy.responses")
-_RANGE = re.compile(r"^bytes=(?:(\d+)-(\d*)|-(\d+))$")
+_RANGE = re.compile(r"^bytes=(?:([0-9]+)-([0-9]*)|-([0-9]+))$")
+_ENTITY_TAG = re.compile(r'(?:W/)?"([^"]*)"')
+_MAX_DIGITS = 19
+"""A range bound longer than this (leading zeros aside) is beyond any file's size."""
 IMMUTABLE = "public, max-age=31536000, immutable"
 # No Content-Encoding ever: a .tar.gz is served as the bytes it is (uv and poetry
 # break on proxies that say "gzip" here).
@@ -44,7 +47,7 @@ def serve_file(request: Request, reply: FileReply, filename: str, sha256: str) -
     if size is not None:
         headers["accept-ranges"] = "bytes"
         headers["content-length"] = str(size)
-    if etag in request.headers.get("if-none-match", ""):
+    if _none_match(request.headers.get("if-none-match"), sha256):
         reply.release()
         return Response(
             None, 304, headers={k: v for k, v in headers.items() if k != "content-length"}
@@ -118,10 +121,27 @@ def _byte_range(header: str, size: int) -> tuple[int, int] | None:
         return (0, size)  # several ranges or another unit: RFC 9110 lets us send it all
     first, last, suffix = match.groups()
     if suffix is not None:
-        length = int(suffix)
+        length = _number(suffix)
         return (max(0, size - length), size) if length > 0 and size > 0 else None
-    start = int(first)
-    end = min(int(last) + 1, size) if last else size
+    start = _number(first)
+    end = min(_number(last) + 1, size) if last else size
     if start >= size or end <= start:
         return None
     return (start, end)
+
+
+def _number(digits: str) -> int:
+    """A range bound; one of more than _MAX_DIGITS digits counts as 10**_MAX_DIGITS,
+    beyond any size (int() refuses strings of over 4,300 digits)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _MAX_DIGITS else 10**_MAX_DIGITS
+
+
+def _none_match(header: str | None, sha256: str) -> bool:
+    """Whether If-None-Match names this file (RFC 9110 13.1.2): `*` names any file that
+    exists; else a list of entity tags, compared weakly (`W/"x"` matches `"x"`)."""
+    if header is None:
+        return False
+    if header.strip() == "*":
+        return True
+    return sha256 in _ENTITY_TAG.findall(header)

@@ -7,12 +7,14 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import unquote
 
 from anyio import to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Scope as ASGIScope
 
 from proxy.access import Keeper
 from proxy.downloads import Downloads
@@ -81,28 +83,67 @@ def _not_found(reason: str = "404 Not Found") -> Response:
     return JSONResponse({"message": reason}, 404)
 
 
-async def pypi(request: Request) -> Response:
-    """Every route under .../packages/pypi, dispatched on the raw path."""
-    raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
-    path = re.sub(r"/{2,}", "/", raw.split(b"?", 1)[0].decode("latin-1"))
+RouteKind = Literal["index", "page", "file", "upload", "health", "ready", "metrics", "other"]
+
+_OWN: dict[str, RouteKind] = {"health": "health", "ready": "ready", "metrics": "metrics"}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a request path names, parsed once from the raw (still encoded) path by
+    `target()`: the endpoints dispatch on it and the metrics label it by `kind`."""
+
+    kind: RouteKind
+    scope: Scope | None = None
+    """The project or group of a PyPI route (index, page, file, upload); else None."""
+    name: str = ""
+    """A page's project name, unquoted and not yet checked."""
+    sha256: str = ""
+    """A file's sha256 as the path gives it, not yet checked."""
+    filename: str = ""
+    """A file's name, unquoted and not yet checked."""
+
+
+def raw_path(scope: ASGIScope) -> bytes:
+    """The path as the client sent it: `%2F` in a project path is still `%2F` here."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    return raw.split(b"?", 1)[0]
+
+
+def target(raw: bytes) -> Target:
+    """The one parser of request paths (GitLab's PyPI surface and the proxy's own)."""
+    path = re.sub(r"/{2,}", "/", raw.decode("latin-1"))
+    if path.startswith("/-/"):
+        return Target(_OWN.get(path[3:].strip("/"), "other"))
     match = _API.fullmatch(path)
     if match is None:
-        return _not_found()
+        return Target("other")
     scope = (
         Scope("projects", match["project"]) if match["project"] else Scope("groups", match["group"])
     )
     if not valid_scope_id(scope.id):
-        return _not_found()
-    kind = scope.kind
+        return Target("other")
     parts = [p for p in (match["rest"] or "").split("/") if p]
-    method = request.method
     if not parts:
-        if kind == "projects" and method in ("POST", "PUT"):
-            return await upload(request, scope)
+        return Target("upload", scope) if scope.kind == "projects" else Target("other")
+    if parts[0] == "simple" and len(parts) == 1:
+        return Target("index", scope)
+    if parts[0] == "simple" and len(parts) == 2:
+        return Target("page", scope, name=unquote(parts[1]))
+    if parts[0] == "files" and len(parts) == 3:
+        return Target("file", scope, sha256=parts[1], filename=unquote(parts[2]))
+    return Target("other")
+
+
+async def pypi(request: Request) -> Response:
+    """Every route under .../packages/pypi, dispatched on the raw path."""
+    wanted = target(raw_path(request.scope))
+    scope, method = wanted.scope, request.method
+    if scope is None:
         return _not_found()
-    is_page = parts[0] == "simple" and len(parts) <= 2
-    is_file = parts[0] == "files" and len(parts) == 3
-    if not (is_page or is_file):
+    if wanted.kind == "upload":
+        if method in ("POST", "PUT"):
+            return await upload(request, scope)
         return _not_found()
     if method not in ("GET", "HEAD"):
         return PlainTextResponse("405 Method Not Allowed", 405, headers={"allow": "GET, HEAD"})
@@ -113,8 +154,8 @@ async def pypi(request: Request) -> Response:
     if not keeper.gate.admits(authorization):
         raise Unauthorized("this proxy needs a proxy token (Basic password or Bearer)")
     caller = keeper.caller(scope, authorization)
-    if is_page:
-        name = unquote(parts[1]) if len(parts) == 2 else None
+    if wanted.kind in ("index", "page"):
+        name = wanted.name if wanted.kind == "page" else None
         if name is not None and not valid_project_name(name):
             return _not_found("404 Package Not Found")
         return _reply(
@@ -125,7 +166,7 @@ async def pypi(request: Request) -> Response:
                 base_url=site.base_url(request),
             )
         )
-    sha256, filename = parts[1], unquote(parts[2])
+    sha256, filename = wanted.sha256, wanted.filename
     if not valid_sha256(sha256) or not valid_filename(filename):
         return _not_found("404 Package Not Found")
     downloads: Downloads = request.state.downloads
@@ -174,25 +215,6 @@ async def metrics(request: Request) -> Response:
     registry: Metrics = request.state.metrics
     body = await to_thread.run_sync(registry.render)
     return Response(body, headers={"content-type": METRICS_TYPE})
-
-
-def route_kind(path: str) -> str:
-    """A small fixed label for a request path (metrics never carry the path itself)."""
-    if path.startswith("/-/"):
-        return (
-            path[3:].strip("/")
-            if path[3:].strip("/") in ("health", "ready", "metrics")
-            else "other"
-        )
-    match = _API.fullmatch(re.sub(r"/{2,}", "/", path))
-    if match is None:
-        return "other"
-    parts = [p for p in (match["rest"] or "").split("/") if p]
-    if not parts:
-        return "upload"
-    return {"simple": "index" if len(parts) == 1 else "page", "files": "file"}.get(
-        parts[0], "other"
-    )
 
 
 def routes() -> list[BaseRoute]:

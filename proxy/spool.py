@@ -1,7 +1,13 @@
-"""The files of fills on disk: per-file locks (flock), growing bodies, announcements."""
+"""The files of fills on disk: per-file locks (flock), growing bodies, announcements.
+
+A lock file lives only while its fill does: the leader removes `locks/<sha256>.lock`
+while it still holds the lock, and a locker that finds its locked file no longer at
+that path (fstat vs stat) lets go and tries again, so two never both lead.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -28,19 +34,28 @@ class Spool:
         """Where the leader announces the status and length it got from GitLab."""
         return self.tmp / f"{sha256}.json"
 
+    def lock(self, sha256: str) -> Path:
+        """The fill's lock file, there only while someone holds it."""
+        return self.locks / f"{sha256}.lock"
+
     def try_lock(self, sha256: str) -> int | None:
         """The lock's descriptor if this process now leads the fill, else None."""
-        fd = os.open(self.locks / f"{sha256}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return fd
+        path = self.lock(sha256)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            if _same_file(fd, path):
+                return fd
+            os.close(fd)  # its leader removed it as it let go: lock the path's new file
 
     def unlock(self, sha256: str, fd: int) -> None:
-        """Give up leading: drop the announcement, then the lock."""
+        """Give up leading: drop the announcement, then the lock file, then the lock."""
         self.notice(sha256).unlink(missing_ok=True)
+        self.lock(sha256).unlink(missing_ok=True)
         os.close(fd)
 
     def create_part(self, sha256: str) -> tuple[int, int]:
@@ -75,18 +90,33 @@ class Spool:
         probe.unlink()
 
     def sweep(self) -> int:
-        """Remove what dead fills left behind (no live lock); returns how many files."""
-        removed = 0
-        for path in self.tmp.iterdir():
+        """Remove what dead fills left behind (bodies, announcements, staged announcements
+        and lock files of fills nobody holds); returns how many files."""
+        left: dict[str, list[Path]] = {}
+        for path in [*self.tmp.iterdir(), *self.locks.iterdir()]:
             sha256 = path.name.split(".", 1)[0]
-            if not valid_sha256(sha256):
-                continue
+            if valid_sha256(sha256):
+                left.setdefault(sha256, []).append(path)
+        removed = 0
+        for sha256, paths in left.items():
             lock = self.try_lock(sha256)
             if lock is None:
                 continue  # a live fill in another worker
             try:
-                path.unlink(missing_ok=True)
-                removed += 1
+                for path in paths:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                        removed += 1
             finally:
-                os.close(lock)
+                self.unlock(sha256, lock)
         return removed
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether `path` still names the file open as `fd`."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -19,6 +22,9 @@ USER_AGENT = f"gitlab-pypi-proxy/{__version__}"
 MAX_PAGE_BYTES = 20 * 1024 * 1024
 MAX_REDIRECTS = 5
 CHUNK = 256 * 1024
+MAX_RETRY_AFTER = 3600.0
+"""The longest Retry-After honoured: a longer one is more likely a mistake than a plan."""
+_DELTA_SECONDS = re.compile(r"[0-9]+")
 # Headers of GitLab's answers a client may see; everything else stays behind the proxy.
 PASSED_HEADERS = ("content-type", "www-authenticate", "location", "retry-after", "etag")
 
@@ -32,7 +38,6 @@ class Answer:
     body: bytes
     url: str
     """The URL that gave this answer."""
-    elapsed: float = 0.0
 
 
 @dataclass(slots=True)
@@ -58,12 +63,20 @@ def _origin(url: str) -> tuple[str, str, int]:
     return parts.scheme, (parts.hostname or "").lower(), port
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("retry-after", "")
+def retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After value (RFC 9110 10.2.3: delta-seconds or an
+    HTTP-date), at most MAX_RETRY_AFTER; None when absent or unreadable."""
+    value = (value or "").strip()
+    if _DELTA_SECONDS.fullmatch(value):
+        return min(float(value[:12]), MAX_RETRY_AFTER)
     try:
-        return max(0.0, float(value))
-    except ValueError:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # "-0000": UTC, its source unsaid
+    seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
 def _kept(headers: httpx.Headers) -> dict[str, str]:
@@ -151,7 +164,7 @@ class GitLab:
             errors.labels("status_5xx").inc()
         elif response.status_code == 429:
             errors.labels("rate_limited").inc()
-            retry = _retry_after(response.headers)
+            retry = retry_after(response.headers.get("retry-after"))
             if retry:
                 self._quiet_until = time.monotonic() + retry
         return response
@@ -191,13 +204,10 @@ class GitLab:
         if etag:
             headers["If-None-Match"] = etag
         url = self.url + path
-        started = time.monotonic()
         budget = self._connect_timeout if quick else None
         response = await self._send("GET", url, headers, kind="page", budget=budget)
         body = await self._read(response, MAX_PAGE_BYTES)
-        return Answer(
-            response.status_code, _kept(response.headers), body, url, time.monotonic() - started
-        )
+        return Answer(response.status_code, _kept(response.headers), body, url)
 
     @asynccontextmanager
     async def download(self, path: str, *, authorization: str | None) -> AsyncIterator[Download]:
@@ -226,7 +236,8 @@ class GitLab:
         try:
             if response.status_code >= 500 or response.status_code == 429:
                 raise UpstreamStatus(
-                    response.status_code, retry_after=_retry_after(response.headers)
+                    response.status_code,
+                    retry_after=retry_after(response.headers.get("retry-after")),
                 )
             if response.status_code != 200:
                 body = await self._read(response, 64 * 1024)
@@ -248,7 +259,9 @@ class GitLab:
         response = await self._send("HEAD", self.url + path, headers, kind="check")
         await response.aclose()
         if response.status_code >= 500 or response.status_code == 429:
-            raise UpstreamStatus(response.status_code, retry_after=_retry_after(response.headers))
+            raise UpstreamStatus(
+                response.status_code, retry_after=retry_after(response.headers.get("retry-after"))
+            )
         return Answer(response.status_code, _kept(response.headers), b"", self.url + path)
 
     async def reachable(self) -> str:
@@ -265,16 +278,9 @@ class GitLab:
         self, path: str, *, headers: Mapping[str, str], body: AsyncIterator[bytes]
     ) -> Answer:
         """POST an upload, streaming the client's body; GitLab's answer is read whole."""
-        started = time.monotonic()
         response = await self._send("POST", self.url + path, headers, content=body, kind="upload")
         answer = await self._read(response, 1024 * 1024)
-        return Answer(
-            response.status_code,
-            _kept(response.headers),
-            answer,
-            str(response.url),
-            time.monotonic() - started,
-        )
+        return Answer(response.status_code, _kept(response.headers), answer, str(response.url))
 
 
 async def _empty() -> AsyncIterator[bytes]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import unquote
 
 import httpx
 import respx
@@ -114,3 +116,38 @@ def in_process(tmp_path: Path, gitlab_api: respx.MockRouter) -> Serve:
             yield client
 
     return start
+
+
+async def call_raw(
+    app: ASGIApp,
+    raw_path: bytes,
+    send: Callable[[Message], Awaitable[None]],
+    *,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """A GET of `raw_path` as is (curl --path-as-is; httpx would normalize), its messages
+    given to `send` as the app sends them."""
+    requested = False
+
+    async def receive() -> Message:
+        nonlocal requested
+        if requested:
+            await asyncio.Event().wait()  # the client stays until the response is over
+        requested = True
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": unquote(raw_path.decode("latin-1")),
+        "raw_path": raw_path,
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"proxy.test"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("proxy.test", 80),
+    }
+    await app(scope, receive, send)

@@ -5,14 +5,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import logging
+import time
 from collections.abc import Callable, Mapping
+from email.utils import formatdate
 from pathlib import Path
 
 import httpx
 import pytest
 import respx
+from asgi_lifespan import LifespanManager
+from starlette.types import Message
 
-from tests.inproc import GITLAB, PROXY, Serve, gitlab_page
+from proxy.app import create_app
+from proxy.config import load
+from tests.inproc import GITLAB, PROXY, Serve, call_raw, edge, gitlab_page
 
 pytestmark = pytest.mark.anyio
 
@@ -111,6 +118,18 @@ async def test_gitlab_failure_with_nothing_cached_is_a_gateway_error_with_one_li
     assert response.text.endswith("\n")
 
 
+async def test_gitlab_429_with_a_date_is_passed_on_in_seconds(
+    client: httpx.AsyncClient, gitlab_api: respx.MockRouter
+) -> None:
+    """A Retry-After that is an HTTP-date reaches the client as the seconds left until then."""
+    gitlab_api.get(GITLAB + API + "/simple/my-pkg").respond(
+        429, headers={"retry-after": formatdate(time.time() + 120, usegmt=True)}
+    )
+    response = await client.get(PAGE)
+    assert response.status_code == 429
+    assert 100 < int(response.headers["retry-after"]) <= 120
+
+
 async def test_gitlab_429_is_passed_on_with_retry_after_and_honoured(
     client: httpx.AsyncClient, gitlab_api: respx.MockRouter
 ) -> None:
@@ -127,22 +146,31 @@ async def test_gitlab_429_is_passed_on_with_retry_after_and_honoured(
     assert route.call_count == 1
 
 
-async def test_an_unreadable_page_is_502(
-    client: httpx.AsyncClient, gitlab_api: respx.MockRouter
-) -> None:
-    """A page GitLab sends that cannot be parsed is a gateway error, not a 500."""
-    gitlab_api.get(GITLAB + API + "/simple/my-pkg").respond(
+def unparsable(request: httpx.Request) -> httpx.Response:
+    """GitLab answers 200 with a page that cannot be parsed."""
+    return httpx.Response(
         200, content=b"<html", headers={"content-type": "application/vnd.pypi.simple.v1+json"}
     )
+
+
+async def test_an_unreadable_page_with_nothing_cached_is_502(
+    client: httpx.AsyncClient, gitlab_api: respx.MockRouter
+) -> None:
+    """A page GitLab sends that cannot be parsed, and no page to fall back on, is a gateway
+    error, not a 500."""
+    gitlab_api.get(GITLAB + API + "/simple/my-pkg").mock(side_effect=unparsable)
     response = await client.get(PAGE)
     assert response.status_code == 502
 
 
-@pytest.mark.parametrize("failure", [refused, status(503)], ids=["unreachable", "503"])
+@pytest.mark.parametrize(
+    "failure", [refused, status(503), unparsable], ids=["unreachable", "503", "unparsable-200"]
+)
 async def test_an_expired_page_is_served_stale_when_gitlab_fails(
     serve: Serve, gitlab_api: respx.MockRouter, failure: Failure
 ) -> None:
-    """Past page_ttl, a GitLab failure serves the cached page with X-Cache STALE."""
+    """Past page_ttl, a GitLab failure serves the cached page with X-Cache STALE, listing
+    only the files the cache holds."""
     asked = itertools.count()
     gitlab_api.get(GITLAB + API + "/simple/my-pkg").mock(
         side_effect=lambda request: (
@@ -158,6 +186,7 @@ async def test_an_expired_page_is_served_stale_when_gitlab_fails(
         response = await client.get(PAGE)
     assert (response.status_code, response.headers["x-cache"]) == (200, "STALE")
     assert f"{PROXY}{FILE}#sha256={SHA}" in response.text
+    assert SDIST_NAME not in response.text
 
 
 async def test_an_expired_page_is_revalidated_with_its_etag(
@@ -213,6 +242,64 @@ async def test_every_response_carries_x_cache(
     gitlab_api.get(host="git.example.com").mock(side_effect=gitlab_answer)
     response = await client.request(method, path)
     assert response.headers.get("x-cache") == cache
+
+
+TOOLS = "/api/v4/projects/acme%2Ftools/packages/pypi"
+
+
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [
+        pytest.param(f"{TOOLS}/files/{SHA}/{WHEEL_NAME}", "file", id="file"),
+        pytest.param(f"{TOOLS}/simple/my-pkg", "page", id="page"),
+        pytest.param(f"{TOOLS}/simple", "index", id="index"),
+    ],
+)
+async def test_a_request_through_a_full_project_path_is_counted_under_its_route(
+    client: httpx.AsyncClient, gitlab_api: respx.MockRouter, path: str, route: str
+) -> None:
+    """Metrics label a request by the route of its raw path, `%2F` in the project included."""
+    gitlab_api.get(host="git.example.com").mock(side_effect=gitlab_answer)
+    assert (await client.get(path)).status_code == 200
+    metrics = (await client.get("/-/metrics")).text
+    assert f'gitlab_pypi_proxy_requests_total{{cache="MISS",route="{route}"}} 1.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "status"),
+    [
+        # Starlette routes no path with a newline: a 404 that only the access log shows.
+        pytest.param(f"{API}/simple/a\r\nFAKE 200".encode(), 404, id="newline"),
+        pytest.param(f"{API}/simple/a\x1b[2J\x07\\x41\xff".encode("latin-1"), 401, id="raw"),
+        pytest.param(f"{API}/simple/a%1b%5b2J%07%ff".encode(), 401, id="encoded"),
+    ],
+)
+async def test_a_path_reaches_the_logs_with_its_control_characters_escaped(
+    tmp_path: Path,
+    gitlab_api: respx.MockRouter,
+    caplog: pytest.LogCaptureFixture,
+    raw_path: bytes,
+    status: int,
+) -> None:
+    """Neither the access log nor an error's log line carries a control character of a path."""
+    settings = load(
+        env={},
+        overrides={"upstream.url": GITLAB, "cache.dir": str(tmp_path), "access.mode": "tokens"},
+    )
+    statuses: list[int] = []
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    caplog.set_level(logging.INFO, logger="proxy")
+    async with LifespanManager(create_app(settings, transport=edge(gitlab_api))) as manager:
+        await call_raw(manager.app, raw_path, send)
+    assert statuses == [status]
+    lines = [r.getMessage() for r in caplog.records if r.name in ("proxy.access", "proxy.app")]
+    assert any(" -> 401: " in line for line in lines) is (status == 401)
+    assert any(f'"GET {API}/simple/a' in line for line in lines)
+    assert all(line.isascii() and line.isprintable() for line in lines)
 
 
 # -- settings wired in -------------------------------------------------------------------

@@ -86,16 +86,6 @@ def test_least_recently_used_file_is_evicted_first(tmp_path: Path) -> None:
     assert store.stats().bytes <= 3_500_000 + 1_000_000
 
 
-def test_clean_temp_removes_leftover_parts(tmp_path: Path) -> None:
-    """Temp files a crash left behind are removed, and counted."""
-    store = Store(tmp_path / "c", max_size=10**6)
-    handle, path = store.new_temp()
-    handle.write(b"partial")
-    handle.close()
-    assert store.clean_temp() == 1
-    assert not path.exists()
-
-
 class Clock:
     """A clock the test moves by hand, for last-use times without sleeping."""
 

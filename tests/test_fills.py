@@ -108,6 +108,40 @@ async def test_hash_mismatch_caches_nothing_and_breaks_the_readers(tmp_path: Pat
 
 
 @respx.mock
+async def test_a_range_of_a_fill_that_fails_its_hash_never_ends_cleanly(tmp_path: Path) -> None:
+    """A range already in the file still waits for the verdict, and breaks on a mismatch."""
+    gate = Gate(b"x" + CONTENT[1:])
+    respx.get(BASE + PATH).mock(return_value=httpx.Response(200, stream=gate))
+    filler, _ = _filler(tmp_path)
+    fill = filler.start(SHA, PATH, authorization=None, origin="o", vetted=False)
+    await fill.ready.wait()
+    stream = filler.read(fill, 0, 100)
+    first = await asyncio.wait_for(anext(stream), timeout=10)
+    assert first == b"x" + CONTENT[1:99]  # the range's last byte waits
+    gate.release.set()
+    with pytest.raises(HashMismatch):
+        await _collect(stream)
+
+
+@respx.mock
+async def test_fills_leave_no_lock_file_behind(tmp_path: Path) -> None:
+    """Each fill's lock file goes when the fill ends, committed or failed."""
+    contents = [bytes([i]) * 1000 for i in range(5)]
+    for content in contents:
+        sha = hashlib.sha256(content).hexdigest()
+        respx.get(BASE + PATH.replace(SHA, sha)).respond(200, content=content)
+    respx.get(BASE + PATH).respond(200, content=b"wrong")
+    filler, store = _filler(tmp_path)
+    shas = [hashlib.sha256(content).hexdigest() for content in contents] + [SHA]
+    for sha in shas:
+        fill = filler.start(sha, PATH.replace(SHA, sha), authorization=None, origin="o", vetted=False)
+        while not fill.done:
+            await fill.changed()
+    assert [store.has_file(sha) for sha in shas] == [True] * 5 + [False]
+    assert list((tmp_path / "cache" / "locks").iterdir()) == []
+
+
+@respx.mock
 async def test_fill_completes_when_every_reader_left(tmp_path: Path) -> None:
     """A reader that stops early (a client that hung up) does not stop the cache fill."""
     gate = Gate(CONTENT)

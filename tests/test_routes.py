@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,11 +11,13 @@ import httpx
 import pytest
 import respx
 from asgi_lifespan import LifespanManager
-from starlette.types import ASGIApp, Message, Scope
+from starlette.types import ASGIApp, Message
 
 from proxy.app import create_app
 from proxy.config import load
-from tests.inproc import GITLAB, PROXY, BrokenBody, Serve, edge, gitlab_page
+from proxy.models import Scope
+from proxy.routes import Target, target
+from tests.inproc import GITLAB, PROXY, BrokenBody, Serve, call_raw, edge, gitlab_page
 
 pytestmark = pytest.mark.anyio
 
@@ -110,6 +113,29 @@ SURFACE = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (f"{API}/simple", Target("index", Scope("projects", "42"))),
+        (f"{API}//simple/My_Pkg/", Target("page", Scope("projects", "42"), name="My_Pkg")),
+        (
+            f"/api/v4/projects/acme%2Ftools/packages/pypi/files/{SHA}/a%2B1.whl",
+            Target("file", Scope("projects", "acme%2Ftools"), sha256=SHA, filename="a+1.whl"),
+        ),
+        (API, Target("upload", Scope("projects", "42"))),
+        (GROUP_API, Target("other")),
+        ("/api/v4/projects/../packages/pypi/simple", Target("other")),
+        (f"{API}/simple/a/b", Target("other")),
+        ("/-/health", Target("health")),
+        ("/-/metrics", Target("metrics")),
+        ("/-/other", Target("other")),
+    ],
+)
+def test_a_raw_path_parses_to_what_it_names(raw: str, expected: Target) -> None:
+    """The one path parser names the route kind, scope, name, sha256 and file name."""
+    assert target(raw.encode()) == expected
+
+
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 @pytest.mark.parametrize(("path", "upstream"), SURFACE)
 async def test_each_route_is_forwarded_to_the_same_path_below_gitlabs_root(
@@ -189,31 +215,14 @@ async def test_bad_path_parameters_are_404_without_asking_gitlab(
 
 
 async def _raw_get(app: ASGIApp, raw_path: bytes) -> int:
-    """The status for a GET whose path is sent as is (curl --path-as-is; httpx would normalize)."""
+    """The status for a GET whose path is sent as is."""
     statuses: list[int] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
 
     async def send(message: Message) -> None:
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
 
-    scope: Scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": raw_path.decode(),
-        "raw_path": raw_path,
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"proxy.test")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("proxy.test", 80),
-    }
-    await app(scope, receive, send)
+    await call_raw(app, raw_path, send)
     return statuses[0]
 
 
@@ -556,6 +565,45 @@ async def test_wrong_bytes_are_not_cached_and_the_body_breaks_off(
         else:
             assert response.status_code == 502
     assert route.call_count == 2
+
+
+class HeldBack(httpx.AsyncByteStream):
+    """GitLab's body: its first half, then the rest once `let_go` is set."""
+
+    def __init__(self, content: bytes) -> None:
+        self.content = content
+        self.let_go = asyncio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.content[: len(self.content) // 2]
+        await self.let_go.wait()
+        yield self.content[len(self.content) // 2 :]
+
+
+async def test_a_range_of_wrong_bytes_on_a_miss_breaks_off(tmp_path: Path) -> None:
+    """A Range on a MISS whose bytes fail their hash is never a clean 206, even when the
+    range arrived before the rest of the file."""
+    right = bytes(range(256)) * 4096  # above the upstream's chunk size, to arrive in parts
+    path = FILE.replace(SHA, hashlib.sha256(right).hexdigest())
+    body = HeldBack(bytes(reversed(right)))
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(
+            200, headers={"content-length": str(len(right))}, stream=body
+        )
+    )
+    settings = load(env={}, overrides={"upstream.url": GITLAB, "cache.dir": str(tmp_path)})
+    messages: list[Message] = []
+
+    async def send(message: Message) -> None:
+        messages.append(message)
+        if message.get("body"):
+            body.let_go.set()  # the client has bytes of the range: now GitLab sends the rest
+
+    async with LifespanManager(create_app(settings, transport=transport)) as manager:
+        await call_raw(manager.app, path.encode(), send, headers=[(b"range", b"bytes=0-9")])
+    assert messages[0]["status"] == 206
+    assert len(b"".join(m.get("body", b"") for m in messages[1:])) < 10
+    assert messages[-1].get("more_body", False)  # no final message: the line breaks
 
 
 async def test_the_same_file_under_two_projects_is_stored_once(
