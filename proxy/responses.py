@@ -20,7 +20,7 @@ _RANGE = re.compile(r"^bytes=(?:([0-9]+)-([0-9]*)|-([0-9]+))$")
 _ENTITY_TAG = re.compile(r'(?:W/)?"([^"]*)"')
 _MAX_DIGITS = 19
 """A range bound longer than this (leading zeros aside) is beyond any file's size."""
-IMMUTABLE = "public, max-age=31536000, immutable"
+IMMUTABLE = "max-age=31536000, immutable"
 # No Content-Encoding ever: a .tar.gz is served as the bytes it is (uv and poetry
 # break on proxies that say "gzip" here).
 _TYPES = {
@@ -33,14 +33,20 @@ _TYPES = {
 }
 
 
-def serve_file(request: Request, reply: FileReply, filename: str, sha256: str) -> Response:
-    """Headers of design 3.2, HEAD, conditional GET and single byte ranges."""
+def serve_file(
+    request: Request, reply: FileReply, filename: str, sha256: str, *, public: bool
+) -> Response:
+    """Headers of design 3.2, HEAD, conditional GET and single byte ranges.
+
+    `public`: GitLab serves this file anonymously, so shared caches may keep it too;
+    anything fetched with credentials is `private`.
+    """
     etag = f'"{sha256}"'
     suffix = "." + filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
     headers = {
         "content-type": _TYPES.get(suffix, "application/octet-stream"),
         "etag": etag,
-        "cache-control": IMMUTABLE,
+        "cache-control": ("public, " if public else "private, ") + IMMUTABLE,
         "x-cache": reply.cache,
     }
     size = reply.size

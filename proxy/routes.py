@@ -173,7 +173,7 @@ async def pypi(request: Request) -> Response:
     answer = await downloads.file(caller, sha256, filename)
     if isinstance(answer, Reply):
         return _reply(answer)
-    return serve_file(request, answer, filename, sha256.lower())
+    return serve_file(request, answer, filename, sha256.lower(), public=caller.anonymous)
 
 
 async def upload(request: Request, scope: Scope) -> Response:

@@ -134,7 +134,9 @@ async def test_fills_leave_no_lock_file_behind(tmp_path: Path) -> None:
     filler, store = _filler(tmp_path)
     shas = [hashlib.sha256(content).hexdigest() for content in contents] + [SHA]
     for sha in shas:
-        fill = filler.start(sha, PATH.replace(SHA, sha), authorization=None, origin="o", vetted=False)
+        fill = filler.start(
+            sha, PATH.replace(SHA, sha), authorization=None, origin="o", vetted=False
+        )
         while not fill.done:
             await fill.changed()
     assert [store.has_file(sha) for sha in shas] == [True] * 5 + [False]

@@ -54,7 +54,7 @@ def test_a_range_bound_of_thousands_of_digits_is_a_number_beyond_any_size(
     wanted: str, status: int, content_range: str | None
 ) -> None:
     """A huge range bound is read as larger than the file, never an error of the proxy."""
-    response = serve_file(_request(range=wanted), _file(), NAME, SHA)
+    response = serve_file(_request(range=wanted), _file(), NAME, SHA, public=True)
     assert (response.status_code, response.headers.get("content-range")) == (
         status,
         content_range,
@@ -75,5 +75,5 @@ def test_a_range_bound_of_thousands_of_digits_is_a_number_beyond_any_size(
 )
 def test_if_none_match_is_a_list_of_entity_tags_or_any(method: str, tags: str, status: int) -> None:
     """`*` or a (weakly compared) tag of the file gives 304; anything else gives the file."""
-    response = serve_file(_request(method, if_none_match=tags), _file(), NAME, SHA)
+    response = serve_file(_request(method, if_none_match=tags), _file(), NAME, SHA, public=True)
     assert response.status_code == status

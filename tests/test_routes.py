@@ -756,3 +756,30 @@ async def test_an_upload_drops_the_cached_page_of_its_name_only_on_success(
     response = await client.get(f"{API}/simple/my-pkg/")
     assert response.headers["x-cache"] == cache
     assert page.call_count == asked
+
+
+@pytest.mark.parametrize(
+    ("overrides", "token", "headers", "cache_control"),
+    [
+        ({}, "", {}, "public, max-age=31536000, immutable"),
+        ({}, "glpat-service", {}, "private, max-age=31536000, immutable"),
+        ({"access.mode": "passthrough"}, "", {"Authorization": "Bearer glpat-own"}, "private"),
+    ],
+)
+async def test_a_file_is_public_only_when_gitlab_served_it_anonymously(
+    serve: Serve,
+    gitlab_api: respx.MockRouter,
+    overrides: dict[str, str],
+    token: str,
+    headers: dict[str, str],
+    cache_control: str,
+) -> None:
+    """Shared caches may keep a file GitLab gives anyone; a file fetched with the service
+    token or a client's own credentials is `private` (design 3.2)."""
+    gitlab_api.get(GITLAB + FILE).respond(200, content=WHEEL)
+    gitlab_api.head(GITLAB + FILE).respond(404)
+    async with serve(overrides, token=token) as client:
+        for _ in range(2):  # the miss and the hit
+            response = await client.get(FILE, headers=headers)
+            assert response.content == WHEEL
+            assert response.headers["cache-control"].startswith(cache_control)
