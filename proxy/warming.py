@@ -24,6 +24,7 @@ from proxy import lockfiles, server
 from proxy.cache import Store
 from proxy.config import Settings
 from proxy.errors import ConfigError
+from proxy.maintenance import human_size
 from proxy.models import Scope, valid_scope_id
 
 _PYTHON_VERSION = re.compile(r"^[0-9]\.[0-9]{1,2}$")
@@ -33,7 +34,6 @@ _ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+h
 _LEAKY_PREFIXES = ("PIP_", "UV_")
 COMMIT_DEADLINE = 30.0  # seconds for the proxy to publish a file pip has finished reading
 LOCK_FETCHES = 4  # files of a lock file fetched at once
-MiB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +161,8 @@ def warm(settings: Settings, request: Request, out: TextIO) -> int:
 
         app = create_app(_for_warming(settings, port))
         with server.in_thread(app, sock):
-            outcomes = [_resolve(t, request, base, progress) for t in request.targets]
+            resolve = bool(request.requirement_files or request.requirements)
+            outcomes = [_resolve(t, request, base, progress) for t in request.targets if resolve]
             outcomes += [_fetch_locked(p, base, progress) for p in request.lock_files]
     try:
         return _settle(store, outcomes, request.pin, progress)
@@ -256,18 +257,18 @@ def _settle(store: Store, outcomes: Iterable[Outcome], pin: bool, progress: Prog
     got: dict[str, int] = {}
     failed = []
     for outcome in outcomes:
-        missing = [sha for sha in outcome.files if not _committed(store, sha)]
-        for sha in missing:
-            outcome.errors.append(f"{sha}: downloaded, but the cache does not hold it")
+        for sha in outcome.files:
+            if not _committed(store, sha) or (pin and not store.pin(sha)):
+                outcome.errors.append(f"{sha}: downloaded, but the cache does not hold it")
+            else:
+                got[sha] = outcome.files[sha]
         progress.line(f"warm: {outcome.label}: {len(outcome.files)} files")
         for line in outcome.errors:
             progress.line(f"  {line}")
         if outcome.errors:
             failed.append(outcome.label)
-        got.update({sha: size for sha, size in outcome.files.items() if sha not in missing})
-    done = [sha for sha in got if store.pin(sha)] if pin else list(got)
     what = "pinned" if pin else "held (not pinned)"
-    progress.line(f"{what} {len(done)} files, {sum(got[sha] for sha in done) / MiB:.1f} MiB")
+    progress.line(f"{what} {len(got)} files, {human_size(sum(got.values()))}")
     if failed:
         progress.line(f"warm: failed: {', '.join(failed)}")
         return 1
