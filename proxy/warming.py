@@ -13,9 +13,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import quote
@@ -32,7 +33,7 @@ _PYTHON_VERSION = re.compile(r"^[0-9]\.[0-9]{1,2}$")
 _ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1"
 # design.md section 6: the resolver must not see this machine's pip or uv configuration.
 _LEAKY_PREFIXES = ("PIP_", "UV_")
-COMMIT_DEADLINE = 30.0  # seconds for the proxy to publish a file pip has finished reading
+COMMIT_DEADLINE = 30.0  # seconds for the proxy to publish the files pip has finished reading
 LOCK_FETCHES = 4  # files of a lock file fetched at once
 
 
@@ -151,23 +152,30 @@ def warm(settings: Settings, request: Request, out: TextIO) -> int:
     The proxy runs in this process on a free loopback port, online and open to loopback
     only, so pip's every page and file passes through its cache.
     """
+    resolving = bool(request.requirement_files or request.requirements)
+    if resolving and not find_spec("pip"):
+        raise ConfigError(f"warm: {sys.executable} has no pip (warm runs its pip download)")
+    from proxy.app import create_app  # only warm and serve need the app
+
     store = Store(settings.cache.dir, max_size=settings.cache.max_size)
     progress = Progress(out)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        host, port = sock.getsockname()[:2]
-        base = f"http://{host}:{port}{request.scope.api_path}"
-        from proxy.app import create_app  # warm's own proxy: no need to import it before
-
-        app = create_app(_for_warming(settings, port))
-        with server.in_thread(app, sock):
-            resolve = bool(request.requirement_files or request.requirements)
-            outcomes = [_resolve(t, request, base, progress) for t in request.targets if resolve]
-            outcomes += [_fetch_locked(p, base, progress) for p in request.lock_files]
+    outcomes: list[Outcome] = []
     try:
-        return _settle(store, outcomes, request.pin, progress)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            base = f"http://127.0.0.1:{port}{request.scope.api_path}"
+            # Every step while the proxy runs: stopping it cancels fills not yet committed.
+            with server.in_thread(create_app(_for_warming(settings, port)), sock):
+                for target in request.targets if resolving else ():
+                    outcomes.append(_resolve(target, request, base, progress))
+                    _keep(store, outcomes[-1], pin=request.pin, progress=progress)
+                for path in request.lock_files:
+                    outcomes.append(_fetch_locked(path, base, progress))
+                    _keep(store, outcomes[-1], pin=request.pin, progress=progress)
     finally:
         store.close()
+    return _report(outcomes, request.pin, progress)
 
 
 def _for_warming(settings: Settings, port: int) -> Settings:
@@ -252,33 +260,35 @@ def _get(url: str, sink: Callable[[bytes], object]) -> str | None:
     return None
 
 
-def _settle(store: Store, outcomes: Iterable[Outcome], pin: bool, progress: Progress) -> int:
-    """Pin (or check) every file got, report each step and the total; the exit status."""
-    got: dict[str, int] = {}
-    failed = []
-    for outcome in outcomes:
-        for sha in outcome.files:
-            if not _committed(store, sha) or (pin and not store.pin(sha)):
-                outcome.errors.append(f"{sha}: downloaded, but the cache does not hold it")
-            else:
-                got[sha] = outcome.files[sha]
-        progress.line(f"warm: {outcome.label}: {len(outcome.files)} files")
-        for line in outcome.errors:
-            progress.line(f"  {line}")
-        if outcome.errors:
-            failed.append(outcome.label)
+def _keep(store: Store, outcome: Outcome, *, pin: bool, progress: Progress) -> None:
+    """Wait for the proxy to publish the step's files and pin them (unless `pin` is
+    False); a file the cache does not hold becomes an error. Reports the step."""
+    end = time.monotonic() + COMMIT_DEADLINE
+    for sha in list(outcome.files):
+        if not _committed(store, sha, end) or (pin and not store.pin(sha)):
+            outcome.errors.append(f"{sha}: downloaded, but the cache does not hold it")
+            del outcome.files[sha]
+    progress.line(f"warm: {outcome.label}: {len(outcome.files)} files")
+    for line in outcome.errors:
+        progress.line(f"  {line}")
+
+
+def _report(outcomes: list[Outcome], pin: bool, progress: Progress) -> int:
+    """The total and the failed steps; the exit status."""
+    got = {sha: size for outcome in outcomes for sha, size in outcome.files.items()}
     what = "pinned" if pin else "held (not pinned)"
     progress.line(f"{what} {len(got)} files, {human_size(sum(got.values()))}")
+    failed = [outcome.label for outcome in outcomes if outcome.errors]
     if failed:
         progress.line(f"warm: failed: {', '.join(failed)}")
         return 1
     return 0
 
 
-def _committed(store: Store, sha256: str) -> bool:
+def _committed(store: Store, sha256: str, end: float) -> bool:
     """Whether the proxy published the file: its fill commits just after the last byte
-    went out, so give it a moment."""
-    end = time.monotonic() + COMMIT_DEADLINE
+    went out, so give it until `end` (time.monotonic()). A file pip took from elsewhere
+    (an index URL in a requirements file) never comes."""
     while not store.has_file(sha256):
         if time.monotonic() > end:
             return False
