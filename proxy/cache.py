@@ -210,6 +210,22 @@ class Store:
             _guarded(self._files.delete, sha256)
         return self._cull()
 
+    def pin(self, sha256: str) -> bool:
+        """Move a held file into the pinned cache, where it is never evicted; False if
+        the file is not held."""
+        if self.is_pinned(sha256):
+            return True
+        try:
+            handle = self._open_in(self._files, sha256)
+        except _Vanished:
+            return False
+        if handle is None:
+            return False
+        with handle:
+            _guarded(self._pinned.set, sha256, handle, read=True)
+        _guarded(self._files.delete, sha256)
+        return True
+
     def _cull(self) -> int:
         """Evict the least recently used files until files, pages and access records
         together fit max_size; returns how many went."""

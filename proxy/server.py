@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
 import resource
+import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -16,6 +19,8 @@ import uvicorn
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
+
+from proxy.errors import ProxyError
 
 log = logging.getLogger("proxy.server")
 
@@ -88,6 +93,30 @@ def run(app: Any, *, header_timeout: float, max_connections: int, **options: Any
         loop="proxy.server:DeepQueueLoop",  # uvicorn calls it for a loop
         **options,
     )
+
+
+@contextlib.contextmanager
+def in_thread(app: Any, sock: socket.socket, *, deadline: float = 60.0) -> Iterator[None]:
+    """Serve `app` on the bound socket `sock` from a thread of this process for the block.
+
+    For commands that need the proxy itself (warm): no logging set up, no signal handlers
+    (uvicorn installs them only in the main thread). ProxyError if it does not start.
+    """
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_config=None, access_log=False, server_header=False, lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        end = time.monotonic() + deadline
+        while not server.started:  # a condition with a deadline
+            if not thread.is_alive() or time.monotonic() > end:
+                raise ProxyError("the proxy could not start (see the lines above)")
+            time.sleep(0.01)
+        yield
+    finally:
+        server.should_exit = True
+        thread.join()
 
 
 class DeepQueueLoop(asyncio.SelectorEventLoop):

@@ -20,10 +20,13 @@ def escaped_name(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
-def _metadata(name: str, version: str, requires_python: str | None) -> str:
+def _metadata(
+    name: str, version: str, requires_python: str | None, requires: tuple[str, ...] = ()
+) -> str:
     lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
     if requires_python is not None:
         lines.append(f"Requires-Python: {requires_python}")
+    lines += [f"Requires-Dist: {requirement}" for requirement in requires]
     return "\n".join(lines) + "\n\n"
 
 
@@ -33,18 +36,27 @@ def _record_hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
-def make_wheel(name: str, version: str, *, requires_python: str | None = None) -> tuple[str, bytes]:
-    """Return (filename, bytes) of a pure-python py3-none-any wheel with one package."""
+def make_wheel(
+    name: str,
+    version: str,
+    *,
+    requires_python: str | None = None,
+    tag: str = "py3-none-any",
+    requires: tuple[str, ...] = (),
+) -> tuple[str, bytes]:
+    """Return (filename, bytes) of a wheel with one package, for `tag` (e.g.
+    "cp311-cp311-manylinux_2_17_x86_64"; pure python by default) and depending on
+    `requires` (PEP 508 strings)."""
     stem = escaped_name(name)
     wheel_version = version.replace("-", "_")
     dist_info = f"{stem}-{wheel_version}.dist-info"
     members: list[tuple[str, bytes]] = [
         (f"{stem}/__init__.py", f'__version__ = "{version}"\n'.encode()),
-        (f"{dist_info}/METADATA", _metadata(name, version, requires_python).encode()),
+        (f"{dist_info}/METADATA", _metadata(name, version, requires_python, requires).encode()),
         (
             f"{dist_info}/WHEEL",
-            b"Wheel-Version: 1.0\nGenerator: distfactory\nRoot-Is-Purelib: true\n"
-            b"Tag: py3-none-any\n",
+            f"Wheel-Version: 1.0\nGenerator: distfactory\n"
+            f"Root-Is-Purelib: {str(tag == 'py3-none-any').lower()}\nTag: {tag}\n".encode(),
         ),
     ]
     record = "".join(f"{path},{_record_hash(data)},{len(data)}\n" for path, data in members)
@@ -56,7 +68,7 @@ def make_wheel(name: str, version: str, *, requires_python: str | None = None) -
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             archive.writestr(info, data)
-    return f"{stem}-{wheel_version}-py3-none-any.whl", buffer.getvalue()
+    return f"{stem}-{wheel_version}-{tag}.whl", buffer.getvalue()
 
 
 def make_sdist(name: str, version: str) -> tuple[str, bytes]:

@@ -131,6 +131,25 @@ def test_unpinned_files_are_still_evicted_least_recently_used_first(tmp_path: Pa
     assert store.has_file(pinned)
 
 
+def test_pin_moves_a_held_file_out_of_eviction(tmp_path: Path) -> None:
+    """A file pinned after it was stored stays held, byte for byte, past max_size."""
+    store = Store(tmp_path / "c", max_size=3_500_000)
+    sha = _put(store, tmp_path, b"p" * 1_000_000)
+    assert store.pin(sha)
+    for i in range(10):
+        _put(store, tmp_path, bytes([i]) * 1_000_000)
+    assert store.is_pinned(sha)
+    assert _read(store, sha) == b"p" * 1_000_000
+    assert store.stats().pinned == 1
+
+
+def test_pin_of_a_file_not_held_is_false(tmp_path: Path) -> None:
+    """Pinning a sha256 the cache does not hold pins nothing."""
+    store = Store(tmp_path / "c", max_size=10**6)
+    assert not store.pin("0" * 64)
+    assert not store.has_file("0" * 64)
+
+
 def test_put_file_pinned_is_pinned_from_the_start(tmp_path: Path) -> None:
     """A file published with pinned=True is held and pinned."""
     store = Store(tmp_path / "c", max_size=10**6)
