@@ -42,7 +42,8 @@ def serve_file(request: Request, reply: FileReply, filename: str, sha256: str) -
     }
     size = reply.size
     if size is not None:
-        headers["accept-ranges"] = "bytes"
+        if reply.ranged:
+            headers["accept-ranges"] = "bytes"
         headers["content-length"] = str(size)
     if etag in request.headers.get("if-none-match", ""):
         reply.release()
@@ -50,7 +51,7 @@ def serve_file(request: Request, reply: FileReply, filename: str, sha256: str) -
             None, 304, headers={k: v for k, v in headers.items() if k != "content-length"}
         )
     start, end, status = 0, size, 200
-    wanted = request.headers.get("range")
+    wanted = request.headers.get("range") if reply.ranged else None
     if wanted and size is not None and request.headers.get("if-range", etag) == etag:
         parsed = _byte_range(wanted, size)
         if parsed is None:
