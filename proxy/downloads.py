@@ -28,6 +28,7 @@ from proxy.models import CacheStatus, Caller, Reply
 from proxy.upstream import Download, GitLab
 
 READ_CHUNK = 128 * 1024
+UNFIT_REMEMBERED = 1024
 _NOT_FOUND = b'{"message":"404 Package Not Found"}'
 
 
@@ -69,6 +70,8 @@ class Downloads:
         self._on_mismatch = on_mismatch
         self._on_bypass = on_bypass
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unfit: dict[str, int] = {}
+        """sha256 -> length of files whose fill found no room, the oldest first."""
 
     def __repr__(self) -> str:
         return f"Downloads(upstream={self._upstream!r}, offline={self.offline})"
@@ -98,14 +101,18 @@ class Downloads:
                 return hit
         if self.offline:
             raise OfflineMiss(f"offline mode: {filename} is not cached")
-        _free, full = await to_thread.run_sync(self._filler.disk)
-        if full:
+        # A full disk, or a file known not to fit: don't open a fill only to drop it.
+        if not await to_thread.run_sync(self._filler.has_room, self._unfit.get(key)):
             return await self._through(caller, path, key, filename, vetted=vetted)
         fill = self._filler.start(
             key, path, authorization=caller.upstream, origin=caller.origin, vetted=vetted
         )
         await fill.ready.wait()
         if isinstance(fill.error, CacheError):
+            if fill.length is not None:
+                self._unfit[key] = fill.length
+                while len(self._unfit) > UNFIT_REMEMBERED:
+                    del self._unfit[next(iter(self._unfit))]
             return await self._through(caller, path, key, filename, vetted=vetted)
         if fill.status == 0 and fill.error is not None:
             raise fill.error

@@ -325,3 +325,19 @@ def test_a_reader_keeps_reading_after_its_file_is_dropped(
         drop(store, sha, tmp_path)
         assert not store.has_file(sha)
         assert first + handle.read() == content
+
+
+def test_serving_a_cached_file_writes_nothing(tmp_path: Path) -> None:
+    """Opening a held file within USE_RESOLUTION of its last use changes no file on disk
+    (a full disk still serves what it holds)."""
+    store = Store(tmp_path / "c", max_size=10**6)
+    sha = _put(store, tmp_path, b"wheel" * 1000)
+
+    def snapshot() -> dict[Path, tuple[int, int]]:
+        found = (tmp_path / "c").rglob("*")
+        return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in found if p.is_file()}
+
+    before = snapshot()
+    for _ in range(3):
+        assert _read(store, sha) == b"wheel" * 1000
+    assert snapshot() == before
