@@ -28,6 +28,9 @@ from proxy.retention import StoredFile, to_prune
 log = logging.getLogger("proxy.cache")
 SIDE_SHARE = 8
 """Pages, and access records, may each take at most 1/SIDE_SHARE of max_size."""
+CULL_SLACK = 64
+"""Eviction frees 1/CULL_SLACK of max_size beyond what is needed: it reads every file's
+record, so a full cache does that once per so many bytes stored, not for every file."""
 USE_RESOLUTION = 60.0  # seconds: a hot file's use is recorded once a minute, not on every hit
 _FAILURES = (OSError, sqlite3.Error, diskcache.Timeout)
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -212,6 +215,9 @@ class Store:
         records together fit max_size; returns how many went."""
         room = self.max_size - int(_guarded(self._pages.volume)) - self.access.volume()
         excess = int(_guarded(self._files.volume)) - max(0, room)
+        if excess <= 0:
+            return 0
+        excess += self.max_size // CULL_SLACK
         evicted = 0
         for file in self.iter_files():
             if excess <= 0:

@@ -12,11 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.cache import Store
+from proxy.cache import USE_RESOLUTION, Store
 from proxy.errors import CacheFull
 from proxy.spool import Spool
 from tests.fakegitlab import FakeGitLab
 from tests.scenario import SERVICE, Start, acme, publish, serve
+from tests.test_cache import Clock
 
 pytestmark = pytest.mark.e2e
 API = "/api/v4/projects/42/packages/pypi"
@@ -151,3 +152,26 @@ def test_an_announcement_the_disk_refuses_leaves_nothing(small_disk: Path) -> No
     with pytest.raises(OSError, match="No space left"):
         spool.announce("a" * 64, "token", origin="o", status=200, length=1)
     assert list(spool.tmp.iterdir()) == []
+
+
+def test_a_use_the_full_disk_cannot_record_is_logged_once(
+    small_disk: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hits on a full disk are served; the use records it refuses make one warning, not one
+    per hit."""
+    clock = Clock()
+    store = Store(small_disk / "cache", max_size=10**9, clock=clock)
+    content = b"wheel" * 1000
+    source = tmp_path / "wheel"
+    source.write_bytes(content)
+    sha = hashlib.sha256(content).hexdigest()
+    store.put_file(sha, source)
+    _fill_up(small_disk)
+    for _ in range(3):
+        clock.now += 2 * USE_RESOLUTION
+        handle = store.open_file(sha)
+        assert handle is not None
+        with handle:
+            assert handle.read() == content
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert [r.getMessage().split(":")[0] for r in warnings] == [f"cannot record the use of {sha}"]
