@@ -201,7 +201,7 @@ def create_app(
             on_mismatch=metrics.hash_mismatches.inc,
             on_evict=metrics.evictions.inc,
         )
-        metrics.watch_cache(lambda: _size(store))
+        metrics.watch_cache(lambda: _size(store), filler.disk)
         keeper = Keeper(gate, grants, service=service)
         mirror = Mirror(
             store=store,
@@ -221,6 +221,8 @@ def create_app(
             keeper=keeper,
             offline=settings.cache.offline,
             refusal_ttl=settings.cache.page_ttl,
+            on_mismatch=metrics.hash_mismatches.inc,
+            on_bypass=metrics.streamed_through.inc,
         )
         log.info(
             "proxying %s, cache in %s%s",

@@ -5,6 +5,8 @@ Every method blocks on disk or SQLite; callers on the event loop go through anyi
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -20,15 +22,20 @@ from typing import IO, Any, Literal
 
 import diskcache
 
-from proxy.errors import CacheError
+from proxy.errors import CacheError, CacheFull
 from proxy.models import Link, Page
 from proxy.retention import StoredFile, to_prune
 
 log = logging.getLogger("proxy.cache")
 SIDE_SHARE = 8
 """Pages, and access records, may each take at most 1/SIDE_SHARE of max_size."""
+CULL_SLACK = 64
+"""Eviction frees 1/CULL_SLACK of max_size beyond what is needed: it reads every file's
+record, so a full cache does that once per so many bytes stored, not for every file."""
 USE_RESOLUTION = 60.0  # seconds: a hot file's use is recorded once a minute, not on every hit
 _FAILURES = (OSError, sqlite3.Error, diskcache.Timeout)
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""A write refused for want of room: the disk, a quota, or RLIMIT_FSIZE."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +88,33 @@ class FileStats:
         return self.bytes + self.page_bytes + self.access_bytes
 
 
+class _TidyDisk(diskcache.Disk):  # type: ignore[misc]
+    """diskcache's Disk, able to take back the file of a failed set: diskcache leaves a
+    partial copy behind when the disk fills up mid-write, or when its transaction fails."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._writing = threading.local()
+
+    def filename(self, key: Any = diskcache.UNKNOWN, value: Any = diskcache.UNKNOWN) -> Any:
+        """diskcache's choice of a new file's name, remembered for discard()."""
+        name, full_path = super().filename(key, value)
+        self._writing.path = full_path
+        return name, full_path
+
+    def begin(self) -> None:
+        """Forget the file of this thread's previous set."""
+        self._writing.path = None
+
+    def discard(self) -> None:
+        """Remove the file this thread's failed set was writing, if any."""
+        path = getattr(self._writing, "path", None)
+        self._writing.path = None
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
 class _Vanished(Exception):
     """A file's row outlived its bytes (removed by hand); the row has been forgotten."""
 
@@ -88,10 +122,11 @@ class _Vanished(Exception):
 class Store:
     """Pages (kept, small) and files (by sha256 in lower-case hex).
 
-    Unpinned files live in `files`, which diskcache keeps under max_size by evicting the
-    least recently used; pinned ones live in `pinned`, which has no limit. `meta` records
-    each file's size and last use (by `clock`) for prune. Removing or evicting a file
-    unlinks it: a reader that has it open reads on (POSIX).
+    Unpinned files live in `files`, pinned ones in `pinned`, which has no limit. `meta`
+    records each file's size and last use (by `clock`, once per USE_RESOLUTION): put_file
+    evicts by it, least recently used first, and so does prune. Serving a cached file
+    writes nothing but that record, so a full disk still serves what it holds. Removing
+    or evicting a file unlinks it: a reader that has it open reads on (POSIX).
     """
 
     def __init__(
@@ -100,6 +135,7 @@ class Store:
         self.directory = Path(directory)
         self.tmp = self.directory / "tmp"
         self._clock = clock
+        self._use_failing = False
         self.max_size = max_size
         self.side_limit = max_size // SIDE_SHARE
         self._page_reads = threading.Lock()
@@ -113,11 +149,9 @@ class Store:
                 size_limit=self.side_limit,
                 tag_index=True,
             )
-            # cull_limit=0: diskcache evicts only when put_file calls cull(), which
-            # counts what it removed (for the evictions metric).
-            self._files = self._open_cache(
-                "files", size_limit=max_size, eviction_policy="least-recently-used", cull_limit=0
-            )
+            # Evicted by put_file from the `meta` records: diskcache's own LRU would write
+            # to SQLite on every read, and a full disk refuses that write.
+            self._files = self._open_cache("files", eviction_policy="none", cull_limit=0)
             self._pinned = self._open_cache("pinned", eviction_policy="none")
             self._meta = self._open_cache("meta", eviction_policy="none")
         except _FAILURES as exc:
@@ -150,7 +184,7 @@ class Store:
 
     def put_page(self, key: str, stored: StoredPage, *, name: str) -> None:
         """Store a page, tagged with its normalized name so uploads can drop it."""
-        _guarded(self._pages.set, key, stored, tag=name)
+        _set(self._pages, key, stored, tag=name)
 
     def iter_pages(self) -> Iterator[tuple[str, StoredPage]]:
         """Every stored page with its key (a page dropped while listing is skipped)."""
@@ -199,13 +233,14 @@ class Store:
         """Publish a verified file (pinned: never evicted); readers see all of it or nothing.
 
         Returns how many least recently used files were evicted to stay under max_size.
+        Raises CacheFull when the disk has no room for it.
         """
         pinned = pinned or self.is_pinned(sha256)
         with open(path, "rb") as source:
             # Recorded first: a crash in between leaves a record prune drops, not a file
             # that prune cannot size.
             _guarded(self._meta.set, sha256, (os.fstat(source.fileno()).st_size, self._clock()))
-            _guarded((self._pinned if pinned else self._files).set, sha256, source, read=True)
+            _set(self._pinned if pinned else self._files, sha256, source, read=True)
         if pinned:
             _guarded(self._files.delete, sha256)
         return self._cull()
@@ -222,18 +257,25 @@ class Store:
         if handle is None:
             return False
         with handle:
-            _guarded(self._pinned.set, sha256, handle, read=True)
+            _set(self._pinned, sha256, handle, read=True)
         _guarded(self._files.delete, sha256)
         return True
 
     def _cull(self) -> int:
-        """Evict the least recently used files until files, pages and access records
-        together fit max_size; returns how many went."""
-        room = max(0, self.max_size - self._pages.volume() - self.access.volume())
-        if _guarded(self._files.volume) <= room:
+        """Evict the least recently used unpinned files until files, pages and access
+        records together fit max_size; returns how many went."""
+        room = self.max_size - int(_guarded(self._pages.volume)) - self.access.volume()
+        excess = int(_guarded(self._files.volume)) - max(0, room)
+        if excess <= 0:
             return 0
-        _guarded(self._files.reset, "size_limit", room)
-        evicted: int = _guarded(self._files.cull)
+        excess += self.max_size // CULL_SLACK
+        evicted = 0
+        for file in self.iter_files():
+            if excess <= 0:
+                break
+            if not file.pinned and self.remove(file.sha256):
+                excess -= file.size
+                evicted += 1
         return evicted
 
     def remove(self, sha256: str) -> bool:
@@ -256,8 +298,7 @@ class Store:
     def check(self, sha256: str) -> str | None:
         """Re-hash the file: why it cannot be served (it is then dropped), or None.
 
-        None also when it is not held. Reading counts as a use in diskcache's eviction
-        order (not for prune): checking in iter_files() order keeps that order.
+        None also when it is not held. Reading it is not a use.
         """
         try:
             handle = self._open(sha256)
@@ -306,7 +347,7 @@ class Store:
                 files, size = files + 1, size + file.size
                 if on_remove is not None:
                     on_remove(file)
-        # Records of files diskcache evicted (it does not say which) go too.
+        # Records whose file is gone (removed by hand, or a crash in put_file) go too.
         for key in _guarded(list, self._meta):
             if isinstance(key, str) and not self.has_file(key):
                 _guarded(self._meta.delete, key)
@@ -328,7 +369,7 @@ class Store:
     # -- internals ---------------------------------------------------------------------
 
     def _open_cache(self, name: str, **settings: object) -> Any:
-        return diskcache.Cache(str(self.directory / name), **settings)
+        return diskcache.Cache(str(self.directory / name), disk=_TidyDisk, **settings)
 
     def _open(self, sha256: str) -> IO[bytes] | None:
         handle = self._open_in(self._pinned, sha256)
@@ -360,7 +401,16 @@ class Store:
             if not (known and known[0] == size and now - known[1] < USE_RESOLUTION):
                 self._meta.set(sha256, (size, now))
         except _FAILURES as exc:  # bookkeeping must not fail a hit (a full disk refuses it)
-            log.warning("cannot record the use of %s: %s", sha256, exc)
+            # Once, not on every hit, until a use is recorded again.
+            log.log(
+                logging.DEBUG if self._use_failing else logging.WARNING,
+                "cannot record the use of %s: %s",
+                sha256,
+                exc,
+            )
+            self._use_failing = True
+        else:
+            self._use_failing = False
 
 
 class Records:
@@ -437,8 +487,31 @@ class Records:
         self._cache.close()
 
 
+def is_full(exc: BaseException) -> bool:
+    """True when `exc` (an OSError or SQLite's error) says there is no room to write."""
+    if isinstance(exc, OSError):
+        return exc.errno in FULL_ERRNOS
+    return (
+        isinstance(exc, sqlite3.Error)
+        and getattr(exc, "sqlite_errorcode", 0) == sqlite3.SQLITE_FULL
+    )
+
+
+def _set(cache: Any, *args: Any, **kwargs: Any) -> None:
+    """cache.set, leaving no partial file behind when it fails (a full disk)."""
+    disk: _TidyDisk = cache.disk
+    disk.begin()
+    try:
+        _guarded(cache.set, *args, **kwargs)
+    except CacheError:
+        disk.discard()
+        raise
+
+
 def _guarded(call: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return call(*args, **kwargs)
     except _FAILURES as exc:
+        if is_full(exc):
+            raise CacheFull(f"the cache's disk is full: {exc}") from exc
         raise CacheError(f"cache I/O failed: {exc}") from exc

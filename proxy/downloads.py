@@ -1,25 +1,34 @@
-"""Files: from the cache to whoever may read them, else from GitLab through one shared fill."""
+"""Files: from the cache to whoever may read them, else from GitLab through one shared fill
+(or, when the cache has no room, streamed through uncached)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 from urllib.parse import quote
 
 from anyio import to_thread
 
 from proxy.access import Keeper
 from proxy.cache import Store
-from proxy.errors import OfflineMiss, UpstreamError, UpstreamUnavailable
+from proxy.errors import (
+    CacheError,
+    HashMismatch,
+    IncompleteBody,
+    OfflineMiss,
+    UpstreamError,
+)
 from proxy.fills import Body, Filler
 from proxy.models import CacheStatus, Caller, Reply
-from proxy.upstream import GitLab
+from proxy.upstream import Download, GitLab
 
 READ_CHUNK = 128 * 1024
+UNFIT_REMEMBERED = 1024
 _NOT_FOUND = b'{"message":"404 Package Not Found"}'
 
 
@@ -33,6 +42,8 @@ class FileReply:
     """chunks(start, end): the bytes [start, end); end None means to the end."""
     release: Callable[[], None] = field(default=lambda: None)
     """Frees what `chunks` would have used, for a HEAD that reads nothing."""
+    ranged: bool = True
+    """False: only the whole body can be read (chunks(0, None)); Range is not offered."""
 
 
 class Downloads:
@@ -47,6 +58,8 @@ class Downloads:
         keeper: Keeper,
         offline: bool,
         refusal_ttl: float = 300.0,
+        on_mismatch: Callable[[], None] = lambda: None,
+        on_bypass: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._upstream = upstream
@@ -54,7 +67,11 @@ class Downloads:
         self._keeper = keeper
         self.offline = offline
         self._refusal_ttl = refusal_ttl
+        self._on_mismatch = on_mismatch
+        self._on_bypass = on_bypass
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unfit: dict[str, int] = {}
+        """sha256 -> length of files whose fill found no room, the oldest first."""
 
     def __repr__(self) -> str:
         return f"Downloads(upstream={self._upstream!r}, offline={self.offline})"
@@ -65,6 +82,7 @@ class Downloads:
         Knowing a sha256 is not access: the cache serves a file only under a name GitLab
         gave it through this scope, to this caller or to anyone (design 3.4, 3.7); any
         other caller asks GitLab first, with a HEAD or with its own download.
+        A file the cache has no room for (or cannot write) is streamed through uncached.
         """
         key = sha256.lower()
         path = f"{caller.scope.api_path}/files/{sha256}/{quote(filename, safe='+')}"
@@ -83,10 +101,19 @@ class Downloads:
                 return hit
         if self.offline:
             raise OfflineMiss(f"offline mode: {filename} is not cached")
+        # A full disk, or a file known not to fit: don't open a fill only to drop it.
+        if not await to_thread.run_sync(self._filler.has_room, self._unfit.get(key)):
+            return await self._through(caller, path, key, filename, vetted=vetted)
         fill = self._filler.start(
             key, path, authorization=caller.upstream, origin=caller.origin, vetted=vetted
         )
         await fill.ready.wait()
+        if isinstance(fill.error, CacheError):
+            if fill.length is not None:
+                self._unfit[key] = fill.length
+                while len(self._unfit) > UNFIT_REMEMBERED:
+                    del self._unfit[next(iter(self._unfit))]
+            return await self._through(caller, path, key, filename, vetted=vetted)
         if fill.status == 0 and fill.error is not None:
             raise fill.error
         if fill.status != 200:
@@ -104,11 +131,72 @@ class Downloads:
             if fill.error is not None:
                 raise fill.error
             committed = await self._open_cached(key)
-            if committed is None:
-                raise UpstreamUnavailable("the file was fetched but could not be read back")
+            if committed is None:  # evicted at once: it does not fit the cache
+                return await self._through(caller, path, key, filename, vetted=True)
             committed.cache = "MISS"
             reply = committed
         return reply
+
+    async def _through(
+        self, caller: Caller, path: str, sha256: str, filename: str, *, vetted: bool
+    ) -> FileReply | Reply:
+        """The file straight from GitLab, not cached (X-Cache BYPASS): hashed on the way
+        like a fill, its last chunk held back until the hash matches. GitLab's response
+        stays open until the body is read, or closed unread (a HEAD, a client gone)."""
+        stack = contextlib.AsyncExitStack()
+        download = await stack.enter_async_context(
+            self._upstream.download(path, authorization=caller.upstream)
+        )
+        try:
+            if download.status != 200:
+                await self._refused(caller, sha256, filename, download.status)
+                await stack.aclose()
+                return Reply(download.status, download.error_body, dict(download.headers), "BYPASS")
+            if not vetted:
+                await self._remember(caller, path, sha256, filename)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._on_bypass()
+
+        def close() -> None:
+            self._spawn(stack.aclose())
+
+        return FileReply(
+            download.length,
+            "BYPASS",
+            lambda start, end: Body(self._hashed(download, sha256, stack), close),
+            close,
+            ranged=False,
+        )
+
+    async def _hashed(
+        self, download: Download, sha256: str, stack: contextlib.AsyncExitStack
+    ) -> AsyncGenerator[bytes, None]:
+        """GitLab's body, each chunk passed on once the next one arrived; the last one only
+        when the whole body is there and hashes to `sha256`."""
+        try:
+            digest, held, got = hashlib.sha256(), b"", 0
+            async for chunk in download.chunks:
+                if held:
+                    yield held
+                digest.update(chunk)
+                held, got = chunk, got + len(chunk)
+            if download.length is not None and got != download.length:
+                raise IncompleteBody(f"got {got} of {download.length} bytes")
+            if digest.hexdigest() != sha256:
+                self._on_mismatch()
+                raise HashMismatch(f"{sha256[:12]}… hashes to {digest.hexdigest()[:12]}…")
+            if held:
+                yield held
+        finally:
+            await stack.aclose()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` in the background; aclose() waits for it."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _check(
         self, caller: Caller, path: str, sha256: str, filename: str, *, fallback: bool
@@ -136,9 +224,7 @@ class Downloads:
         if not caller.personal:
             await self._keeper.vouch(caller, [(sha256, filename)], public=True)
             return
-        task = asyncio.create_task(self._vouch_personal(caller, path, sha256, filename))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._vouch_personal(caller, path, sha256, filename))
 
     async def _vouch_personal(self, caller: Caller, path: str, sha256: str, filename: str) -> None:
         """GitLab let a caller with its own credentials read the file: it gets a record of
@@ -157,7 +243,8 @@ class Downloads:
             await self._keeper.refuse(caller, sha256, filename, ttl=self._refusal_ttl)
 
     async def aclose(self) -> None:
-        """Wait for the records of finished downloads (at shutdown)."""
+        """Wait for the records of finished downloads, and close what was left unread (at
+        shutdown)."""
         for task in list(self._tasks):
             with contextlib.suppress(Exception):
                 await task

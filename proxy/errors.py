@@ -13,7 +13,8 @@ ProxyError
  +-- OfflineMiss             offline mode and the cache does not hold it
  +-- OfflineRefusal          offline mode and the request needs GitLab (an upload)
  +-- TooLarge                a request body above the configured limit
- +-- CacheError              the cache could not store or read (disk full, I/O)
+ +-- CacheError              the cache could not store or read (I/O)
+      +-- CacheFull              the disk (or max_size) has no room for what was to be stored
  +-- BundleError             a bundle cannot be written or is refused (carries the bad entries)
 """
 
@@ -83,6 +84,10 @@ class TooLarge(ProxyError):
 
 class CacheError(ProxyError):
     """The cache could not store or read an entry."""
+
+
+class CacheFull(CacheError):
+    """The cache's disk (or quota, or max_size) has no room for what was to be stored."""
 
 
 class BundleError(ProxyError):

@@ -2,7 +2,9 @@
 
 A fill is led by the one process that holds the file's lock (`locks/<sha256>.lock`, flock):
 it downloads into `tmp/<sha256>.fill`, announces the file in `tmp/<sha256>.json` and
-commits the verified file to the Store. Other workers follow the growing file and learn
+commits the verified file to the Store. A file the disk has no room for (its
+Content-Length, or ENOSPC on the way) fails with CacheFull, leaving nothing behind; the
+caller then streams it through uncached. Other workers follow the growing file and learn
 the outcome when the lock is released. Locks die with their process, so a SIGKILLed
 leader never blocks a file, and its leftovers are swept at the next start.
 """
@@ -22,8 +24,15 @@ from pathlib import Path
 
 from anyio import to_thread
 
-from proxy.cache import Store
-from proxy.errors import CacheError, HashMismatch, IncompleteBody, ProxyError, UpstreamUnavailable
+from proxy.cache import Store, is_full
+from proxy.errors import (
+    CacheError,
+    CacheFull,
+    HashMismatch,
+    IncompleteBody,
+    ProxyError,
+    UpstreamUnavailable,
+)
 from proxy.spool import Spool
 from proxy.upstream import GitLab
 
@@ -31,6 +40,8 @@ log = logging.getLogger("proxy.fills")
 READ_CHUNK = 128 * 1024
 FOLLOW_POLL = 0.02
 """Seconds between looks at another worker's growing file."""
+RESERVE = 4 * 1024 * 1024
+"""Bytes left free on the cache's disk for SQLite and the records: below it, the cache is full."""
 
 
 @dataclass(eq=False)
@@ -49,6 +60,8 @@ class Fill:
     fd: int | None = None
     """A read-only descriptor on the growing file; it outlives the file's name."""
     written: int = 0
+    verified: bool = False
+    """The whole body arrived and hashed right: readers may have all of it, cached or not."""
     done: bool = False
     error: ProxyError | None = None
     readers: int = 0
@@ -137,9 +150,29 @@ class Filler:
         self._active: dict[tuple[str, str], Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def probe_writable(self) -> None:
-        """Raise OSError unless the cache can take new files (blocking)."""
-        self._spool.probe()
+    def probe_writable(self) -> str:
+        """ "writable", or "full (N bytes free)" when new files go uncached; raises OSError
+        when the cache cannot be written for another reason (blocking)."""
+        try:
+            self._spool.probe()
+        except OSError as exc:
+            if not is_full(exc):
+                raise
+        free, full = self.disk()
+        return f"full ({free} bytes free)" if full else "writable"
+
+    def disk(self) -> tuple[int, bool]:
+        """The bytes free on the cache's disk, and whether that is too few for any new file
+        (blocking)."""
+        free = self._spool.free_bytes()
+        return free, free < RESERVE
+
+    def has_room(self, length: int | None) -> bool:
+        """Whether a file of `length` bytes (None: unknown) can be filled and committed:
+        its part file and the Store's copy of it both fit, leaving RESERVE (blocking)."""
+        if length is not None and length > self._store.max_size:
+            return False
+        return self._spool.free_bytes() - RESERVE >= 2 * (length or 0)
 
     def start(
         self, sha256: str, path: str, *, authorization: str | None, origin: str, vetted: bool
@@ -188,7 +221,8 @@ class Filler:
             fill.error = exc
         except OSError as exc:
             log.warning("fill of %s failed: %s", fill.sha256, exc)
-            fill.error = CacheError(f"cannot write the cache: {exc.strerror}")
+            kind = CacheFull if is_full(exc) else CacheError
+            fill.error = kind(f"cannot write the cache: {exc.strerror}")
         finally:
             self._active.pop((fill.sha256, fill.origin), None)
             fill.finish()
@@ -209,6 +243,8 @@ class Filler:
                     fill.error_body = download.error_body
                     return
                 fill.length = download.length
+                if not await to_thread.run_sync(self.has_room, fill.length):
+                    raise CacheFull(f"no room in the cache for {fill.length} bytes")
                 out, fill.fd = await to_thread.run_sync(self._spool.create_part, fill.sha256)
                 writer = out
                 await to_thread.run_sync(
@@ -233,6 +269,7 @@ class Filler:
             if digest.hexdigest() != fill.sha256:
                 self._on_mismatch()
                 raise HashMismatch(f"{fill.sha256[:12]}… hashes to {digest.hexdigest()[:12]}…")
+            fill.verified = True
             evicted = await to_thread.run_sync(
                 self._store.put_file, fill.sha256, self._spool.part(fill.sha256)
             )
@@ -303,6 +340,7 @@ class Filler:
         The last byte (of the file, or of the range) is held back until the file is
         verified, so a client never sees a clean end of a body that failed its hash: it
         sees the connection break instead.
+        A verified body is read to its end even if the Store could not keep it.
         Call it with no await between checking the fill and calling: the reader is
         counted at once, so the descriptor stays open until the last reader is done.
         """
@@ -322,7 +360,7 @@ class Filler:
             position = start
             while True:
                 done, written = fill.done, fill.written
-                if done and fill.error is not None:
+                if done and fill.error is not None and not fill.verified:
                     raise fill.error
                 limit = written if end is None else min(written, end)
                 if not done:

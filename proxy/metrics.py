@@ -27,22 +27,34 @@ def shared_between_workers(directory: Path) -> dict[str, str]:
     return {SHARED_DIR_ENV: str(directory)}
 
 
-class _CacheSize:
-    """Files and bytes the cache holds, read at each scrape (the same for every worker)."""
+_GAUGES = {
+    "cache_files": "Files held by the cache.",
+    "cache_bytes": "Bytes of files held by the cache.",
+    "cache_free_bytes": "Bytes free on the cache's disk.",
+    "cache_full": "1 when the cache's disk has no room for new files (they are streamed through).",
+}
 
-    def __init__(self, size: Callable[[], tuple[int, int]]) -> None:
+
+class _CacheSize:
+    """Files and bytes the cache holds, and its disk's room, read at each scrape (the same
+    for every worker)."""
+
+    def __init__(
+        self, size: Callable[[], tuple[int, int]], disk: Callable[[], tuple[int, bool]]
+    ) -> None:
         self._size = size
+        self._disk = disk
 
     def describe(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily(f"{PREFIX}_cache_files", "Files held by the cache.")
-        yield GaugeMetricFamily(f"{PREFIX}_cache_bytes", "Bytes of files held by the cache.")
+        for name, documentation in _GAUGES.items():
+            yield GaugeMetricFamily(f"{PREFIX}_{name}", documentation)
 
     def collect(self) -> Iterator[Metric]:
         files, size = self._size()
-        yield GaugeMetricFamily(f"{PREFIX}_cache_files", "Files held by the cache.", value=files)
-        yield GaugeMetricFamily(
-            f"{PREFIX}_cache_bytes", "Bytes of files held by the cache.", value=size
-        )
+        free, full = self._disk()
+        values = {"cache_files": files, "cache_bytes": size, "cache_free_bytes": free}
+        for name, value in {**values, "cache_full": int(full)}.items():
+            yield GaugeMetricFamily(f"{PREFIX}_{name}", _GAUGES[name], value=value)
 
 
 class Metrics:
@@ -80,11 +92,20 @@ class Metrics:
         self.evictions = Counter(
             f"{PREFIX}_evictions", "Files evicted to keep the cache under max_size.", registry=r
         )
+        self.streamed_through = Counter(
+            f"{PREFIX}_streamed_through",
+            "Files sent from GitLab without caching them (the cache had no room).",
+            registry=r,
+        )
         self._cache: _CacheSize | None = None
 
-    def watch_cache(self, size: Callable[[], tuple[int, int]]) -> None:
-        """Read (files, bytes) from `size` at every scrape."""
-        self._cache = _CacheSize(size)
+    def watch_cache(
+        self,
+        size: Callable[[], tuple[int, int]],
+        disk: Callable[[], tuple[int, bool]] = lambda: (0, False),
+    ) -> None:
+        """Read (files, bytes) from `size` and (free bytes, full) from `disk` at every scrape."""
+        self._cache = _CacheSize(size, disk)
         self.registry.register(self._cache)
 
     def render(self) -> bytes:

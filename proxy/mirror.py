@@ -49,7 +49,7 @@ class Mirror:
         offline: bool,
         service_authorization: str | None,
         allow_service_upload: bool = False,
-        probe_writable: Callable[[], None] = lambda: None,
+        probe_writable: Callable[[], str] = lambda: "writable",
         clock: Callable[[], float] = time.time,
         renderer: Renderer,
     ) -> None:
@@ -68,14 +68,19 @@ class Mirror:
         return f"Mirror(upstream={self._upstream!r}, offline={self.offline})"
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
-        """Whether the proxy can serve (its cache is writable), and whether GitLab answers."""
+        """Whether the proxy can serve (its cache is writable, or full: it still serves what
+        it holds and streams the rest), and whether GitLab answers."""
         try:
-            await to_thread.run_sync(self._probe_writable)
-            cache = "writable"
+            cache = await to_thread.run_sync(self._probe_writable)
         except OSError as exc:
-            cache = f"not writable ({exc.strerror})"
-        gitlab = "offline (not asked)" if self.offline else await self._upstream.reachable()
-        return cache == "writable", {"cache": cache, "gitlab": gitlab}
+            return False, {
+                "cache": f"not writable ({exc.strerror})",
+                "gitlab": await self._gitlab(),
+            }
+        return True, {"cache": cache, "gitlab": await self._gitlab()}
+
+    async def _gitlab(self) -> str:
+        return "offline (not asked)" if self.offline else await self._upstream.reachable()
 
     # -- pages -------------------------------------------------------------------------
 

@@ -51,7 +51,8 @@ def serve_file(
     }
     size = reply.size
     if size is not None:
-        headers["accept-ranges"] = "bytes"
+        if reply.ranged:
+            headers["accept-ranges"] = "bytes"
         headers["content-length"] = str(size)
     if _none_match(request.headers.get("if-none-match"), sha256):
         reply.release()
@@ -59,7 +60,7 @@ def serve_file(
             None, 304, headers={k: v for k, v in headers.items() if k != "content-length"}
         )
     start, end, status = 0, size, 200
-    wanted = request.headers.get("range")
+    wanted = request.headers.get("range") if reply.ranged else None
     if wanted and size is not None and request.headers.get("if-range", etag) == etag:
         parsed = _byte_range(wanted, size)
         if parsed is None:

@@ -72,8 +72,12 @@ class Spool:
         hash of scope and credentials), atomically replaced."""
         staged = self.tmp / f"{sha256}.{token}.staged"
         notice = {"token": token, "origin": origin, "status": status, "length": length}
-        staged.write_text(json.dumps(notice))
-        staged.replace(self.notice(sha256))
+        try:
+            staged.write_text(json.dumps(notice))
+            staged.replace(self.notice(sha256))
+        except OSError:
+            staged.unlink(missing_ok=True)  # a full disk: nothing half-written stays
+            raise
 
     def read_notice(self, sha256: str) -> dict[str, object] | None:
         """The leader's announcement, or None when there is none (yet)."""
@@ -82,6 +86,11 @@ class Spool:
         except (OSError, ValueError):
             return None
         return value if isinstance(value, dict) else None
+
+    def free_bytes(self) -> int:
+        """Bytes this process may still write on the cache's file system."""
+        found = os.statvfs(self.tmp)
+        return found.f_bavail * found.f_frsize
 
     def probe(self) -> None:
         """Raise OSError unless a file can be created, written and removed here."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import diskcache
 import pytest
 
-from proxy.cache import Store, StoredPage
+from proxy.cache import USE_RESOLUTION, Store, StoredPage
 from proxy.models import Link, Page
 from proxy.retention import StoredFile
 
@@ -70,20 +70,23 @@ def test_file_is_stored_once_and_read_back(tmp_path: Path) -> None:
 
 def test_least_recently_used_file_is_evicted_first(tmp_path: Path) -> None:
     """Past max_size, the file read longest ago goes first and a recently read one stays."""
-    store = Store(tmp_path / "c", max_size=3_500_000)
+    clock = Clock()
+    store = Store(tmp_path / "c", max_size=3_500_000, clock=clock)
     shas = []
     for i in range(3):
         sha, path = _file(tmp_path, bytes([i]) * 1_000_000)
         store.put_file(sha, path)
         shas.append(sha)
+        clock.now += USE_RESOLUTION
     handle = store.open_file(shas[0])  # a use: now shas[1] is the oldest
     assert handle is not None
     handle.close()
-    for i in range(3, 6):
-        sha, path = _file(tmp_path, bytes([i]) * 1_000_000)
-        store.put_file(sha, path)
+    clock.now += USE_RESOLUTION
+    sha, path = _file(tmp_path, b"3" * 1_000_000)
+    assert store.put_file(sha, path) == 1
     assert not store.has_file(shas[1])
-    assert store.stats().bytes <= 3_500_000 + 1_000_000
+    assert store.has_file(shas[0])
+    assert store.stats().bytes <= 3_500_000
 
 
 class Clock:
@@ -121,13 +124,18 @@ def test_pinned_file_survives_eviction_pressure(tmp_path: Path) -> None:
 
 def test_unpinned_files_are_still_evicted_least_recently_used_first(tmp_path: Path) -> None:
     """With a pinned file present, the unpinned file read longest ago is evicted first."""
-    store = Store(tmp_path / "c", max_size=3_500_000)
+    clock = Clock()
+    store = Store(tmp_path / "c", max_size=3_500_000, clock=clock)
     pinned = _put(store, tmp_path, b"p" * 1_000_000, pinned=True)
-    shas = [_put(store, tmp_path, bytes([i]) * 1_000_000) for i in range(3)]
+    shas = []
+    for i in range(3):
+        shas.append(_put(store, tmp_path, bytes([i]) * 1_000_000))
+        clock.now += USE_RESOLUTION
     _read(store, shas[0])  # a use: now shas[1] is the oldest
-    for i in range(3, 6):
-        _put(store, tmp_path, bytes([i]) * 1_000_000)
+    clock.now += USE_RESOLUTION
+    _put(store, tmp_path, b"3" * 1_000_000)
     assert not store.has_file(shas[1])
+    assert store.has_file(shas[0])
     assert store.has_file(pinned)
 
 
@@ -303,3 +311,19 @@ def test_a_reader_keeps_reading_after_its_file_is_dropped(
         drop(store, sha, tmp_path)
         assert not store.has_file(sha)
         assert first + handle.read() == content
+
+
+def test_serving_a_cached_file_writes_nothing(tmp_path: Path) -> None:
+    """Opening a held file within USE_RESOLUTION of its last use changes no file on disk
+    (a full disk still serves what it holds)."""
+    store = Store(tmp_path / "c", max_size=10**6)
+    sha = _put(store, tmp_path, b"wheel" * 1000)
+
+    def snapshot() -> dict[Path, tuple[int, int]]:
+        found = (tmp_path / "c").rglob("*")
+        return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in found if p.is_file()}
+
+    before = snapshot()
+    for _ in range(3):
+        assert _read(store, sha) == b"wheel" * 1000
+    assert snapshot() == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,8 +13,8 @@ import pytest
 import respx
 
 from proxy.cache import Store
-from proxy.errors import HashMismatch
-from proxy.fills import Filler
+from proxy.errors import CacheFull, HashMismatch
+from proxy.fills import Fill, Filler
 from proxy.spool import Spool
 from proxy.upstream import GitLab
 
@@ -38,10 +39,16 @@ class Gate(httpx.AsyncByteStream):
         yield self.content[half:]
 
 
-def _filler(tmp_path: Path) -> tuple[Filler, Store]:
-    store = Store(tmp_path / "cache", max_size=10**9)
+def _filler(
+    tmp_path: Path,
+    *,
+    max_size: int = 10**9,
+    store: type[Store] = Store,
+    spool: type[Spool] = Spool,
+) -> tuple[Filler, Store]:
+    held = store(tmp_path / "cache", max_size=max_size)
     upstream = GitLab(url=BASE, connect_timeout=1, read_timeout=5)
-    return Filler(store, upstream, Spool(tmp_path / "cache")), store
+    return Filler(held, upstream, spool(tmp_path / "cache")), held
 
 
 async def _collect(stream: AsyncIterator[bytes]) -> bytes:
@@ -227,3 +234,62 @@ async def test_another_workers_fill_for_another_scope_is_followed_only_if_gitlab
     gate.release.set()
     await leader.aclose()
     await follower.aclose()
+
+
+class FullSpool(Spool):
+    """A Spool on a disk that refuses the body's file (no space left)."""
+
+    def create_part(self, sha256: str) -> tuple[int, int]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+class ForgetfulStore(Store):
+    """A Store whose disk has no room left for a file's copy."""
+
+    def put_file(self, sha256: str, path: Path, *, pinned: bool = False) -> int:
+        raise CacheFull("the cache's disk is full")
+
+
+async def _ended(fill: Fill) -> Fill:
+    while not fill.done:
+        await fill.changed()
+    return fill
+
+
+@respx.mock
+async def test_a_file_larger_than_max_size_fails_its_fill_before_its_body(tmp_path: Path) -> None:
+    """A Content-Length the cache could never hold ends the fill with CacheFull, no body
+    started and nothing written."""
+    respx.get(BASE + PATH).respond(200, content=CONTENT)
+    filler, _ = _filler(tmp_path, max_size=len(CONTENT) - 1)
+    fill = await _ended(filler.start(SHA, PATH, authorization=None, origin="o", vetted=False))
+    assert isinstance(fill.error, CacheFull)
+    assert fill.fd is None
+    assert list((tmp_path / "cache" / "tmp").iterdir()) == []
+
+
+@respx.mock
+async def test_no_space_for_the_body_fails_the_fill_with_cache_full(tmp_path: Path) -> None:
+    """ENOSPC when the body's file is made is CacheFull (the caller streams it through)."""
+    respx.get(BASE + PATH).respond(200, content=CONTENT)
+    filler, _ = _filler(tmp_path, spool=FullSpool)
+    fill = await _ended(filler.start(SHA, PATH, authorization=None, origin="o", vetted=False))
+    assert isinstance(fill.error, CacheFull)
+    assert list((tmp_path / "cache" / "tmp").iterdir()) == []
+
+
+@respx.mock
+async def test_a_verified_body_is_read_to_its_end_when_the_store_cannot_keep_it(
+    tmp_path: Path,
+) -> None:
+    """A reader of a fill whose file hashed right but could not be committed gets all of it."""
+    gate = Gate(CONTENT)
+    respx.get(BASE + PATH).mock(return_value=httpx.Response(200, stream=gate))
+    filler, _ = _filler(tmp_path, store=ForgetfulStore)
+    fill = filler.start(SHA, PATH, authorization=None, origin="o", vetted=False)
+    await fill.ready.wait()
+    reading = asyncio.create_task(_collect(filler.read(fill)))
+    gate.release.set()
+    assert await reading == CONTENT
+    assert isinstance(fill.error, CacheFull)
+    assert list((tmp_path / "cache" / "tmp").iterdir()) == []
