@@ -16,6 +16,7 @@ from proxy.access import Keeper
 from proxy.cache import Store
 from proxy.errors import OfflineMiss, UpstreamError, UpstreamUnavailable
 from proxy.fills import Body, Filler
+from proxy.forwarding import Forwarding
 from proxy.models import CacheStatus, Caller, Reply
 from proxy.upstream import GitLab
 
@@ -47,7 +48,9 @@ class Downloads:
         keeper: Keeper,
         offline: bool,
         refusal_ttl: float = 300.0,
+        forwarding: Forwarding | None = None,
     ) -> None:
+        self._forwarding = forwarding
         self._store = store
         self._upstream = upstream
         self._filler = filler
@@ -83,9 +86,22 @@ class Downloads:
                 return hit
         if self.offline:
             raise OfflineMiss(f"offline mode: {filename} is not cached")
-        fill = self._filler.start(
-            key, path, authorization=caller.upstream, origin=caller.origin, vetted=vetted
+        source = (
+            await self._forwarding.source(key, filename) if vetted and self._forwarding else None
         )
+        if source is not None and source.startswith(("https://", "http://")):
+            # A file of a followed public page: from the public index, never with a
+            # credential, one fetch for every caller (the sha256 decides, not who asks).
+            fill = self._filler.start(key, source, authorization=None, origin="", vetted=True)
+        else:
+            # GitLab's path, or its EE forward/ route for a file its firewall page gave.
+            fill = self._filler.start(
+                key,
+                source or path,
+                authorization=caller.upstream,
+                origin=caller.origin,
+                vetted=vetted,
+            )
         await fill.ready.wait()
         if fill.status == 0 and fill.error is not None:
             raise fill.error

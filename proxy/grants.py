@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from proxy.cache import Records
 from proxy.models import project_of
 
 # Record keys: "bound|<owner>|<project>" -> frozenset of "<sha256>/<filename>";
-# "accepted|<credential hash>" -> when; "refused|<owner>|<sha256>/<filename>" -> True.
+# "accepted|<credential hash>" -> when; "refused|<owner>|<sha256>/<filename>" -> True;
+# "source|<sha256>/<filename>" -> where a followed public page said the file is (not secret).
 
 
 class Grants:
@@ -50,6 +51,17 @@ class Grants:
         """Whether GitLab listed or served this file under this name to `owner`."""
         entries = self._records.get(f"bound|{owner}|{project_of(filename)}")
         return isinstance(entries, frozenset) and f"{sha256}/{filename}" in entries
+
+    def add_sources(self, sources: Mapping[tuple[str, str], str]) -> None:
+        """Record where (sha256, filename) pairs of followed public pages are fetched from."""
+        for (sha256, filename), url in sources.items():
+            if self._records.get(f"source|{sha256}/{filename}") != url:
+                self._records.set(f"source|{sha256}/{filename}", url)
+
+    def source(self, sha256: str, filename: str) -> str | None:
+        """Where a followed public page said this file is, or None (a file of GitLab's)."""
+        value = self._records.get(f"source|{sha256}/{filename}")
+        return value if isinstance(value, str) else None
 
     def accept(self, credential: str, when: float) -> None:
         """GitLab accepted this (hashed) credential for its scope at `when`."""

@@ -326,7 +326,6 @@ def test_base_element_resolves_relative_hrefs() -> None:
         '<a href="mailto:a@example.com">x</a>',
         '<a href="/gitlab/api/v4/projects/42/issues">x</a>',
         '<a href="/gitlab/api/v4/projects/42/packages/pypi">x</a>',
-        '<a href="/gitlab/api/v4/projects/42/packages/pypi/forward/x/pypi.org/simple/x/">x</a>',
         '<a href="/gitlab/api/v4/projects/42/packages/pypi/simplex">x</a>',
         '<a href="/gitlab/api/v4/groups/7/packages/pypi/simple/x">x</a>',
         '<a href="/gitlab/api/v4/projects/a%2F..%2Fb/packages/pypi/simple/x">x</a>',
@@ -343,6 +342,13 @@ def test_base_element_resolves_relative_hrefs() -> None:
 def test_links_outside_gitlabs_pypi_api_are_dropped(anchor: str) -> None:
     """Other hosts, ports, schemes, paths and missing hrefs never survive parsing."""
     assert page_with(anchor).links == ()
+
+
+def test_links_to_gitlab_ee_forward_route_are_kept() -> None:
+    """A link through GitLab EE's forward/ route survives parsing (forwarding rewrites it)."""
+    path = "/api/v4/projects/42/packages/pypi/forward/x/files.example/p/x-1.whl"
+    (link,) = page_with(f'<a href="/gitlab{path}#sha256={"a" * 64}">x-1.whl</a>').links
+    assert (link.path, link.sha256) == (path, "a" * 64)
 
 
 def test_fragment_is_kept_without_the_hash() -> None:
