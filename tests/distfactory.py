@@ -20,10 +20,13 @@ def escaped_name(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
-def _metadata(name: str, version: str, requires_python: str | None) -> str:
+def _metadata(
+    name: str, version: str, requires_python: str | None, requires: tuple[str, ...] = ()
+) -> str:
     lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
     if requires_python is not None:
         lines.append(f"Requires-Python: {requires_python}")
+    lines += [f"Requires-Dist: {requirement}" for requirement in requires]
     return "\n".join(lines) + "\n\n"
 
 
@@ -33,14 +36,17 @@ def _record_hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
-def make_wheel(name: str, version: str, *, requires_python: str | None = None) -> tuple[str, bytes]:
-    """Return (filename, bytes) of a pure-python py3-none-any wheel with one package."""
+def make_wheel(
+    name: str, version: str, *, requires_python: str | None = None, requires: tuple[str, ...] = ()
+) -> tuple[str, bytes]:
+    """Return (filename, bytes) of a pure-python py3-none-any wheel with one package that
+    depends on `requires` (PEP 508 requirements)."""
     stem = escaped_name(name)
     wheel_version = version.replace("-", "_")
     dist_info = f"{stem}-{wheel_version}.dist-info"
     members: list[tuple[str, bytes]] = [
         (f"{stem}/__init__.py", f'__version__ = "{version}"\n'.encode()),
-        (f"{dist_info}/METADATA", _metadata(name, version, requires_python).encode()),
+        (f"{dist_info}/METADATA", _metadata(name, version, requires_python, requires).encode()),
         (
             f"{dist_info}/WHEEL",
             b"Wheel-Version: 1.0\nGenerator: distfactory\nRoot-Is-Purelib: true\n"
