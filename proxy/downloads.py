@@ -72,6 +72,11 @@ class Downloads:
         key = sha256.lower()
         path = f"{caller.scope.api_path}/files/{sha256}/{quote(filename, safe='+')}"
         vetted, fallback = await self._keeper.vouched(caller, key, filename)
+        source = None
+        if vetted and self._forwarding is not None and filename.endswith(".metadata"):
+            # A public page's core metadata: addressed by its wheel, hashed by itself.
+            source = await self._forwarding.source(key, filename)
+            key = source.sha256 if source is not None else key
         if not vetted:
             if await self._keeper.refused(caller, key, filename):
                 return Reply(404, _NOT_FOUND, {"content-type": "application/json"}, "BYPASS")
@@ -86,18 +91,17 @@ class Downloads:
                 return hit
         if self.offline:
             raise OfflineMiss(f"offline mode: {filename} is not cached")
-        source = (
-            await self._forwarding.source(key, filename) if vetted and self._forwarding else None
-        )
-        if source is not None and source.startswith(("https://", "http://")):
+        if source is None and vetted and self._forwarding is not None:
+            source = await self._forwarding.source(key, filename)
+        if source is not None and source.public:
             # A file of a followed public page: from the public index, never with a
             # credential, one fetch for every caller (the sha256 decides, not who asks).
-            fill = self._filler.start(key, source, authorization=None, origin="", vetted=True)
+            fill = self._filler.start(key, source.url, authorization=None, origin="", vetted=True)
         else:
             # GitLab's path, or its EE forward/ route for a file its firewall page gave.
             fill = self._filler.start(
                 key,
-                source or path,
+                source.url if source else path,
                 authorization=caller.upstream,
                 origin=caller.origin,
                 vetted=vetted,

@@ -52,6 +52,22 @@ class Followed:
     """To store with the page: PUBLIC_ETAG + the index's ETag, or "" to ask afresh."""
 
 
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a file of a followed page (or of a GitLab EE firewall page) is fetched from."""
+
+    url: str
+    """An absolute public URL, or a path of GitLab EE's forward/ route."""
+    sha256: str
+    """What its bytes hash to: the route's sha256, except for a core-metadata file,
+    which is addressed by its wheel's sha256 (PEP 658: the wheel's URL + ".metadata")."""
+
+    @property
+    def public(self) -> bool:
+        """True for a URL on the public index (asked without credentials)."""
+        return self.url.startswith(("https://", "http://"))
+
+
 def is_public(etag: str) -> bool:
     """Whether a stored page's ETag is the public index's (the page was followed)."""
     return etag.startswith(PUBLIC_ETAG)
@@ -170,7 +186,8 @@ class Forwarding:
                 # .metadata appended"; offered only with a hash it can be verified against.
                 hashed = f"sha256={file.metadata}"
                 attrs += [("data-dist-info-metadata", hashed), ("data-core-metadata", hashed)]
-                sources[(file.metadata, file.filename + ".metadata")] = file.url + ".metadata"
+                metadata = (file.sha256, file.filename + ".metadata")
+                sources[metadata] = f"{file.url}.metadata#{hashed}"
             if file.yanked is not None:
                 attrs.append(("data-yanked", file.yanked))
             if file.upload_time:
@@ -203,7 +220,7 @@ class Forwarding:
                 if value.startswith("sha256=") and valid_sha256(digest):
                     # Served only with the hash it is verified against (pip fails on a 404).
                     attrs += tuple((k, value) for k in _METADATA)
-                    sources[(digest, filename + ".metadata")] = link.path + ".metadata"
+                    sources[(sha256, filename + ".metadata")] = f"{link.path}.metadata#{value}"
                     break
             path = f"{prefix}/packages/pypi/files/{sha256}/{filename}"
             links.append(Link(path, link.text, f"sha256={sha256}", attrs))
@@ -219,10 +236,13 @@ class Forwarding:
         except CacheError as exc:
             log.warning("cannot record where public files are: %s", exc)
 
-    async def source(self, sha256: str, filename: str) -> str | None:
-        """Where a followed page said this file is: an absolute public URL, or a path of
-        GitLab EE's forward/ route; None for a file of GitLab's own."""
+    async def source(self, sha256: str, filename: str) -> Source | None:
+        """Where a followed page said this file is; None for a file of GitLab's own."""
         try:
-            return await to_thread.run_sync(self._grants.source, sha256, filename)
+            found = await to_thread.run_sync(self._grants.source, sha256, filename)
         except CacheError:
             return None
+        if found is None:
+            return None
+        url, _, fragment = found.partition("#")
+        return Source(url, fragment.removeprefix("sha256=") or sha256)

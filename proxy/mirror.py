@@ -288,15 +288,15 @@ class Mirror:
 
 
 def _files(page: Page) -> list[tuple[str, str]]:
-    """The (sha256, filename) pairs a package page lists, with the core metadata files
-    it advertises with a hash (PEP 658: "<filename>.metadata")."""
+    """The (sha256, filename) pairs a package page lists, with the core metadata files it
+    advertises with a hash (PEP 658: at the file's URL + ".metadata", so under its sha256)."""
     files = []
     for link in page.links:
         if link.sha256:
             files.append((link.sha256, link.filename))
             metadata = next((v for k, v in link.attrs if k == "data-core-metadata"), "")
             if metadata.startswith("sha256="):
-                files.append((metadata[len("sha256=") :].lower(), link.filename + ".metadata"))
+                files.append((link.sha256, link.filename + ".metadata"))
     return files
 
 

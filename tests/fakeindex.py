@@ -135,8 +135,8 @@ class FakeIndex:
             body = json.dumps(document).encode()
             return Response(200, body, {"Content-Type": JSON_TYPE, "ETag": _etag(body)})
         anchors = "".join(
-            f'<a href="/files/{f.filename}#sha256={f.sha256}"'
-            f' data-requires-python="{html.escape(f.requires_python or "")}">{f.filename}</a><br/>\n'
+            f'<a href="/files/{f.filename}#sha256={f.sha256}" data-requires-python='
+            f'"{html.escape(f.requires_python or "")}">{f.filename}</a><br/>\n'
             for f in files
         )
         body = f"<!DOCTYPE html><html><body>\n{anchors}</body></html>".encode()

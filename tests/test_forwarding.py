@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,7 +17,8 @@ from tests.distfactory import make_wheel
 from tests.fakegitlab import FakeGitLab
 from tests.fakeindex import FakeIndex
 from tests.inproc import GITLAB, Serve, gitlab_page
-from tests.scenario import SERVICE, Start, acme, serve
+from tests.scenario import SERVICE, Start, acme, publish
+from tests.scenario import serve as serve_proxy
 
 API = "/api/v4/projects/42/packages/pypi"
 PYPI = "https://pypi.org/simple/requests/"
@@ -58,12 +60,10 @@ def forwarded(gitlab_api: respx.MockRouter, location: str = PYPI) -> respx.Route
     )
 
 
-pytestmark = pytest.mark.anyio
+# -- in process: GitLab and the public index mocked at the HTTP edge ----------------------
 
 
-# -- pages (in process) -------------------------------------------------------------------
-
-
+@pytest.mark.anyio
 async def test_follow_answers_200_with_links_on_the_proxy(
     serve: Serve, gitlab_api: respx.MockRouter
 ) -> None:
@@ -88,6 +88,7 @@ async def test_follow_answers_200_with_links_on_the_proxy(
     }
 
 
+@pytest.mark.anyio
 async def test_html_clients_get_the_followed_page_as_html(
     serve: Serve, gitlab_api: respx.MockRouter
 ) -> None:
@@ -103,6 +104,7 @@ async def test_html_clients_get_the_followed_page_as_html(
     assert "tar.gz" not in response.text
 
 
+@pytest.mark.anyio
 async def test_the_public_index_never_gets_credentials(
     serve: Serve, gitlab_api: respx.MockRouter
 ) -> None:
@@ -119,11 +121,13 @@ async def test_the_public_index_never_gets_credentials(
         assert all("authorization" not in call.request.headers for call in route.calls)
 
 
+@pytest.mark.anyio
 async def test_followed_files_and_metadata_come_from_the_public_host_once(
     serve: Serve, gitlab_api: respx.MockRouter
 ) -> None:
-    """A followed page's wheel and its .metadata are fetched from their public URLs,
-    verified and then served from the cache; GitLab's files route is never asked."""
+    """A followed page's wheel and its .metadata (at the wheel's URL + ".metadata", verified
+    against the core-metadata hash) come from their public URLs, then from the cache;
+    GitLab's files route is never asked."""
     forwarded(gitlab_api)
     gitlab_api.get(PYPI).respond(200, content=public_page(), headers=JSON)
     wheel = gitlab_api.get(f"{FILES}/{WHEEL_NAME}").respond(200, content=WHEEL)
@@ -132,7 +136,7 @@ async def test_followed_files_and_metadata_come_from_the_public_host_once(
     async with serve(token=TOKEN) as client:
         await client.get(f"{API}/simple/requests/")
         answers = [await client.get(f"{API}/files/{SHA}/{WHEEL_NAME}") for _ in range(2)]
-        metadata = await client.get(f"{API}/files/{META_SHA}/{WHEEL_NAME}.metadata")
+        metadata = await client.get(f"{API}/files/{SHA}/{WHEEL_NAME}.metadata")
     assert [(a.content, a.headers["x-cache"]) for a in answers] == [
         (WHEEL, "MISS"),
         (WHEEL, "HIT"),
@@ -141,12 +145,13 @@ async def test_followed_files_and_metadata_come_from_the_public_host_once(
     assert (wheel.call_count, meta.call_count, gitlab_files.call_count) == (1, 1, 0)
 
 
+@pytest.mark.anyio
 async def test_a_public_file_listed_for_another_project_is_dropped(
     serve: Serve, gitlab_api: respx.MockRouter
 ) -> None:
     """A followed page gives only files of its own project."""
-    other = {"filename": "acme_tools-1.0-py3-none-any.whl", "url": f"{FILES}/a.whl"}
-    other["hashes"] = {"sha256": "b" * 64}
+    other: dict[str, object] = {"filename": "acme_tools-1.0-py3-none-any.whl"}
+    other |= {"url": f"{FILES}/a.whl", "hashes": {"sha256": "b" * 64}}
     forwarded(gitlab_api)
     gitlab_api.get(PYPI).respond(200, content=public_page(other), headers=JSON)
     async with serve() as client:
@@ -162,10 +167,11 @@ async def test_a_public_file_listed_for_another_project_is_dropped(
         ({"forwarding.allowed_hosts": ["files.pythonhosted.org"]}, "not in forwarding.allowed"),
     ],
 )
+@pytest.mark.anyio
 async def test_refused_forwarding_is_a_404_with_a_reason(
     serve: Serve, gitlab_api: respx.MockRouter, settings: dict[str, object], reason: str
 ) -> None:
-    """deny, a never pattern and a host not allowed answer 404 saying why; nothing public is asked."""
+    """deny, a never pattern and a host not allowed give 404 saying why; nothing public is asked."""
     forwarded(gitlab_api)
     public = gitlab_api.get(PYPI).respond(200, content=public_page(), headers=JSON)
     async with serve(settings) as client:
@@ -175,6 +181,7 @@ async def test_refused_forwarding_is_a_404_with_a_reason(
     assert not public.called
 
 
+@pytest.mark.anyio
 async def test_a_public_redirect_leaving_the_allowed_hosts_is_refused(
     serve: Serve, gitlab_api: respx.MockRouter
 ) -> None:
@@ -189,6 +196,7 @@ async def test_a_public_redirect_leaving_the_allowed_hosts_is_refused(
     assert not evil.called
 
 
+@pytest.mark.anyio
 async def test_a_redirect_within_the_allowed_hosts_is_followed(
     serve: Serve, gitlab_api: respx.MockRouter
 ) -> None:
@@ -202,6 +210,7 @@ async def test_a_redirect_within_the_allowed_hosts_is_followed(
     assert [f["filename"] for f in response.json()["files"]] == [WHEEL_NAME]
 
 
+@pytest.mark.anyio
 async def test_followed_pages_are_revalidated_with_the_public_etag(
     serve: Serve, gitlab_api: respx.MockRouter
 ) -> None:
@@ -219,11 +228,13 @@ async def test_followed_pages_are_revalidated_with_the_public_etag(
         deadline = time.monotonic() + 5
         while statuses[-1] == "HIT" and time.monotonic() < deadline:
             statuses.append((await client.get(f"{API}/simple/requests/")).headers["x-cache"])
-    assert statuses[:2] == ["MISS", "HIT"] and statuses[-1] == "REVALIDATED"
+    assert statuses[:2] == ["MISS", "HIT"]
+    assert statuses[-1] == "REVALIDATED"
     assert public.calls.last.request.headers["if-none-match"] == '"v1"'
     assert "if-none-match" not in gitlab.calls.last.request.headers
 
 
+@pytest.mark.anyio
 async def test_a_name_gitlab_starts_holding_wins_at_revalidation(
     serve: Serve, gitlab_api: respx.MockRouter
 ) -> None:
@@ -239,10 +250,12 @@ async def test_a_name_gitlab_starts_holding_wins_at_revalidation(
     async with serve({"cache.page_ttl": 0}) as client:
         first = await client.get(f"{API}/simple/requests/")
         second = await client.get(f"{API}/simple/requests/")
-    assert WHEEL_NAME in first.text and WHEEL_NAME not in second.text
+    assert WHEEL_NAME in first.text
+    assert WHEEL_NAME not in second.text
     assert "requests-9.0.tar.gz" in second.text
 
 
+@pytest.mark.anyio
 async def test_a_stale_followed_page_is_served_when_the_public_index_is_down(
     serve: Serve, gitlab_api: respx.MockRouter
 ) -> None:
@@ -263,6 +276,7 @@ async def test_a_stale_followed_page_is_served_when_the_public_index_is_down(
     ("upload_time", "listed"),
     [("2020-01-01T00:00:00Z", True), ("", False), ("2999-01-01T00:00:00Z", False)],
 )
+@pytest.mark.anyio
 async def test_min_age_leaves_out_new_and_undated_files(
     serve: Serve, gitlab_api: respx.MockRouter, upload_time: str, listed: bool
 ) -> None:
@@ -274,6 +288,7 @@ async def test_min_age_leaves_out_new_and_undated_files(
     assert bool(response.json()["files"]) is listed
 
 
+@pytest.mark.anyio
 async def test_min_age_does_not_touch_gitlabs_own_packages(
     serve: Serve, gitlab_api: respx.MockRouter
 ) -> None:
@@ -287,6 +302,7 @@ async def test_min_age_does_not_touch_gitlabs_own_packages(
     assert WHEEL_NAME in response.text
 
 
+@pytest.mark.anyio
 async def test_gitlab_ee_forward_links_are_served_through_the_proxy(
     serve: Serve, gitlab_api: respx.MockRouter
 ) -> None:
@@ -311,6 +327,7 @@ async def test_gitlab_ee_forward_links_are_served_through_the_proxy(
     assert "authorization" not in wheel.calls.last.request.headers
 
 
+@pytest.mark.anyio
 async def test_gitlab_ee_forward_redirect_to_a_host_not_allowed_is_refused(
     serve: Serve, gitlab_api: respx.MockRouter
 ) -> None:
@@ -329,3 +346,161 @@ async def test_gitlab_ee_forward_redirect_to_a_host_not_allowed_is_refused(
         response = await client.get(f"{API}/files/{SHA}/{WHEEL_NAME}")
     assert response.status_code == 502
     assert not evil.called
+
+
+# -- end to end: real pip and uv, a proxy process, the fake GitLab and a fake public index --
+
+
+@pytest.fixture
+def index() -> Iterator[FakeIndex]:
+    """A running fake public index, holding `dep-pkg` 1.0."""
+    with FakeIndex() as fake:
+        fake.add("dep-pkg", "1.0")
+        yield fake
+
+
+@pytest.fixture
+def forwarding_gitlab(index: FakeIndex) -> Iterator[FakeGitLab]:
+    """A fake GitLab forwarding unknown names to `index`, with app-pkg (needing dep-pkg)
+    in project 42."""
+    with FakeGitLab(forwarding_url=f"{index.url}/simple/") as gitlab:
+        acme(gitlab)
+        filename, content = make_wheel("app-pkg", "1.0", requires=("dep-pkg",))
+        gitlab.add_file(42, "app-pkg", "1.0", filename, content)
+        yield gitlab
+
+
+def _proxy(
+    start: Start, gitlab: FakeGitLab, index: FakeIndex, cache: Path, *args: str, **env: str
+) -> str:
+    """A proxy allowing `index` as the public host; returns project 42's simple URL."""
+    proxy = serve_proxy(
+        start,
+        gitlab,
+        cache,
+        *args,
+        token=SERVICE,
+        GITLAB_PYPI_PROXY_FORWARDING_ALLOWED_HOSTS=index.host,
+        **env,
+    )
+    return f"{proxy.url}{API}/simple"
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("installer", ["pip", "uv"])
+def test_a_public_dependency_installs_and_is_then_served_offline(
+    forwarding_gitlab: FakeGitLab,
+    index: FakeIndex,
+    start_proxy: Start,
+    tmp_path: Path,
+    installer: str,
+) -> None:
+    """A GitLab package whose dependency is only on the public index installs; with the
+    index stopped it installs again from a fresh venv, and from a proxy in offline mode."""
+    cache = tmp_path / "cache"
+    url = _proxy(start_proxy, forwarding_gitlab, index, cache)
+
+    def install(where: str, venv: str) -> None:
+        python = new_venv(tmp_path / venv)
+        if installer == "uv":
+            result = uv_install(python, where, "app-pkg", cache=tmp_path / f"uv-{venv}")
+        else:
+            result = pip_install(python, where, "app-pkg")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert installed_version(python, "dep_pkg") == "1.0"
+
+    install(url, "one")
+    assert any(path.startswith("/files/dep_pkg") for path in index.paths)
+    index.stop()
+    install(url, "two")
+    offline = _proxy(start_proxy, forwarding_gitlab, index, cache, "--offline")
+    forwarding_gitlab.set_down(True)
+    install(offline, "three")
+    assert all("authorization" not in headers for headers in index.headers)
+
+
+@pytest.mark.e2e
+def test_a_name_in_gitlab_and_on_the_public_index_comes_from_gitlab(
+    forwarding_gitlab: FakeGitLab, index: FakeIndex, start_proxy: Start, tmp_path: Path
+) -> None:
+    """GitLab's own dep-pkg 2.0 is served; the public dep-pkg is never asked for."""
+    filename, _ = publish(forwarding_gitlab, 42, "dep-pkg", "2.0")
+    url = _proxy(start_proxy, forwarding_gitlab, index, tmp_path / "cache")
+    page = httpx.get(f"{url}/dep-pkg/")
+    assert page.status_code == 200
+    assert filename in page.text
+    assert "dep_pkg-1.0" not in page.text
+    assert index.paths == []
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("env", "status", "asked"),
+    [
+        ({}, 200, True),
+        ({"GITLAB_PYPI_PROXY_FORWARDING_MODE": "redirect"}, 302, False),
+        ({"GITLAB_PYPI_PROXY_FORWARDING_MODE": "deny"}, 404, False),
+        ({"GITLAB_PYPI_PROXY_FORWARDING_NEVER": "acme-*,dep-*"}, 404, False),
+    ],
+)
+def test_each_forwarding_mode_against_real_servers(
+    forwarding_gitlab: FakeGitLab,
+    index: FakeIndex,
+    start_proxy: Start,
+    tmp_path: Path,
+    env: dict[str, str],
+    status: int,
+    asked: bool,
+) -> None:
+    """follow answers 200 from the public index, redirect passes GitLab's 302 on, deny and
+    a never pattern answer 404 without asking the public index."""
+    url = _proxy(start_proxy, forwarding_gitlab, index, tmp_path / "cache", **env)
+    response = httpx.get(f"{url}/dep-pkg/")
+    assert response.status_code == status
+    assert bool(index.paths) is asked
+    if status == 302:
+        assert response.headers["location"] == f"{index.url}/simple/dep-pkg/"
+
+
+@pytest.mark.e2e
+def test_a_gitlab_redirect_to_a_host_not_allowed_is_not_followed(
+    forwarding_gitlab: FakeGitLab, index: FakeIndex, start_proxy: Start, tmp_path: Path
+) -> None:
+    """With the index's host not in allowed_hosts (the default: pypi.org only), 404."""
+    proxy = serve_proxy(start_proxy, forwarding_gitlab, tmp_path / "cache", token=SERVICE)
+    response = httpx.get(f"{proxy.url}{API}/simple/dep-pkg/")
+    assert response.status_code == 404
+    assert index.paths == []
+
+
+@pytest.mark.e2e
+def test_a_public_redirect_chain_leaving_the_allowed_hosts_is_refused(
+    forwarding_gitlab: FakeGitLab, index: FakeIndex, start_proxy: Start, tmp_path: Path
+) -> None:
+    """The public index redirecting its page to another (not allowed) server: 502, and
+    that server is never asked."""
+    with FakeIndex() as elsewhere:
+        elsewhere.add("dep-pkg", "1.0")
+        index.redirect_pages_to = elsewhere.url
+        url = _proxy(start_proxy, forwarding_gitlab, index, tmp_path / "cache")
+        response = httpx.get(f"{url}/dep-pkg/")
+        assert response.status_code == 502
+        assert elsewhere.paths == []
+
+
+@pytest.mark.e2e
+def test_min_age_leaves_out_a_too_new_public_file(
+    forwarding_gitlab: FakeGitLab, index: FakeIndex, start_proxy: Start, tmp_path: Path
+) -> None:
+    """A public file uploaded a moment ago is not listed under min_age = 7d; an old one is."""
+    fresh = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    index.add("dep-pkg", "1.1", upload_time=fresh)
+    url = _proxy(
+        start_proxy,
+        forwarding_gitlab,
+        index,
+        tmp_path / "cache",
+        GITLAB_PYPI_PROXY_FORWARDING_MIN_AGE="7d",
+    )
+    page = httpx.get(f"{url}/dep-pkg/", headers={"accept": JSON_TYPE}).json()
+    assert [f["filename"] for f in page["files"]] == ["dep_pkg-1.0-py3-none-any.whl"]
