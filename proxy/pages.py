@@ -129,10 +129,10 @@ def _text(element: etree._Element) -> str:
     return "".join(t for t in element.itertext() if isinstance(t, str)).strip()
 
 
-def _parse_html(
-    body: bytes, page_url: str, gitlab: _Origin, kind: Literal["index", "project"]
-) -> Page:
-    # GitLab always sends UTF-8; bad bytes and NULs become U+FFFD rather than errors.
+def _root(body: bytes, what: str) -> etree._Element:
+    """The HTML tree of a page; PageError naming `what` when there is none."""
+    # UTF-8 (GitLab always sends it; PEP 503 pages are too); bad bytes and NULs become
+    # U+FFFD rather than errors.
     parser = lxml.html.HTMLParser(
         encoding="utf-8",
         no_network=True,
@@ -144,9 +144,16 @@ def _parse_html(
     try:
         root: etree._Element | None = etree.fromstring(body, parser)
     except (etree.LxmlError, ValueError) as exc:
-        raise PageError(f"GitLab's page is not HTML: {exc}") from exc
+        raise PageError(f"{what} is not HTML: {exc}") from exc
     if root is None:
-        raise PageError("GitLab's page is empty")
+        raise PageError(f"{what} is empty")
+    return root
+
+
+def _parse_html(
+    body: bytes, page_url: str, gitlab: _Origin, kind: Literal["index", "project"]
+) -> Page:
+    root = _root(body, "GitLab's page")
     base = page_url
     element = next(root.iter("base"), None)  # pip, like browsers, honours <base href>
     href = (element.get("href") or "").strip(_HREF_SPACE) if element is not None else ""
@@ -268,15 +275,11 @@ def _public_file(url: str, base: str, **fields: Any) -> PublicFile | None:
 
 
 def _public_html(body: bytes, page_url: str) -> tuple[PublicFile, ...]:
-    parser = lxml.html.HTMLParser(encoding="utf-8", no_network=True, recover=True)
-    try:
-        root: etree._Element | None = etree.fromstring(body, parser)
-    except (etree.LxmlError, ValueError) as exc:
-        raise PageError(f"the public page is not HTML: {exc}") from exc
-    if root is None:
-        raise PageError("the public page is empty")
+    root = _root(body, "the public page")
     element = next(root.iter("base"), None)
-    base = urljoin(page_url, element.get("href") or "") if element is not None else page_url
+    base = page_url
+    with contextlib.suppress(ValueError):  # a malformed IPv6 literal
+        base = urljoin(page_url, element.get("href") or "") if element is not None else base
     files = []
     for anchor in root.iter("a"):
         get = anchor.get

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from proxy.errors import PageError, UpstreamError
 from proxy.models import Link, Page
+from proxy import pages
 from proxy.pages import HTML_TYPE, JSON_TYPE, MAX_PAGE_BYTES, parse, render, wants_json
 
 GITLAB = "https://gitlab.example.com/gitlab"
@@ -881,3 +882,57 @@ def test_every_rendered_href_points_into_the_proxys_api(body: str, base_url: str
 def test_render_then_parse_is_identity(page: Page, base_url: str) -> None:
     """A page with valid paths reads back equal after rendering."""
     assert reparse(page, base_url, page_path=f"{API}/simple/") == page
+
+
+# -- public index pages (followed forwarding) ---------------------------------------------
+
+
+def test_public_html_page_gives_files_with_their_attributes() -> None:
+    """A PEP 503 page: relative links resolved, sha256 fragments, requires-python, PEP 592
+    yanked and PEP 658/714 core metadata read; a link without a hash has no sha256."""
+    body = (
+        f'<a href="../../packages/x-1.whl#sha256={"A" * 64}" data-requires-python="&gt;=3.8"'
+        f' data-yanked="bad" data-core-metadata="sha256={"b" * 64}">x-1.whl</a>'
+        '<a href="https://files.example/x-1.tar.gz">x-1.tar.gz</a>'
+    ).encode()
+    wheel, sdist = pages.parse_public(
+        body, content_type="text/html", page_url="https://pypi.example/simple/x/"
+    )
+    assert wheel == pages.PublicFile(
+        "https://pypi.example/packages/x-1.whl",
+        "x-1.whl",
+        "a" * 64,
+        requires_python=">=3.8",
+        yanked="bad",
+        metadata="b" * 64,
+    )
+    assert (sdist.url, sdist.sha256, sdist.metadata) == (
+        "https://files.example/x-1.tar.gz",
+        None,
+        None,
+    )
+
+
+def test_public_json_page_gives_pep_700_keys() -> None:
+    """A PEP 691 page: hashes, yanked true, core-metadata true (no hash), upload-time, size."""
+    entry = {
+        "filename": "x-1.whl",
+        "url": "https://files.example/x-1.whl",
+        "hashes": {"sha256": "c" * 64},
+        "yanked": True,
+        "core-metadata": True,
+        "upload-time": "2024-01-02T03:04:05Z",
+        "size": 12,
+    }
+    (file,) = pages.parse_public(
+        json.dumps({"files": [entry]}).encode(),
+        content_type=pages.JSON_TYPE,
+        page_url="https://pypi.example/simple/x/",
+    )
+    assert (file.sha256, file.yanked, file.metadata, file.upload_time, file.size) == (
+        "c" * 64,
+        "",
+        "",
+        "2024-01-02T03:04:05Z",
+        12,
+    )
