@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy import pages
 from proxy.errors import PageError, UpstreamError
 from proxy.models import Link, Page
-from proxy import pages
 from proxy.pages import HTML_TYPE, JSON_TYPE, MAX_PAGE_BYTES, parse, render, wants_json
 
 GITLAB = "https://gitlab.example.com/gitlab"
