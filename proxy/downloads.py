@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 from urllib.parse import quote
 
 from anyio import to_thread
@@ -15,7 +15,7 @@ from anyio import to_thread
 from proxy.access import Keeper
 from proxy.cache import Store
 from proxy.errors import OfflineMiss, UpstreamError, UpstreamUnavailable
-from proxy.fills import Body, Filler
+from proxy.fills import Body, Fill, Filler
 from proxy.forwarding import Forwarding
 from proxy.models import CacheStatus, Caller, Reply
 from proxy.upstream import GitLab
@@ -58,6 +58,7 @@ class Downloads:
         self.offline = offline
         self._refusal_ttl = refusal_ttl
         self._tasks: set[asyncio.Task[None]] = set()
+        self._public: dict[str, Fill] = {}  # running fills from a public URL, by sha256
 
     def __repr__(self) -> str:
         return f"Downloads(upstream={self._upstream!r}, offline={self.offline})"
@@ -73,10 +74,15 @@ class Downloads:
         path = f"{caller.scope.api_path}/files/{sha256}/{quote(filename, safe='+')}"
         vetted, fallback = await self._keeper.vouched(caller, key, filename)
         source = None
-        if vetted and self._forwarding is not None and filename.endswith(".metadata"):
-            # A public page's core metadata: addressed by its wheel, hashed by itself.
+        if vetted and self._forwarding is not None:
             source = await self._forwarding.source(key, filename)
-            key = source.sha256 if source is not None else key
+        if source is not None:
+            key = source.sha256  # a core-metadata file: addressed by its wheel, hashed by itself
+            if source.public and not source.seen and key not in self._public:
+                # A public page naming a sha256 is not access to bytes the cache got from
+                # elsewhere (another scope's GitLab): GitLab decides, as for anyone it
+                # never answered, until the bytes have been seen at a public URL.
+                vetted = not await to_thread.run_sync(self._store.has_file, key)
         if not vetted:
             if await self._keeper.refused(caller, key, filename):
                 return Reply(404, _NOT_FOUND, {"content-type": "application/json"}, "BYPASS")
@@ -91,17 +97,18 @@ class Downloads:
                 return hit
         if self.offline:
             raise OfflineMiss(f"offline mode: {filename} is not cached")
-        if source is None and vetted and self._forwarding is not None:
-            source = await self._forwarding.source(key, filename)
-        if source is not None and source.public:
+        if source is not None and source.public and vetted:
             # A file of a followed public page: from the public index, never with a
             # credential, one fetch for every caller (the sha256 decides, not who asks).
             fill = self._filler.start(key, source.url, authorization=None, origin="", vetted=True)
+            if key not in self._public:
+                self._public[key] = fill
+                self._background(self._seen(fill))
         else:
             # GitLab's path, or its EE forward/ route for a file its firewall page gave.
             fill = self._filler.start(
                 key,
-                source.url if source else path,
+                source.url if source and vetted else path,
                 authorization=caller.upstream,
                 origin=caller.origin,
                 vetted=vetted,
@@ -156,9 +163,23 @@ class Downloads:
         if not caller.personal:
             await self._keeper.vouch(caller, [(sha256, filename)], public=True)
             return
-        task = asyncio.create_task(self._vouch_personal(caller, path, sha256, filename))
+        self._background(self._vouch_personal(caller, path, sha256, filename))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _seen(self, fill: Fill) -> None:
+        """Once a public fill is verified, its bytes are known to be public (until that is
+        recorded, the running fill says so)."""
+        try:
+            while not fill.done:
+                await fill.changed()
+            if fill.ok and self._forwarding is not None:
+                await self._forwarding.seen(fill.sha256)
+        finally:
+            self._public.pop(fill.sha256, None)
 
     async def _vouch_personal(self, caller: Caller, path: str, sha256: str, filename: str) -> None:
         """GitLab let a caller with its own credentials read the file: it gets a record of

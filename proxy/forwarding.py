@@ -61,6 +61,8 @@ class Source:
     sha256: str
     """What its bytes hash to: the route's sha256, except for a core-metadata file,
     which is addressed by its wheel's sha256 (PEP 658: the wheel's URL + ".metadata")."""
+    seen: bool = False
+    """Bytes of this sha256 have been fetched from a public URL and verified."""
 
     @property
     def public(self) -> bool:
@@ -236,13 +238,27 @@ class Forwarding:
         except CacheError as exc:
             log.warning("cannot record where public files are: %s", exc)
 
+    def _lookup(self, sha256: str, filename: str) -> tuple[str, bool] | None:
+        url = self._grants.source(sha256, filename)
+        if url is None:
+            return None
+        content = url.partition("#sha256=")[2] or sha256
+        return url, self._grants.seen_public(content)
+
     async def source(self, sha256: str, filename: str) -> Source | None:
         """Where a followed page said this file is; None for a file of GitLab's own."""
         try:
-            found = await to_thread.run_sync(self._grants.source, sha256, filename)
+            found = await to_thread.run_sync(self._lookup, sha256, filename)
         except CacheError:
             return None
         if found is None:
             return None
-        url, _, fragment = found.partition("#")
-        return Source(url, fragment.removeprefix("sha256=") or sha256)
+        url, _, fragment = found[0].partition("#")
+        return Source(url, fragment.removeprefix("sha256=") or sha256, seen=found[1])
+
+    async def seen(self, sha256: str) -> None:
+        """These bytes were fetched from a public URL and verified: they are public."""
+        try:
+            await to_thread.run_sync(self._grants.see_public, sha256)
+        except CacheError as exc:
+            log.warning("cannot record a public file: %s", exc)

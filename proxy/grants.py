@@ -11,7 +11,8 @@ from proxy.models import project_of
 
 # Record keys: "bound|<owner>|<project>" -> frozenset of "<sha256>/<filename>";
 # "accepted|<credential hash>" -> when; "refused|<owner>|<sha256>/<filename>" -> True;
-# "source|<sha256>/<filename>" -> where a followed public page said the file is (not secret).
+# "source|<sha256>/<filename>" -> where a followed public page said the file is (not secret);
+# "public|<sha256>" -> True once those bytes were fetched from a public URL and verified.
 
 
 class Grants:
@@ -62,6 +63,14 @@ class Grants:
         """Where a followed public page said this file is, or None (a file of GitLab's)."""
         value = self._records.get(f"source|{sha256}/{filename}")
         return value if isinstance(value, str) else None
+
+    def see_public(self, sha256: str) -> None:
+        """These bytes were fetched from a public index and verified: anyone may have them."""
+        self._records.set(f"public|{sha256}", True)
+
+    def seen_public(self, sha256: str) -> bool:
+        """Whether these bytes were ever fetched from a public index and verified."""
+        return self._records.get(f"public|{sha256}") is True
 
     def accept(self, credential: str, when: float) -> None:
         """GitLab accepted this (hashed) credential for its scope at `when`."""

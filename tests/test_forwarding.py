@@ -146,6 +146,28 @@ async def test_followed_files_and_metadata_come_from_the_public_host_once(
 
 
 @pytest.mark.anyio
+async def test_a_public_page_naming_a_private_sha256_gets_no_bytes_from_the_cache(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """A public page listing the sha256 of a file the cache got from another project's
+    GitLab is no access to it: GitLab decides (404), and the public URL is not asked."""
+    secret = "secret-1.0-py3-none-any.whl"
+    other = "/api/v4/projects/43/packages/pypi"
+    gitlab_api.get(GITLAB + f"{other}/files/{SHA}/{secret}").respond(200, content=WHEEL)
+    forwarded(gitlab_api)
+    gitlab_api.get(PYPI).respond(200, content=public_page(), headers=JSON)
+    public = gitlab_api.get(f"{FILES}/{WHEEL_NAME}").respond(200, content=WHEEL)
+    head = gitlab_api.head(GITLAB + f"{API}/files/{SHA}/{WHEEL_NAME}").respond(404)
+    async with serve(token=TOKEN) as client:
+        assert (await client.get(f"{other}/files/{SHA}/{secret}")).content == WHEEL
+        await client.get(f"{API}/simple/requests/")
+        response = await client.get(f"{API}/files/{SHA}/{WHEEL_NAME}")
+    assert response.status_code == 404
+    assert head.called
+    assert not public.called
+
+
+@pytest.mark.anyio
 async def test_a_public_file_listed_for_another_project_is_dropped(
     serve: Serve, gitlab_api: respx.MockRouter
 ) -> None:
