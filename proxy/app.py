@@ -33,6 +33,7 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.fills import Filler
+from proxy.forwarding import Forwarding
 from proxy.grants import Grants
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
@@ -41,7 +42,7 @@ from proxy.routes import Site, raw_path, routes, target
 from proxy.spool import Spool
 from proxy.tally import Ledger, Tally
 from proxy.tokens import TokensFile
-from proxy.upstream import GitLab, basic_authorization
+from proxy.upstream import GitLab, PublicIndex, basic_authorization
 
 log = logging.getLogger("proxy.app")
 access_log = logging.getLogger("proxy.access")
@@ -186,6 +187,19 @@ def create_app(
         gate = Gate(mode, tokens, await to_thread.run_sync(grants.salt), settings.access.auth_ttl)
         spool = Spool(settings.cache.dir)
         await to_thread.run_sync(spool.sweep)
+        index = PublicIndex(
+            allowed_hosts=settings.forwarding.allowed_hosts,
+            connect_timeout=up.connect_timeout,
+            read_timeout=up.read_timeout,
+            transport=transport,
+        )
+        forwarding = Forwarding(
+            mode=settings.forwarding.mode,
+            index=index,
+            grants=grants,
+            never=settings.forwarding.never,
+            min_age=settings.forwarding.min_age,
+        )
         upstream = GitLab(
             url=up.url,
             connect_timeout=up.connect_timeout,
@@ -193,6 +207,7 @@ def create_app(
             ca_bundle=up.ca_bundle,
             transport=transport,
             metrics=metrics,
+            public=index,
         )
         filler = Filler(
             store,
@@ -213,6 +228,7 @@ def create_app(
             allow_service_upload=settings.access.allow_service_upload,
             probe_writable=filler.probe_writable,
             renderer=Renderer(),
+            forwarding=forwarding,
         )
         downloads = Downloads(
             store=store,
@@ -223,6 +239,7 @@ def create_app(
             refusal_ttl=settings.cache.page_ttl,
             on_mismatch=metrics.hash_mismatches.inc,
             on_bypass=metrics.streamed_through.inc,
+            forwarding=forwarding,
         )
         log.info(
             "proxying %s, cache in %s%s",
@@ -244,6 +261,7 @@ def create_app(
             await filler.aclose()
             await downloads.aclose()
             await upstream.aclose()
+            await index.aclose()
             store.close()
             grants.close()
             await to_thread.run_sync(ledger.close)

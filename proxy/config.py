@@ -16,7 +16,7 @@ from typing import Any
 
 from proxy import values
 from proxy.errors import ConfigError
-from proxy.values import AccessMode
+from proxy.values import AccessMode, ForwardingMode
 
 GiB = 1024**3
 ENV_PREFIX = "GITLAB_PYPI_PROXY_"
@@ -127,6 +127,16 @@ class AccessSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ForwardingSettings:
+    """What to do with GitLab's redirect of a name it does not hold to a public index (3.6)."""
+
+    mode: ForwardingMode = "follow"
+    allowed_hosts: tuple[str, ...] = ("pypi.org", "files.pythonhosted.org")  # "host[:port]"
+    never: tuple[str, ...] = ()  # fnmatch patterns of names never taken from a public index
+    min_age: float = 0.0  # seconds; public files uploaded more recently are left out; 0 = off
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Settings:
     """Everything the proxy reads at start-up; built once by load()."""
 
@@ -134,6 +144,7 @@ class Settings:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
+    forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
 
 
 # Every key load() accepts, as "section.key"; server.listen sets host and port.
@@ -160,6 +171,10 @@ _KEYS: dict[str, values.Converter] = {
     "access.tokens_file": values.file,
     "access.auth_ttl": partial(values.number, above_zero=False),
     "access.allow_service_upload": values.boolean,
+    "forwarding.mode": values.forwarding_mode,
+    "forwarding.allowed_hosts": values.hosts,
+    "forwarding.never": values.patterns,
+    "forwarding.min_age": values.duration,
 }
 _SECTIONS = tuple(dict.fromkeys(key.partition(".")[0] for key in _KEYS))
 
@@ -306,6 +321,7 @@ def load(
         upstream=UpstreamSettings(**upstream),
         cache=CacheSettings(**cache),
         access=AccessSettings(**access),
+        forwarding=ForwardingSettings(**section("forwarding")),
     )
 
 

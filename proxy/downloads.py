@@ -23,7 +23,8 @@ from proxy.errors import (
     OfflineMiss,
     UpstreamError,
 )
-from proxy.fills import Body, Filler
+from proxy.fills import Body, Fill, Filler
+from proxy.forwarding import Forwarding
 from proxy.models import CacheStatus, Caller, Reply
 from proxy.upstream import Download, GitLab
 
@@ -60,7 +61,9 @@ class Downloads:
         refusal_ttl: float = 300.0,
         on_mismatch: Callable[[], None] = lambda: None,
         on_bypass: Callable[[], None] = lambda: None,
+        forwarding: Forwarding | None = None,
     ) -> None:
+        self._forwarding = forwarding
         self._store = store
         self._upstream = upstream
         self._filler = filler
@@ -72,6 +75,7 @@ class Downloads:
         self._tasks: set[asyncio.Task[None]] = set()
         self._unfit: dict[str, int] = {}
         """sha256 -> length of files whose fill found no room, the oldest first."""
+        self._public: dict[str, Fill] = {}  # running fills from a public URL, by sha256
 
     def __repr__(self) -> str:
         return f"Downloads(upstream={self._upstream!r}, offline={self.offline})"
@@ -87,6 +91,16 @@ class Downloads:
         key = sha256.lower()
         path = f"{caller.scope.api_path}/files/{sha256}/{quote(filename, safe='+')}"
         vetted, fallback = await self._keeper.vouched(caller, key, filename)
+        source = None
+        if vetted and self._forwarding is not None:
+            source = await self._forwarding.source(key, filename)
+        if source is not None:
+            key = source.sha256  # a core-metadata file: addressed by its wheel, hashed by itself
+            if source.public and not source.seen and key not in self._public:
+                # A public page naming a sha256 is not access to bytes the cache got from
+                # elsewhere (another scope's GitLab): GitLab decides, as for anyone it
+                # never answered, until the bytes have been seen at a public URL.
+                vetted = not await to_thread.run_sync(self._store.has_file, key)
         if not vetted:
             if await self._keeper.refused(caller, key, filename):
                 return Reply(404, _NOT_FOUND, {"content-type": "application/json"}, "BYPASS")
@@ -101,19 +115,31 @@ class Downloads:
                 return hit
         if self.offline:
             raise OfflineMiss(f"offline mode: {filename} is not cached")
+        public = source is not None and source.public and vetted
+        if source is not None and public:
+            # A file of a followed public page: from the public index, never with a
+            # credential, one fetch for every caller (the sha256 decides, not who asks).
+            url, authorization, origin = source.url, None, ""
+        else:
+            # GitLab's path, or its EE forward/ route for a file its firewall page gave.
+            url = source.url if source is not None and vetted else path
+            authorization, origin = caller.upstream, caller.origin
         # A full disk, or a file known not to fit: don't open a fill only to drop it.
         if not await to_thread.run_sync(self._filler.has_room, self._unfit.get(key)):
-            return await self._through(caller, path, key, filename, vetted=vetted)
+            return await self._through(caller, url, authorization, key, filename, vetted=vetted)
         fill = self._filler.start(
-            key, path, authorization=caller.upstream, origin=caller.origin, vetted=vetted
+            key, url, authorization=authorization, origin=origin, vetted=vetted
         )
+        if public and key not in self._public:
+            self._public[key] = fill
+            self._spawn(self._seen(fill))
         await fill.ready.wait()
         if isinstance(fill.error, CacheError):
             if fill.length is not None:
                 self._unfit[key] = fill.length
                 while len(self._unfit) > UNFIT_REMEMBERED:
                     del self._unfit[next(iter(self._unfit))]
-            return await self._through(caller, path, key, filename, vetted=vetted)
+            return await self._through(caller, url, authorization, key, filename, vetted=vetted)
         if fill.status == 0 and fill.error is not None:
             raise fill.error
         if fill.status != 200:
@@ -132,20 +158,27 @@ class Downloads:
                 raise fill.error
             committed = await self._open_cached(key)
             if committed is None:  # evicted at once: it does not fit the cache
-                return await self._through(caller, path, key, filename, vetted=True)
+                return await self._through(caller, url, authorization, key, filename, vetted=True)
             committed.cache = "MISS"
             reply = committed
         return reply
 
     async def _through(
-        self, caller: Caller, path: str, sha256: str, filename: str, *, vetted: bool
+        self,
+        caller: Caller,
+        url: str,
+        authorization: str | None,
+        sha256: str,
+        filename: str,
+        *,
+        vetted: bool,
     ) -> FileReply | Reply:
-        """The file straight from GitLab, not cached (X-Cache BYPASS): hashed on the way
-        like a fill, its last chunk held back until the hash matches. GitLab's response
-        stays open until the body is read, or closed unread (a HEAD, a client gone)."""
+        """The file straight from its source, not cached (X-Cache BYPASS): hashed on the
+        way like a fill, its last chunk held back until the hash matches. The upstream
+        response stays open until the body is read, or closed unread (a HEAD, a client gone)."""
         stack = contextlib.AsyncExitStack()
         download = await stack.enter_async_context(
-            self._upstream.download(path, authorization=caller.upstream)
+            self._upstream.download(url, authorization=authorization)
         )
         try:
             if download.status != 200:
@@ -153,7 +186,7 @@ class Downloads:
                 await stack.aclose()
                 return Reply(download.status, download.error_body, dict(download.headers), "BYPASS")
             if not vetted:
-                await self._remember(caller, path, sha256, filename)
+                await self._remember(caller, url, sha256, filename)
         except BaseException:
             await stack.aclose()
             raise
@@ -225,6 +258,17 @@ class Downloads:
             await self._keeper.vouch(caller, [(sha256, filename)], public=True)
             return
         self._spawn(self._vouch_personal(caller, path, sha256, filename))
+
+    async def _seen(self, fill: Fill) -> None:
+        """Once a public fill is verified, its bytes are known to be public (until that is
+        recorded, the running fill says so)."""
+        try:
+            while not fill.done:
+                await fill.changed()
+            if fill.ok and self._forwarding is not None:
+                await self._forwarding.seen(fill.sha256)
+        finally:
+            self._public.pop(fill.sha256, None)
 
     async def _vouch_personal(self, caller: Caller, path: str, sha256: str, filename: str) -> None:
         """GitLab let a caller with its own credentials read the file: it gets a record of

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from proxy.cache import Records
 from proxy.models import project_of
 
 # Record keys: "bound|<owner>|<project>" -> frozenset of "<sha256>/<filename>";
-# "accepted|<credential hash>" -> when; "refused|<owner>|<sha256>/<filename>" -> True.
+# "accepted|<credential hash>" -> when; "refused|<owner>|<sha256>/<filename>" -> True;
+# "source|<sha256>/<filename>" -> where a followed public page said the file is (not secret);
+# "public|<sha256>" -> True once those bytes were fetched from a public URL and verified.
 
 
 class Grants:
@@ -58,6 +60,25 @@ class Grants:
             if isinstance(entries, frozenset):
                 pairs = (entry.partition("/") for entry in entries if isinstance(entry, str))
                 yield owner, frozenset((sha256, name) for sha256, _, name in pairs)
+
+    def add_sources(self, sources: Mapping[tuple[str, str], str]) -> None:
+        """Record where (sha256, filename) pairs of followed public pages are fetched from."""
+        for (sha256, filename), url in sources.items():
+            if self._records.get(f"source|{sha256}/{filename}") != url:
+                self._records.set(f"source|{sha256}/{filename}", url)
+
+    def source(self, sha256: str, filename: str) -> str | None:
+        """Where a followed public page said this file is, or None (a file of GitLab's)."""
+        value = self._records.get(f"source|{sha256}/{filename}")
+        return value if isinstance(value, str) else None
+
+    def see_public(self, sha256: str) -> None:
+        """These bytes were fetched from a public index and verified: anyone may have them."""
+        self._records.set(f"public|{sha256}", True)
+
+    def seen_public(self, sha256: str) -> bool:
+        """Whether these bytes were ever fetched from a public index and verified."""
+        return self._records.get(f"public|{sha256}") is True
 
     def accept(self, credential: str, when: float) -> None:
         """GitLab accepted this (hashed) credential for its scope at `when`."""

@@ -21,9 +21,10 @@ from proxy.errors import (
     UpstreamError,
     UpstreamStatus,
 )
+from proxy.forwarding import Followed, Forwarding, is_public
 from proxy.models import CacheStatus, Caller, NormalizedName, Page, Reply, Scope, normalize
 from proxy.rendered import Renderer
-from proxy.upstream import Answer, GitLab, retry_after
+from proxy.upstream import REDIRECTS, Answer, GitLab, retry_after
 
 log = logging.getLogger("proxy.mirror")
 Representation = Literal["html", "json"]
@@ -52,7 +53,9 @@ class Mirror:
         probe_writable: Callable[[], str] = lambda: "writable",
         clock: Callable[[], float] = time.time,
         renderer: Renderer,
+        forwarding: Forwarding | None = None,
     ) -> None:
+        self._forwarding = forwarding
         self._store = store
         self._upstream = upstream
         self._keeper = keeper
@@ -103,15 +106,26 @@ class Mirror:
             what = f"the page of {name!r}" if name else "the index"
             scope = caller.scope
             raise OfflineMiss(f"offline mode: {what} of {scope.kind}/{scope.id} is not cached")
+        followed: Followed | Reply | None = None
         try:
             answer = await self._ask(
                 caller.scope,
                 name,
                 representation,
                 authorization=caller.upstream,
-                etag=stored.etag if stored else None,
+                etag=stored.etag if stored and not is_public(stored.etag) else None,
                 quick=stored is not None,
             )
+            if answer.status in REDIRECTS and name and self._forwarding is not None:
+                # GitLab forwards a name it does not hold; asked again at each
+                # revalidation, so a name GitLab starts holding wins at once.
+                followed = await self._forwarding.follow(
+                    caller.scope,
+                    name,
+                    answer,
+                    json=representation == "json",
+                    etag=stored.etag if stored else None,
+                )
             # A 200 that cannot be parsed (PageError) is a failure like a 5xx: stale wins.
             page = await self._parse(answer, name) if answer.status == 200 else None
         except UpstreamError as exc:
@@ -119,11 +133,18 @@ class Mirror:
                 raise
             log.warning("serving a stale page for %s: %s", key, exc)
             return await self._render(fallback.page, base_url, "STALE", only_held=True)
-        if answer.status == 304 and stored is not None:
+        if isinstance(followed, Reply):
+            return followed
+        unchanged = followed.page is None if followed else answer.status == 304
+        if unchanged and stored is not None:
             await self._keeper.vouch(caller, _files(stored.page))
-            stored = StoredPage(stored.page, now, stored.etag)
+            stored = StoredPage(stored.page, now, followed.etag if followed else stored.etag)
             await self._keep(key, stored, name)
             return await self._render(stored.page, base_url, "REVALIDATED")
+        if followed is not None and followed.page is not None:
+            await self._keeper.vouch(caller, _files(followed.page))
+            await self._keep(key, StoredPage(followed.page, now, followed.etag), name)
+            return await self._render(followed.page, base_url, "MISS")
         if page is None:
             # 401/403/404 and the 302 that forwards unknown names to pypi.org: the
             # client's business, never cached as this project's page.
@@ -179,13 +200,16 @@ class Mirror:
         return stored.page == page
 
     async def _parse(self, answer: Answer, name: NormalizedName | None) -> Page:
-        return await self._renderer.parse(
+        page = await self._renderer.parse(
             answer.body,
             content_type=answer.headers.get("content-type", ""),
             page_url=answer.url,
             upstream_url=self._upstream.url,
             kind="project" if name else "index",
         )
+        if name and self._forwarding is not None:
+            page = await self._forwarding.unforward(page)  # GitLab EE's forward/ links
+        return page
 
     async def _keep(self, key: str, stored: StoredPage, name: NormalizedName | None) -> None:
         """Store a page; a cache that cannot (a full disk) still lets the page be served."""
@@ -271,6 +295,13 @@ class Mirror:
 
 
 def _files(page: Page) -> Iterator[tuple[str, str]]:
-    """The (sha256, filename) pairs a package page lists, lazily: Keeper.vouch reads them in
-    its worker thread, so a 50,000-link page does not hold the event loop."""
-    return ((link.sha256, link.filename) for link in page.links if link.sha256)
+    """The (sha256, filename) pairs a package page lists, with the core metadata files it
+    advertises with a hash (PEP 658: at the file's URL + ".metadata", so under its sha256);
+    lazily: Keeper.vouch reads them in its worker thread, so a 50,000-link page does not
+    hold the event loop."""
+    for link in page.links:
+        if link.sha256:
+            yield link.sha256, link.filename
+            metadata = next((v for k, v in link.attrs if k == "data-core-metadata"), "")
+            if metadata.startswith("sha256="):
+                yield link.sha256, link.filename + ".metadata"

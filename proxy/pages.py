@@ -8,7 +8,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from lxml import etree
 
@@ -23,9 +23,11 @@ HTML_TYPE = "text/html; charset=utf-8"
 # GitLab's json_format_requested?: any Accept item starting with one of these (section 2.1).
 _JSON_ACCEPTS = (JSON_TYPE, "application/vnd.pypi.simple.latest+json")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# Below GitLab's relative root: the two PyPI APIs' simple pages and files (section 1).
+# Below GitLab's relative root: the two PyPI APIs' simple pages and files (section 1), and
+# GitLab EE's forward/ route (section 7), which forwarding.Forwarding.unforward rewrites.
 _API_PATH = re.compile(
-    r"/api/v4/(?:projects/([^/]+)|groups/([^/]+)/-)/packages/pypi/(?:simple|files)(?:/.*)?", re.S
+    r"/api/v4/(?:projects/([^/]+)|groups/([^/]+)/-)/packages/pypi/(?:simple|files|forward)(?:/.*)?",
+    re.S,
 )
 # RFC 3986 pchar; a fragment may also hold "/" and "?".
 _PCHARS = "-._~!$&'()*+,;=:@"
@@ -42,6 +44,15 @@ _DATA_ATTR = re.compile(r"data-[a-z0-9_][a-z0-9_.:-]*")
 _HREF_SPACE = " \t\n\r\f"
 _TITLE_PREFIX = "Links for "
 _REQUIRES_PYTHON = "data-requires-python"
+_HEX = re.compile(r"[0-9a-f]{64}")
+# data-* attributes rendered as PEP 691 / 700 / 714 keys of a JSON file entry.
+_JSON_KEYS = {
+    "data-yanked": "yanked",
+    "data-core-metadata": "core-metadata",
+    "data-dist-info-metadata": "dist-info-metadata",
+    "data-upload-time": "upload-time",
+    "data-size": "size",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +163,11 @@ def _text(element: etree._Element) -> str:
     return "".join(t for t in element.itertext() if isinstance(t, str)).strip()
 
 
-def _parse_html(
-    body: bytes, page_url: str, gitlab: _Origin, kind: Literal["index", "project"]
-) -> Page:
-    # GitLab always sends UTF-8; bad bytes and NULs become U+FFFD rather than errors.
-    # etree's parser, not lxml.html's: no Python class lookup for each element.
+def _root(body: bytes, what: str) -> etree._Element:
+    """The HTML tree of a page; PageError naming `what` when there is none."""
+    # UTF-8 (GitLab always sends it; PEP 503 pages are too); bad bytes and NULs become
+    # U+FFFD rather than errors. etree's parser, not lxml.html's: no Python class
+    # lookup for each element.
     parser = etree.HTMLParser(
         encoding="utf-8",
         no_network=True,
@@ -168,9 +179,16 @@ def _parse_html(
     try:
         root: etree._Element | None = etree.fromstring(body, parser)
     except (etree.LxmlError, ValueError) as exc:
-        raise PageError(f"GitLab's page is not HTML: {exc}") from exc
+        raise PageError(f"{what} is not HTML: {exc}") from exc
     if root is None:
-        raise PageError("GitLab's page is empty")
+        raise PageError(f"{what} is empty")
+    return root
+
+
+def _parse_html(
+    body: bytes, page_url: str, gitlab: _Origin, kind: Literal["index", "project"]
+) -> Page:
+    root = _root(body, "GitLab's page")
     base = page_url
     element = next(root.iter("base"), None)  # pip, like browsers, honours <base href>
     href = (element.get("href") or "").strip(_HREF_SPACE) if element is not None else ""
@@ -248,6 +266,118 @@ def _parse_json(
     return Page(title=title, links=tuple(links), kind="project", json=True)
 
 
+@dataclass(frozen=True, slots=True)
+class PublicFile:
+    """One file of a public index's project page (PEP 503 / 691), as that index gave it."""
+
+    url: str
+    """Absolute, without its fragment."""
+    filename: str
+    sha256: str | None
+    requires_python: str = ""
+    yanked: str | None = None
+    """PEP 592: None when not yanked, else the reason ("" when none was given)."""
+    metadata: str | None = None
+    """PEP 658/714: None when not offered, else the file's sha256 ("" when not given)."""
+    upload_time: str = ""
+    """PEP 700: ISO 8601 as the index wrote it."""
+    size: int | None = None
+
+
+def parse_public(body: bytes, *, content_type: str, page_url: str) -> tuple[PublicFile, ...]:
+    """The files a public index's project page lists, links resolved against page_url."""
+    if len(body) > MAX_PAGE_BYTES:
+        raise PageError(f"the public page is larger than {MAX_PAGE_BYTES} bytes")
+    if content_type.strip().lower().startswith(JSON_TYPE):
+        return _public_json(body, page_url)
+    return _public_html(body, page_url)
+
+
+def _sha256_of(fragment: str) -> str | None:
+    name, _, value = fragment.partition("=")
+    value = value.lower()
+    return value if name == "sha256" and len(value) == 64 and _HEX.fullmatch(value) else None
+
+
+def _public_file(url: str, base: str, **fields: Any) -> PublicFile | None:
+    try:
+        parts = urlsplit(urljoin(base, url.strip(_HREF_SPACE)))
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https"):
+        return None
+    filename = unquote(parts.path.rsplit("/", 1)[-1])
+    sha256 = fields.pop("sha256", None) or _sha256_of(parts.fragment)
+    return PublicFile(parts._replace(fragment="").geturl(), filename, sha256, **fields)
+
+
+def _public_html(body: bytes, page_url: str) -> tuple[PublicFile, ...]:
+    root = _root(body, "the public page")
+    element = next(root.iter("base"), None)
+    base = page_url
+    with contextlib.suppress(ValueError):  # a malformed IPv6 literal
+        base = urljoin(page_url, element.get("href") or "") if element is not None else base
+    files = []
+    for anchor in root.iter("a"):
+        get = anchor.get
+        metadata = get("data-core-metadata", get("data-dist-info-metadata"))
+        found = _public_file(
+            get("href") or "",
+            base,
+            requires_python=get(_REQUIRES_PYTHON) or "",
+            yanked=get("data-yanked"),
+            metadata=None if metadata is None else (_sha256_of(metadata) or ""),
+            upload_time=get("data-upload-time") or "",
+        )
+        if found is not None:
+            files.append(found)
+    return tuple(files)
+
+
+def _public_json(body: bytes, page_url: str) -> tuple[PublicFile, ...]:
+    try:
+        data: Any = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise PageError(f"the public page is not JSON: {exc}") from exc
+    entries = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise PageError("the public JSON page has no list of files")
+    files = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+            continue
+
+        def text(key: str, entry: dict[str, Any] = entry) -> str:
+            value = entry.get(key)
+            return _clean(value) if isinstance(value, str) else ""
+
+        hashes, yanked = entry.get("hashes"), entry.get("yanked")
+        metadata = entry.get("core-metadata", entry.get("dist-info-metadata"))
+        digest = hashes.get("sha256") if isinstance(hashes, dict) else None
+        size = entry.get("size")
+        found = _public_file(
+            entry["url"],
+            page_url,
+            sha256=_sha256_of(f"sha256={digest}") if isinstance(digest, str) else None,
+            requires_python=text("requires-python"),
+            yanked=_clean(yanked) if isinstance(yanked, str) else ("" if yanked is True else None),
+            metadata=_metadata_hash(metadata),
+            upload_time=text("upload-time"),
+            size=size if isinstance(size, int) and not isinstance(size, bool) else None,
+        )
+        if found is not None:
+            files.append(found)
+    return tuple(files)
+
+
+def _metadata_hash(value: object) -> str | None:
+    """PEP 714 "core-metadata": false/absent None, true "", {"sha256": hex} the hex."""
+    if isinstance(value, dict):
+        digest = value.get("sha256")
+        return _sha256_of(f"sha256={digest}") or "" if isinstance(digest, str) else ""
+    return "" if value is True else None
+
+
 def render(page: Page, *, base_url: str) -> tuple[bytes, str]:
     """(body, content type) of `page` with each href at base_url + its path (+ fragment).
 
@@ -316,9 +446,27 @@ def _render_json(page: Page, base: str) -> bytes:
             requires = next((v for k, v in link.attrs if k == _REQUIRES_PYTHON), "")
             if requires:
                 entry["requires-python"] = requires
+            entry.update(_json_extras(link.attrs))
             files.append(entry)
         document = {"meta": meta, "name": _project_name(page), "files": files}
     return json.dumps(document, separators=(",", ":")).encode("ascii")
+
+
+def _json_extras(attrs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """PEP 592 yanked, PEP 714 core metadata and PEP 700 keys from a link's data-* attributes."""
+    extras: dict[str, Any] = {}
+    for name, value in attrs:
+        key = _JSON_KEYS.get(name)
+        if key == "yanked":
+            extras[key] = value or True
+        elif key in ("core-metadata", "dist-info-metadata"):
+            digest = _sha256_of(value)
+            extras[key] = {"sha256": digest} if digest else value == "true"
+        elif key == "size" and value.isdigit():
+            extras[key] = int(value)
+        elif key == "upload-time":
+            extras[key] = value
+    return extras
 
 
 def wants_json(accept: str) -> bool:

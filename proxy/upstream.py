@@ -1,11 +1,11 @@
-"""The GitLab client: the only module that speaks httpx."""
+"""The GitLab client and the public index client: the only module that speaks httpx."""
 
 from __future__ import annotations
 
 import base64
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -21,6 +21,7 @@ from proxy.metrics import Metrics
 USER_AGENT = f"gitlab-pypi-proxy/{__version__}"
 MAX_PAGE_BYTES = 20 * 1024 * 1024
 MAX_REDIRECTS = 5
+REDIRECTS = (301, 302, 303, 307, 308)
 CHUNK = 256 * 1024
 MAX_RETRY_AFTER = 3600.0
 """The longest Retry-After honoured: a longer one is more likely a mistake than a plan."""
@@ -79,6 +80,23 @@ def retry_after(value: str | None, *, now: float | None = None) -> float | None:
     return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
+async def _read_whole(response: httpx.Response, limit: int, who: str) -> bytes:
+    """A small body read whole (at most `limit` bytes); closes the response."""
+    body = bytearray()
+    try:
+        async for chunk in response.aiter_raw():
+            body += chunk
+            if len(body) > limit:
+                raise UpstreamUnavailable(f"{who}'s answer is larger than {limit} bytes")
+    except httpx.TimeoutException as exc:
+        raise UpstreamUnavailable(f"{who} stopped sending in time", timeout=True) from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamUnavailable(f"{who}'s answer broke off ({type(exc).__name__})") from exc
+    finally:
+        await response.aclose()
+    return bytes(body)
+
+
 def _kept(headers: httpx.Headers) -> dict[str, str]:
     return {name: headers[name] for name in PASSED_HEADERS if name in headers}
 
@@ -95,8 +113,10 @@ class GitLab:
         ca_bundle: str = "",
         transport: httpx.AsyncBaseTransport | None = None,
         metrics: Metrics | None = None,
+        public: PublicIndex | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self._public = public
         self._metrics = metrics or Metrics()
         self._connect_timeout = connect_timeout
         self._quiet_until = 0.0
@@ -170,19 +190,7 @@ class GitLab:
         return response
 
     async def _read(self, response: httpx.Response, limit: int) -> bytes:
-        body = bytearray()
-        try:
-            async for chunk in response.aiter_raw():
-                body += chunk
-                if len(body) > limit:
-                    raise UpstreamUnavailable(f"GitLab's answer is larger than {limit} bytes")
-        except httpx.TimeoutException as exc:
-            raise UpstreamUnavailable("GitLab stopped sending in time", timeout=True) from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(f"GitLab's answer broke off ({type(exc).__name__})") from exc
-        finally:
-            await response.aclose()
-        return bytes(body)
+        return await _read_whole(response, limit, "GitLab")
 
     async def get(
         self,
@@ -214,16 +222,28 @@ class GitLab:
         """Open a file download, following GitLab's redirect to object storage.
 
         Credentials go only to GitLab's own origin: a redirect elsewhere (a presigned
-        object-storage URL) is followed without Authorization.
+        object-storage URL) is followed without Authorization. An absolute URL is a file
+        of the public index, fetched through it (never with credentials); a redirect of
+        GitLab EE's forward/ route is followed only to the public index's allowed hosts.
         A 5xx or 429 raises UpstreamStatus; other statuses come back with a short body.
         """
+        if path.startswith(("https://", "http://")):
+            if self._public is None:
+                raise UpstreamUnavailable("no public index is configured")
+            async with self._public.download(path) as download:
+                yield download
+            return
         url = self.url + path
+        # GitLab EE's forward/ route 302s to the public index (after its firewall check).
+        forward = "/packages/pypi/forward/" in path
         for _hop in range(MAX_REDIRECTS + 1):
             headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
             if authorization and self._same_origin(url):
                 headers["Authorization"] = authorization
+            elif forward and (self._public is None or not self._public.allows(url)):
+                raise UpstreamUnavailable(f"{_netloc(url)} is not in forwarding.allowed_hosts")
             response = await self._send("GET", url, headers, kind="file")
-            if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
+            if response.status_code in REDIRECTS and "location" in response.headers:
                 await response.aclose()
                 url = urljoin(url, response.headers["location"])
                 if urlsplit(url).scheme not in ("http", "https"):
@@ -233,25 +253,8 @@ class GitLab:
         else:
             await response.aclose()
             raise UpstreamUnavailable("GitLab redirected too many times")
-        try:
-            if response.status_code >= 500 or response.status_code == 429:
-                raise UpstreamStatus(
-                    response.status_code,
-                    retry_after=retry_after(response.headers.get("retry-after")),
-                )
-            if response.status_code != 200:
-                body = await self._read(response, 64 * 1024)
-                yield Download(response.status_code, _kept(response.headers), None, _empty(), body)
-                return
-            length = response.headers.get("content-length")
-            yield Download(
-                200,
-                _kept(response.headers),
-                int(length) if length and length.isdigit() else None,
-                _chunks(response),
-            )
-        finally:
-            await response.aclose()
+        async with _opened(response, self._read) as download:
+            yield download
 
     async def check(self, path: str, *, authorization: str | None) -> Answer:
         """HEAD a file without following its redirect: may this caller read it?"""
@@ -281,6 +284,121 @@ class GitLab:
         response = await self._send("POST", self.url + path, headers, content=body, kind="upload")
         answer = await self._read(response, 1024 * 1024)
         return Answer(response.status_code, _kept(response.headers), answer, str(response.url))
+
+
+@asynccontextmanager
+async def _opened(
+    response: httpx.Response, read: Callable[[httpx.Response, int], Awaitable[bytes]]
+) -> AsyncIterator[Download]:
+    """A Download of an open response (5xx and 429 raise UpstreamStatus); closes it after."""
+    try:
+        if response.status_code >= 500 or response.status_code == 429:
+            raise UpstreamStatus(
+                response.status_code,
+                retry_after=retry_after(response.headers.get("retry-after")),
+            )
+        if response.status_code != 200:
+            body = await read(response, 64 * 1024)
+            yield Download(response.status_code, _kept(response.headers), None, _empty(), body)
+            return
+        length = response.headers.get("content-length")
+        yield Download(
+            200,
+            _kept(response.headers),
+            int(length) if length and length.isdigit() else None,
+            _chunks(response),
+        )
+    finally:
+        await response.aclose()
+
+
+def _netloc(url: str) -> str:
+    return urlsplit(url).netloc.rpartition("@")[2].lower()
+
+
+class PublicIndex:
+    """A public package index (pypi.org and its file host), asked only on `allowed_hosts`
+    (redirects included) and never with a credential: no GitLab or client header goes there.
+    """
+
+    def __init__(
+        self,
+        *,
+        allowed_hosts: Iterable[str],
+        connect_timeout: float,
+        read_timeout: float,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._allowed = frozenset(host.lower() for host in allowed_hosts)
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            transport=transport,
+            follow_redirects=False,
+            trust_env=False,
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    def __repr__(self) -> str:
+        return f"PublicIndex(allowed_hosts={sorted(self._allowed)!r})"
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        await self._client.aclose()
+
+    def allows(self, url: str) -> bool:
+        """Whether `url` is http(s) on an allowed host: "host" on its scheme's default
+        port, or "host:port" exactly."""
+        try:
+            scheme, host, port = _origin(url)
+        except ValueError:
+            return False
+        default = port == (443 if scheme == "https" else 80)
+        named = {f"{host}:{port}"} | ({host} if default else set())
+        return scheme in ("http", "https") and bool(named & self._allowed)
+
+    async def _open(self, url: str, headers: Mapping[str, str]) -> httpx.Response:
+        """GET `url`, following redirects while they stay on allowed hosts."""
+        for _hop in range(MAX_REDIRECTS + 1):
+            if not self.allows(url):
+                raise UpstreamUnavailable(f"{_netloc(url)} is not in forwarding.allowed_hosts")
+            try:
+                request = self._client.build_request("GET", url, headers=dict(headers))
+                response = await self._client.send(request, stream=True)
+            except (httpx.InvalidURL, ValueError) as exc:
+                raise UpstreamUnavailable("the public index gave an unusable URL") from exc
+            except httpx.TimeoutException as exc:
+                raise UpstreamUnavailable(
+                    "the public index did not answer in time", timeout=True
+                ) from exc
+            except httpx.HTTPError as exc:
+                raise UpstreamUnavailable(
+                    f"the public index could not be reached ({type(exc).__name__})"
+                ) from exc
+            if response.status_code not in REDIRECTS or "location" not in response.headers:
+                return response
+            await response.aclose()
+            url = urljoin(url, response.headers["location"])
+        raise UpstreamUnavailable("the public index redirected too many times")
+
+    async def _read(self, response: httpx.Response, limit: int) -> bytes:
+        return await _read_whole(response, limit, "the public index")
+
+    async def get(self, url: str, *, accept: str, etag: str | None = None) -> Answer:
+        """GET a page; `url` of the Answer is where it finally came from."""
+        headers = {"Accept": accept}
+        if etag:
+            headers["If-None-Match"] = etag
+        response = await self._open(url, headers)
+        final = str(response.url)
+        body = await self._read(response, MAX_PAGE_BYTES)
+        return Answer(response.status_code, _kept(response.headers), body, final)
+
+    @asynccontextmanager
+    async def download(self, url: str) -> AsyncIterator[Download]:
+        """Open a file download (5xx and 429 raise UpstreamStatus)."""
+        response = await self._open(url, {"Accept": "*/*", "Accept-Encoding": "identity"})
+        async with _opened(response, self._read) as download:
+            yield download
 
 
 async def _empty() -> AsyncIterator[bytes]:

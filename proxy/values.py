@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from proxy.errors import ConfigError
 
 AccessMode = Literal["auto", "open", "tokens", "passthrough"]
+ForwardingMode = Literal["follow", "redirect", "deny"]
 
 
 class Invalid(Exception):
@@ -175,3 +176,55 @@ def variable_name(value: object, text: bool) -> str:
             hide_value=True,
         )
     return value
+
+
+def forwarding_mode(value: object, text: bool) -> ForwardingMode:
+    modes = get_args(ForwardingMode)
+    if value not in modes:
+        raise Invalid(f"is not a forwarding mode (expected one of {', '.join(modes)})")
+    return cast(ForwardingMode, value)
+
+
+def _strings(value: object, text: bool) -> list[str] | None:
+    if text and isinstance(value, str):
+        value = [item.strip() for item in value.split(",") if item.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        return None
+    return list(value)
+
+
+_HOST_PORT = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?(?::[0-9]{1,5})?")
+
+
+def hosts(value: object, text: bool) -> tuple[str, ...]:
+    items = _strings(value, text)
+    found = [item.strip().lower() for item in items] if items is not None else None
+    if found is None or not all(_HOST_PORT.fullmatch(item) for item in found):
+        raise Invalid('is not a list of hosts (expected e.g. ["pypi.org", "127.0.0.1:8081"])')
+    return tuple(found)
+
+
+_PATTERN = re.compile(r"[A-Za-z0-9._*?\[\]!-]{1,200}")
+
+
+def patterns(value: object, text: bool) -> tuple[str, ...]:
+    items = _strings(value, text)
+    if items is None or not all(_PATTERN.fullmatch(item) for item in items):
+        raise Invalid('is not a list of name patterns (expected e.g. ["acme-*", "internal-*"])')
+    return tuple(items)
+
+
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration(value: object, text: bool) -> float:
+    """Seconds in "7d", "12h", "30m", "90s" or a number of seconds; "" (or 0) is off."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    if isinstance(value, str) and not value.strip():
+        return 0.0
+    match = _DURATION.fullmatch(value.strip().lower()) if isinstance(value, str) else None
+    if match is None:
+        raise Invalid('is not a duration (expected e.g. "7d", "12h", "30m", or "" for off)')
+    return float(match[1]) * _SECONDS[match[2]]

@@ -267,6 +267,12 @@ BAD_VALUES = [
     ("access", "tokens_file", '"/nonexistent/tokens"'),
     ("access", "auth_ttl", '"soon"'),
     ("access", "allow_service_upload", "1"),
+    ("forwarding", "mode", '"proxy"'),
+    ("forwarding", "allowed_hosts", '"pypi.org"'),
+    ("forwarding", "allowed_hosts", '["https://pypi.org"]'),
+    ("forwarding", "never", '["acme/*"]'),
+    ("forwarding", "min_age", '"a week"'),
+    ("forwarding", "min_age", "-1"),
 ]
 
 
@@ -295,6 +301,26 @@ def test_bad_environment_value_names_the_variable() -> None:
     """An error from the environment names the variable as well as the key."""
     message = error_of(env={"GITLAB_PYPI_PROXY_CACHE_OFFLINE": "maybe"})
     assert message.startswith('cache.offline (GITLAB_PYPI_PROXY_CACHE_OFFLINE): "maybe" ')
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("", 0.0), ("7d", 604800.0), ("12h", 43200.0), ("90", 90.0)]
+)
+def test_min_age_takes_a_duration(value: str, seconds: float) -> None:
+    """forwarding.min_age reads "7d", "12h", a number of seconds, or "" for off."""
+    env = {"GITLAB_PYPI_PROXY_FORWARDING_MIN_AGE": value}
+    assert load(env=env).forwarding.min_age == seconds
+
+
+def test_forwarding_lists_come_from_the_environment_comma_separated() -> None:
+    """allowed_hosts and never are comma-separated lists in the environment."""
+    env = {
+        "GITLAB_PYPI_PROXY_FORWARDING_ALLOWED_HOSTS": "PyPI.org, 127.0.0.1:8081",
+        "GITLAB_PYPI_PROXY_FORWARDING_NEVER": "acme-*,internal-*",
+    }
+    forwarding = load(env=env).forwarding
+    assert forwarding.allowed_hosts == ("pypi.org", "127.0.0.1:8081")
+    assert forwarding.never == ("acme-*", "internal-*")
 
 
 def test_bad_flag_value_names_the_key() -> None:

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy import pages
 from proxy.errors import PageError
 from proxy.models import Link, Page
 from proxy.pages import HTML_TYPE, JSON_TYPE, MAX_PAGE_BYTES, parse, render, wants_json
@@ -327,7 +328,6 @@ def test_base_element_resolves_relative_hrefs() -> None:
         '<a href="mailto:a@example.com">x</a>',
         '<a href="/gitlab/api/v4/projects/42/issues">x</a>',
         '<a href="/gitlab/api/v4/projects/42/packages/pypi">x</a>',
-        '<a href="/gitlab/api/v4/projects/42/packages/pypi/forward/x/pypi.org/simple/x/">x</a>',
         '<a href="/gitlab/api/v4/projects/42/packages/pypi/simplex">x</a>',
         '<a href="/gitlab/api/v4/groups/7/packages/pypi/simple/x">x</a>',
         '<a href="/gitlab/api/v4/projects/a%2F..%2Fb/packages/pypi/simple/x">x</a>',
@@ -344,6 +344,13 @@ def test_base_element_resolves_relative_hrefs() -> None:
 def test_links_outside_gitlabs_pypi_api_are_dropped(anchor: str) -> None:
     """Other hosts, ports, schemes, paths and missing hrefs never survive parsing."""
     assert page_with(anchor).links == ()
+
+
+def test_links_to_gitlab_ee_forward_route_are_kept() -> None:
+    """A link through GitLab EE's forward/ route survives parsing (forwarding rewrites it)."""
+    path = "/api/v4/projects/42/packages/pypi/forward/x/files.example/p/x-1.whl"
+    (link,) = page_with(f'<a href="/gitlab{path}#sha256={"a" * 64}">x-1.whl</a>').links
+    assert (link.path, link.sha256) == (path, "a" * 64)
 
 
 def test_fragment_is_kept_without_the_hash() -> None:
@@ -910,3 +917,57 @@ def test_a_big_page_keeps_every_link() -> None:
     ]
     page = page_with(*anchors)
     assert [link.text for link in page.links] == [f"big-{i}.tar.gz" for i in range(50_000)]
+
+
+# -- public index pages (followed forwarding) ---------------------------------------------
+
+
+def test_public_html_page_gives_files_with_their_attributes() -> None:
+    """A PEP 503 page: relative links resolved, sha256 fragments, requires-python, PEP 592
+    yanked and PEP 658/714 core metadata read; a link without a hash has no sha256."""
+    body = (
+        f'<a href="../../packages/x-1.whl#sha256={"A" * 64}" data-requires-python="&gt;=3.8"'
+        f' data-yanked="bad" data-core-metadata="sha256={"b" * 64}">x-1.whl</a>'
+        '<a href="https://files.example/x-1.tar.gz">x-1.tar.gz</a>'
+    ).encode()
+    wheel, sdist = pages.parse_public(
+        body, content_type="text/html", page_url="https://pypi.example/simple/x/"
+    )
+    assert wheel == pages.PublicFile(
+        "https://pypi.example/packages/x-1.whl",
+        "x-1.whl",
+        "a" * 64,
+        requires_python=">=3.8",
+        yanked="bad",
+        metadata="b" * 64,
+    )
+    assert (sdist.url, sdist.sha256, sdist.metadata) == (
+        "https://files.example/x-1.tar.gz",
+        None,
+        None,
+    )
+
+
+def test_public_json_page_gives_pep_700_keys() -> None:
+    """A PEP 691 page: hashes, yanked true, core-metadata true (no hash), upload-time, size."""
+    entry = {
+        "filename": "x-1.whl",
+        "url": "https://files.example/x-1.whl",
+        "hashes": {"sha256": "c" * 64},
+        "yanked": True,
+        "core-metadata": True,
+        "upload-time": "2024-01-02T03:04:05Z",
+        "size": 12,
+    }
+    (file,) = pages.parse_public(
+        json.dumps({"files": [entry]}).encode(),
+        content_type=pages.JSON_TYPE,
+        page_url="https://pypi.example/simple/x/",
+    )
+    assert (file.sha256, file.yanked, file.metadata, file.upload_time, file.size) == (
+        "c" * 64,
+        "",
+        "",
+        "2024-01-02T03:04:05Z",
+        12,
+    )

@@ -384,14 +384,16 @@ async def test_second_page_request_within_ttl_does_not_ask_gitlab(
 
 
 async def test_forwarding_redirect_is_passed_on_and_never_cached(
-    client: httpx.AsyncClient, gitlab_api: respx.MockRouter
+    serve: Serve, gitlab_api: respx.MockRouter
 ) -> None:
-    """GitLab's 302 to pypi.org for an unknown name reaches the client each time, uncached."""
+    """With forwarding.mode redirect, GitLab's 302 to pypi.org for an unknown name reaches
+    the client each time, uncached."""
     pypi = "https://pypi.org/simple/requests/"
     route = gitlab_api.get(GITLAB + API + "/simple/requests").respond(
         302, headers={"location": pypi, "content-type": "text/plain"}
     )
-    answers = [await client.get(f"{API}/simple/requests/") for _ in range(2)]
+    async with serve({"forwarding.mode": "redirect"}) as client:
+        answers = [await client.get(f"{API}/simple/requests/") for _ in range(2)]
     assert [(a.status_code, a.headers["location"], a.headers["x-cache"]) for a in answers] == [
         (302, pypi, "BYPASS"),
         (302, pypi, "BYPASS"),
