@@ -94,6 +94,10 @@ class Downloads:
         source = None
         if vetted and self._forwarding is not None:
             source = await self._forwarding.source(key, filename)
+        if source is None and filename.endswith(".metadata"):
+            # GitLab serves no core metadata: a `.metadata` name is only ever a followed
+            # page's, with its own hash. Without that record, never the wheel's bytes.
+            vetted = fallback = False
         if source is not None:
             key = source.sha256  # a core-metadata file: addressed by its wheel, hashed by itself
             if source.public and not source.seen and key not in self._public:

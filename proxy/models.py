@@ -17,6 +17,8 @@ from packaging.utils import (
 NormalizedName = NewType("NormalizedName", str)
 CacheStatus = Literal["HIT", "MISS", "STALE", "REVALIDATED", "BYPASS"]
 
+METADATA_ATTRS = ("data-core-metadata", "data-dist-info-metadata")
+"""PEP 714 and PEP 658 names of the attribute advertising a file's core metadata."""
 _SEPARATORS = re.compile(r"[-_.]+")
 # PEP 508 names: letters, digits, and . _ - inside; bounded so a key stays small.
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,198}[A-Za-z0-9])?$")
@@ -144,6 +146,16 @@ class Link:
         return None
 
     @property
+    def metadata_sha256(self) -> str | None:
+        """The sha256 of the file's core metadata (PEP 658/714), when the page gives one."""
+        for name, value in self.attrs:
+            if name in METADATA_ATTRS and value.startswith("sha256="):
+                digest = value[len("sha256=") :]
+                if valid_sha256(digest):
+                    return digest.lower()
+        return None
+
+    @property
     def filename(self) -> str:
         """The last path segment: the file name on a package page."""
         return self.path.rsplit("/", 1)[-1]
@@ -160,8 +172,27 @@ class Page:
     """True when GitLab answered with PEP 691 JSON; rendered back the same way."""
 
     def only(self, keep: frozenset[str]) -> Page:
-        """This page with only the file links whose sha256 is in `keep`."""
-        return replace(self, links=tuple(link for link in self.links if link.sha256 in keep))
+        """This page with only the file links whose sha256 is in `keep`, each advertising
+        its core metadata only when that file is in `keep` too (pip fails hard on a
+        `.metadata` it was promised and cannot get)."""
+        links = []
+        for link in self.links:
+            if link.sha256 not in keep:
+                continue
+            advertised = any(name in METADATA_ATTRS for name, _ in link.attrs)
+            if advertised and link.metadata_sha256 not in keep:
+                link = replace(
+                    link, attrs=tuple(a for a in link.attrs if a[0] not in METADATA_ATTRS)
+                )
+            links.append(link)
+        return replace(self, links=tuple(links))
+
+    def shas(self) -> frozenset[str]:
+        """Every sha256 the page names: its files and their core metadata files."""
+        found: set[str] = set()
+        for link in self.links:
+            found.update(sha for sha in (link.sha256, link.metadata_sha256) if sha)
+        return frozenset(found)
 
 
 @dataclass(frozen=True, slots=True)

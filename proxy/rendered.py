@@ -107,7 +107,7 @@ class Renderer:
         held: Callable[[frozenset[str]], frozenset[str]] | None,
     ) -> tuple[bytes, str]:
         if held is not None:
-            page = page.only(held(frozenset(link.sha256 for link in page.links if link.sha256)))
+            page = page.only(held(page.shas()))
         key = (digest(page), base_url)
         with self._lock:
             found = self._kept.get(key)

@@ -235,3 +235,22 @@ async def test_a_head_of_a_streamed_through_file_closes_gitlab_s_response(
         response = await client.head(LARGE_FILE)
         assert (response.status_code, response.headers["x-cache"]) == (200, "BYPASS")
         await asyncio.wait_for(body.closed.wait(), timeout=10)
+
+
+async def test_a_metadata_name_without_its_own_record_is_never_the_wheel(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """Even bound to the wheel's sha256 (as a followed page binds core metadata), a
+    `.metadata` name with no record of its own hash is GitLab's 404, never the wheel."""
+    metadata = f"{API}/files/{SHA}/{WHEEL_NAME}.metadata"
+    gitlab_api.get(GITLAB + PAGE.rstrip("/")).respond(
+        200, content=page_with(WHEEL_NAME, WHEEL_NAME + ".metadata")
+    )
+    gitlab_api.get(GITLAB + FILE).respond(200, content=WHEEL)
+    gitlab_api.head(GITLAB + metadata).respond(404)
+    async with serve() as client:
+        await client.get(PAGE)
+        assert (await client.get(FILE)).content == WHEEL
+        response = await client.get(metadata)
+    assert response.status_code == 404
+    assert WHEEL not in response.content

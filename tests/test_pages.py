@@ -971,3 +971,15 @@ def test_public_json_page_gives_pep_700_keys() -> None:
         "2024-01-02T03:04:05Z",
         12,
     )
+
+
+def test_only_held_files_advertise_only_held_core_metadata() -> None:
+    """Filtered to what is held, a link keeps its core-metadata attributes only when the
+    metadata file is held too (pip fails hard on a promised `.metadata` it cannot get)."""
+    wheel, metadata = "a" * 64, "b" * 64
+    attrs = (("data-core-metadata", f"sha256={metadata}"), ("data-requires-python", ">=3.8"))
+    page = Page("t", (Link(f"{API}/files/{wheel}/x-1-py3-none-any.whl", "x", "", attrs),))
+    assert page.only(frozenset({wheel, metadata})) == page
+    (link,) = page.only(frozenset({wheel})).links
+    assert link.attrs == (("data-requires-python", ">=3.8"),)
+    assert page.shas() == {wheel, metadata}
