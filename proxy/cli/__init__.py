@@ -1,0 +1,1 @@
+"""The subcommands beside serve: cache, token, warm, export and import."""
