@@ -1,13 +1,14 @@
-"""The bundle format: member names, the manifest, pages and bindings as checked JSON; no I/O."""
+"""The bundle format: member names, the manifest and each record as checked JSON; no I/O."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from proxy.cache import StoredPage
 from proxy.models import (
@@ -20,10 +21,14 @@ from proxy.models import (
     valid_sha256,
 )
 
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)
+"""Format 1 has no sources member (its bundles carry no forwarded files' records)."""
 MANIFEST = "manifest.json"
 PAGES = "pages.jsonl"
 BINDINGS = "bindings.jsonl"
+SOURCES = "sources.jsonl"
+"""Where followed public files come from, and which bytes were verified as public."""
 FILES = "files/"
 """Files are members named files/<sha256>, between the manifest and the pages."""
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
@@ -66,6 +71,11 @@ class Manifest:
     version: int = VERSION
 
     @property
+    def members(self) -> tuple[str, ...]:
+        """The record members a bundle of this version holds besides its files."""
+        return (PAGES, BINDINGS, SOURCES) if self.version >= 2 else (PAGES, BINDINGS)
+
+    @property
     def size(self) -> int:
         """The bytes of all files."""
         return sum(file.size for file in self.files)
@@ -101,8 +111,9 @@ def manifest_to_json(manifest: Manifest) -> bytes:
 def manifest_from_json(data: bytes) -> Manifest:
     """The manifest of an untrusted bundle; Invalid unless every field checks out."""
     document = _object(_loads(data), "manifest")
-    if document.get("format") != VERSION:
-        raise Invalid(f"manifest: format {document.get('format')!r} (expected {VERSION})")
+    version = document.get("format")
+    if isinstance(version, bool) or version not in READABLE:
+        raise Invalid(f"manifest: format {version!r} (expected one of {READABLE})")
     created = _number(document.get("created"), "manifest: created")
     entries = document.get("files")
     if not isinstance(entries, list):
@@ -121,7 +132,8 @@ def manifest_from_json(data: bytes) -> Manifest:
             raise Invalid(f"manifest: {sha256}: pinned {pinned!r} is not true or false")
         seen.add(sha256)
         files.append(BundledFile(sha256, size, pinned))
-    return Manifest(created=created, files=tuple(files))
+    assert isinstance(version, int)
+    return Manifest(created=created, files=tuple(files), version=version)
 
 
 def page_to_json(key: str, stored: StoredPage) -> bytes:
@@ -238,6 +250,77 @@ def binding_from_json(
     accepted = document.get("accepted")
     when = None if accepted is None else _number(accepted, f"binding of {owner}: accepted")
     return owner, frozenset(files), when
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """Where a followed public page said a (sha256, filename) pair is fetched from."""
+
+    sha256: str
+    filename: str
+    url: str
+    """http(s); a core-metadata file's ("<wheel>.metadata") ends in #sha256=<its own hash>."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublicRecord:
+    """Bytes fetched from a public URL and verified: anyone may have them."""
+
+    sha256: str
+
+
+def source_to_json(record: SourceRecord | PublicRecord) -> bytes:
+    """One line of the sources member."""
+    document: dict[str, str]
+    if isinstance(record, PublicRecord):
+        document = {"public": record.sha256}
+    else:
+        document = {"sha256": record.sha256, "filename": record.filename, "url": record.url}
+    return json.dumps(document, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+def source_from_json(
+    line: bytes, held: Container[str], bound: Container[tuple[str, str]]
+) -> SourceRecord | PublicRecord:
+    """One untrusted line of the sources member; Invalid unless it checks out: a public
+    record names a file of the bundle (`held`), a source record a (sha256, filename) pair
+    the bundle binds (`bound`), at an http(s) URL."""
+    document = _object(_loads(line), "a source")
+    if "public" in document:
+        sha256 = _text(document["public"], "public record")
+        if sha256 not in held:
+            raise Invalid(f"public record: {sha256!r} is not a file of the bundle")
+        return PublicRecord(sha256)
+    sha256 = _text(document.get("sha256"), "source: sha256")
+    filename = _text(document.get("filename"), "source: filename")
+    url = _text(document.get("url"), f"source of {filename!r}: url")
+    if not (valid_sha256(sha256) and sha256 == sha256.lower()):
+        raise Invalid(f"source: {sha256!r} is not a lower-case sha256")
+    if not valid_filename(filename):
+        raise Invalid(f"source: {filename!r} is not a distribution file name")
+    if (sha256, filename) not in bound:
+        raise Invalid(f"source of {filename}: {sha256} is not bound to it in the bundle")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise Invalid(f"source of {filename}: {url!r} is not a URL") from exc
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise Invalid(f"source of {filename}: {url!r} is not an http(s) URL")
+    # Only a core-metadata file has a fragment: the hash of its own bytes (PEP 658).
+    if filename.endswith(".metadata"):
+        digest = metadata_sha256(url)
+        fitting = digest is not None and parts.fragment == f"sha256={digest}"
+    else:
+        fitting = "#" not in url
+    if not fitting:
+        raise Invalid(f"source of {filename}: fragment {parts.fragment!r}")
+    return SourceRecord(sha256, filename, url)
+
+
+def metadata_sha256(url: str) -> str | None:
+    """The sha256 a core-metadata source's URL names (its #sha256= fragment), or None."""
+    digest = url.partition("#sha256=")[2]
+    return digest if valid_sha256(digest) and digest == digest.lower() else None
 
 
 def _loads(data: bytes) -> object:

@@ -49,9 +49,9 @@ def import_bundle(
     Files are staged under the cache's tmp folder while hashed; nothing becomes visible
     unless every file matches the manifest, every member is expected and every page and
     binding checks out (else BundleError with the bad entries, and the staging is removed).
-    Then files are committed one by one (pinned as the manifest says), then pages (the
-    newer of two kept), then bindings: an interruption leaves nothing that points to a
-    missing file.
+    Then files are committed one by one (pinned as the manifest says), then the sources
+    of followed public files, then pages (the newer of two kept), then bindings: an
+    interruption leaves nothing that points to a missing file.
     """
     _sweep_staging(store.tmp)
     with _staging(store.tmp) as staging:
@@ -66,6 +66,10 @@ class _Checked:
     """sha256 -> staged bytes, for files the cache lacks (or holds unpinned, pinned here)."""
     pages: Path
     bindings: Path
+    sources: Path | None
+    """None: a bundle of format 1, which has no sources member."""
+    bound: frozenset[tuple[str, str]]
+    """Every (sha256, filename) pair the bundle binds."""
 
 
 def _check(store: Store, source: BinaryIO, staging: Path, progress: Progress) -> _Checked:
@@ -85,12 +89,12 @@ def _check(store: Store, source: BinaryIO, staging: Path, progress: Progress) ->
     try:
         with tar:
             for member in members:
-                problem = _unexpected(member, seen, expected)
+                problem = _unexpected(member, seen, expected, manifest.members)
                 if problem is not None:
                     problems.append(problem)
                     continue
                 seen.add(member.name)
-                if member.name in (fmt.PAGES, fmt.BINDINGS):
+                if member.name in manifest.members:
                     meta[member.name] = _stage(tar, member, staging, progress=None)[0]
                     continue
                 file = expected[member.name.removeprefix(fmt.FILES)]
@@ -114,14 +118,17 @@ def _check(store: Store, source: BinaryIO, staging: Path, progress: Progress) ->
         raise BundleError(f"cannot stage the bundle in {staging}: {exc.strerror}") from exc
     for sha256 in expected.keys() - {name.removeprefix(fmt.FILES) for name in seen}:
         problems.append(f"{fmt.FILES}{sha256}: missing from the bundle")
-    for name in (fmt.PAGES, fmt.BINDINGS):
+    held, bound = frozenset(expected), set[tuple[str, str]]()
+    for name in manifest.members:
         if name not in meta:
             problems.append(f"{name}: missing from the bundle")
         else:
-            problems += _check_lines(meta[name], name, frozenset(expected))
+            problems += _check_lines(meta[name], name, held, bound)
     if problems:
         raise BundleError("the bundle was refused; the cache is unchanged", tuple(problems))
-    return _Checked(manifest, staged, meta[fmt.PAGES], meta[fmt.BINDINGS])
+    pages, bindings = meta[fmt.PAGES], meta[fmt.BINDINGS]
+    sources = meta.get(fmt.SOURCES)
+    return _Checked(manifest, staged, pages, bindings, sources, frozenset(bound))
 
 
 def _manifest(tar: tarfile.TarFile, member: tarfile.TarInfo | None) -> fmt.Manifest:
@@ -142,12 +149,15 @@ def _regular(member: tarfile.TarInfo) -> bool:
 
 
 def _unexpected(
-    member: tarfile.TarInfo, seen: set[str], expected: dict[str, fmt.BundledFile]
+    member: tarfile.TarInfo,
+    seen: set[str],
+    expected: dict[str, fmt.BundledFile],
+    records: tuple[str, ...],
 ) -> str | None:
     """Why a member has no place in a bundle, or None. Only regular files of known names:
     no links, folders, devices, or paths that lead anywhere else."""
     name = member.name
-    known = name in (fmt.PAGES, fmt.BINDINGS) or (
+    known = name in records or (
         name.startswith(fmt.FILES) and name.removeprefix(fmt.FILES) in expected
     )
     if not known:
@@ -190,15 +200,21 @@ def _lines(path: Path) -> Iterator[bytes]:
             yield line
 
 
-def _check_lines(path: Path, name: str, held: frozenset[str]) -> list[str]:
+def _check_lines(
+    path: Path, name: str, held: frozenset[str], bound: set[tuple[str, str]]
+) -> list[str]:
+    """The problems of one record member; the bindings member adds its pairs to `bound`
+    (checked before the sources member, whose records may name only those)."""
     problems = []
     try:
         for number, line in enumerate(_lines(path), 1):
             try:
                 if name == fmt.PAGES:
                     fmt.page_from_json(line)
+                elif name == fmt.BINDINGS:
+                    bound.update(fmt.binding_from_json(line, held)[1])
                 else:
-                    fmt.binding_from_json(line, held)
+                    fmt.source_from_json(line, held, bound)
             except fmt.Invalid as exc:
                 problems.append(f"{name} line {number}: {exc}")
     except fmt.Invalid as exc:
@@ -224,6 +240,18 @@ def _commit(store: Store, grants: Grants, checked: _Checked, progress: Progress)
             f"stopped after {added} of {len(checked.staged)} new files, before any page or "
             f"binding ({exc}); the cache holds only verified files; import again"
         ) from exc
+    # Before pages and bindings: a followed file's core metadata is never advertised
+    # (its file is held) without the record that lets it be served.
+    sources = 0
+    held = frozenset(file.sha256 for file in checked.manifest.files)
+    for line in _lines(checked.sources) if checked.sources is not None else ():
+        record = fmt.source_from_json(line, held, checked.bound)
+        if isinstance(record, fmt.PublicRecord):
+            grants.see_public(record.sha256)
+        else:
+            grants.add_sources({(record.sha256, record.filename): record.url})
+            sources += 1
+    progress.step(f"{sources} sources of public files")
     pages = 0
     for line in _lines(checked.pages):
         key, name, stored = fmt.page_from_json(line)
@@ -235,7 +263,6 @@ def _commit(store: Store, grants: Grants, checked: _Checked, progress: Progress)
                 store.put_page(target, stored, name=name)
         pages += 1
     progress.step(f"{pages} pages")
-    held = frozenset(file.sha256 for file in checked.manifest.files)
     bindings = 0
     for line in _lines(checked.bindings):
         owner, files, accepted = fmt.binding_from_json(line, held)

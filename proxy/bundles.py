@@ -81,7 +81,9 @@ def export_bundle(
     clock: Callable[[], float] = time.time,
 ) -> Exported:
     """Write a bundle of the cache to `out`: every file (or the pinned ones, or those bound
-    to `scope_keys`, or both), the pages and bindings of public owners, and the manifest.
+    to `scope_keys`, or both), the pages and bindings of public owners, and the manifest;
+    for files of followed public pages, their sources, their core metadata files and
+    whether their bytes were verified as public.
 
     Personal owners (passthrough's per-credential records) are left out: their keys hash
     credentials with this cache's secret salt. BundleError if a file changes meanwhile.
@@ -89,10 +91,19 @@ def export_bundle(
     owners = _selected(scope_keys)
     bindings = [(o, files) for o, files in grants.bindings() if owners(o)]
     bound = {sha256 for _, files in bindings for sha256, _ in files}
+    held = list(store.iter_files())  # least recently used first: keeps diskcache's order
+    wanted = {
+        file.sha256
+        for file in held
+        if (file.pinned or not pinned_only) and (not scope_keys or file.sha256 in bound)
+    }
+    sources = _sources(grants, bindings, wanted)
+    # A followed wheel's core metadata travels with it: a file of its own, named by hash.
+    wanted |= {sha for s in sources if (sha := fmt.metadata_sha256(s.url)) is not None}
     chosen = [
         fmt.BundledFile(file.sha256, file.size, file.pinned)
-        for file in store.iter_files()  # least recently used first: keeps diskcache's order
-        if (file.pinned or not pinned_only) and (not scope_keys or file.sha256 in bound)
+        for file in held
+        if file.sha256 in wanted
     ]
     manifest = fmt.Manifest(created=clock(), files=tuple(chosen))
     shas = frozenset(file.sha256 for file in chosen)
@@ -120,7 +131,28 @@ def export_bundle(
         with records as (lines, bound_count):
             progress.step(f"{bound_count} bindings")
             _add(tar, fmt.BINDINGS, lines, manifest.created)
+        public = [fmt.PublicRecord(sha) for sha in shas if grants.seen_public(sha)]
+        listed: list[fmt.SourceRecord | fmt.PublicRecord] = [*sources, *public]
+        records = _spooled(fmt.source_to_json(record) for record in listed)
+        with records as (lines, _):
+            _add(tar, fmt.SOURCES, lines, manifest.created)
     return Exported(len(chosen), manifest.size, count, bound_count)
+
+
+def _sources(
+    grants: Grants,
+    bindings: list[tuple[str, frozenset[tuple[str, str]]]],
+    shas: set[str],
+) -> list[fmt.SourceRecord]:
+    """The public sources of the bound pairs of these files (EE forward/ paths stay:
+    they are GitLab's, asked with a caller's credentials, and only while online)."""
+    pairs = dict.fromkeys(pair for _, files in bindings for pair in files if pair[0] in shas)
+    found = ((pair, grants.source(*pair)) for pair in sorted(pairs))
+    return [
+        fmt.SourceRecord(sha256, filename, url)
+        for (sha256, filename), url in found
+        if url is not None and url.startswith(("https://", "http://"))
+    ]
 
 
 def _selected(scope_keys: tuple[str, ...]) -> Callable[[str], bool]:

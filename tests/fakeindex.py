@@ -86,9 +86,13 @@ class FakeIndex:
         *,
         upload_time: str | None = "2020-01-01T00:00:00Z",
         requires_python: str | None = None,
+        tag: str = "py3-none-any",
+        requires: tuple[str, ...] = (),
     ) -> PublicFile:
-        """Publish a real wheel of `name` `version`."""
-        filename, content = make_wheel(name, version, requires_python=requires_python)
+        """Publish a real wheel of `name` `version` for `tag`, depending on `requires`."""
+        filename, content = make_wheel(
+            name, version, requires_python=requires_python, tag=tag, requires=requires
+        )
         file = PublicFile(normalize(name), filename, content, upload_time, requires_python)
         with self._lock:
             self._files.append(file)

@@ -13,6 +13,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -191,6 +192,51 @@ def _personal_page(members: Members) -> str:
     return "is not a scope another cache can serve"
 
 
+def _add_record(members: Members, record: dict[str, str]) -> None:
+    i = next(i for i, (info, _) in enumerate(members) if info.name == "sources.jsonl")
+    members[i] = (members[i][0], members[i][1] + json.dumps(record).encode() + b"\n")
+
+
+def _bound_pair(members: Members) -> tuple[str, str]:
+    binding = json.loads(next(data for info, data in members if info.name == "bindings.jsonl"))
+    sha, filename = binding["files"][0]
+    return sha, filename
+
+
+def _source_not_http(members: Members) -> str:
+    sha, filename = _bound_pair(members)
+    _add_record(members, {"sha256": sha, "filename": filename, "url": "file:///etc/passwd"})
+    return "is not an http(s) URL"
+
+
+def _source_of_a_pair_not_bound(members: Members) -> str:
+    sha, _ = _bound_pair(members)
+    url = "https://files.example/other-1.0-py3-none-any.whl"
+    _add_record(members, {"sha256": sha, "filename": "other-1.0-py3-none-any.whl", "url": url})
+    return "is not bound to it in the bundle"
+
+
+def _source_of_metadata_without_its_hash(members: Members) -> str:
+    sha, filename = _bound_pair(members)
+    i = next(i for i, (info, _) in enumerate(members) if info.name == "bindings.jsonl")
+    binding = json.loads(members[i][1])
+    binding["files"].append([sha, filename + ".metadata"])
+    members[i] = (members[i][0], json.dumps(binding).encode() + b"\n")
+    url = f"https://files.example/{filename}.metadata"
+    _add_record(members, {"sha256": sha, "filename": filename + ".metadata", "url": url})
+    return "fragment ''"
+
+
+def _public_record_of_another_file(members: Members) -> str:
+    _add_record(members, {"public": "f" * 64})
+    return "is not a file of the bundle"
+
+
+def _drop_sources(members: Members) -> str:
+    members[:] = [(info, data) for info, data in members if info.name != "sources.jsonl"]
+    return "sources.jsonl: missing from the bundle"
+
+
 @pytest.mark.parametrize(
     "tamper",
     [
@@ -202,13 +248,19 @@ def _personal_page(members: Members) -> str:
         _page_link_elsewhere,
         _binding_of_another_file,
         _personal_page,
+        _source_not_http,
+        _source_of_a_pair_not_bound,
+        _source_of_metadata_without_its_hash,
+        _public_record_of_another_file,
+        _drop_sources,
     ],
 )
 def test_a_bad_bundle_is_refused_with_its_bad_entry_and_the_cache_is_unchanged(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], tamper: Callable[[Members], str]
 ) -> None:
     """A flipped byte, a missing file, a lying manifest, an unexpected member or a record
-    that breaks the format: exit 1, the entry listed, the cache as it was, no staging left."""
+    that breaks the format (a page, a binding, a source or public record opening up what
+    the bundle does not bind or hold): exit 1, the entry listed, the cache as it was."""
     _fill(tmp_path / "src", "projects/42", {_wheel("demo-pkg", "1.0"): b"one" * 1000})
     assert _export(tmp_path / "src", tmp_path / "good.tar") == 0
     members = _members(tmp_path / "good.tar")
@@ -311,6 +363,116 @@ def test_export_index_holds_only_files_bound_to_those_scopes(tmp_path: Path) -> 
         data for info, data in _members(tmp_path / "bundle.tar") if info.name == "pages.jsonl"
     )
     assert b"projects/421" not in pages
+
+
+PUBLIC = "https://files.example/packages"
+
+
+@dataclass(frozen=True)
+class Followed:
+    """A wheel of a followed public page as the proxy keeps it, with its core metadata."""
+
+    sha256: str
+    metadata_sha256: str
+    filename: str
+
+    @property
+    def sources(self) -> dict[tuple[str, str], str]:
+        url = f"{PUBLIC}/{self.filename}"
+        metadata = f"{url}.metadata#sha256={self.metadata_sha256}"
+        return {
+            (self.sha256, self.filename): url,
+            (self.sha256, self.filename + ".metadata"): metadata,
+        }
+
+
+def _follow(cache: Path, owner: str, name: str, *, metadata_held: bool = True) -> Followed:
+    """A followed wheel held, pinned and bound to `owner` under its name and its
+    `.metadata` name, with its sources and both files' bytes seen as public."""
+    filename = _wheel(name, "1.0")
+    wheel, metadata = f"{name} wheel".encode(), f"Name: {name}\n".encode()
+    _fill(cache, owner, {filename: wheel}, pinned=True)
+    followed = Followed(
+        hashlib.sha256(wheel).hexdigest(), hashlib.sha256(metadata).hexdigest(), filename
+    )
+    store = Store(cache, max_size=10**9)
+    if metadata_held:
+        staged = cache.parent / "metadata.part"
+        staged.write_bytes(metadata)
+        store.put_file(followed.metadata_sha256, staged, pinned=False)  # warm pins wheels only
+        staged.unlink()
+    grants = Grants(store.access)
+    grants.bind(owner, followed.sources)
+    grants.add_sources(followed.sources)
+    grants.see_public(followed.sha256)
+    grants.see_public(followed.metadata_sha256)
+    store.close()
+    return followed
+
+
+def _records(bundle: Path) -> list[dict[str, str]]:
+    data = next(data for info, data in _members(bundle) if info.name == "sources.jsonl")
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def test_followed_files_keep_their_sources_public_records_and_core_metadata(
+    tmp_path: Path,
+) -> None:
+    """Exported --pinned --index, imported into an empty cache: the wheel's and its
+    `.metadata` name's sources, both public records and the (unpinned) core metadata file
+    come along, so an offline proxy can serve the metadata."""
+    followed = _follow(tmp_path / "src", "projects/42", "pub-lib")
+    flags = ("--pinned", "--index", "projects/42")
+    assert _export(tmp_path / "src", tmp_path / "bundle.tar", *flags) == 0
+    assert _import(tmp_path / "dst", tmp_path / "bundle.tar") == 0
+    store = Store(tmp_path / "dst", max_size=10**9)
+    grants = Grants(store.access)
+    assert {pair: grants.source(*pair) for pair in followed.sources} == followed.sources
+    shas = (followed.sha256, followed.metadata_sha256)
+    assert [(store.has_file(s), grants.seen_public(s)) for s in shas] == [(True, True)] * 2
+    store.close()
+
+
+def test_a_core_metadata_file_the_cache_lacks_is_left_out(tmp_path: Path) -> None:
+    """Its source record still travels; the bundle holds only the wheel."""
+    followed = _follow(tmp_path / "src", "projects/42", "pub-lib", metadata_held=False)
+    assert _export(tmp_path / "src", tmp_path / "bundle.tar") == 0
+    assert _bundled(tmp_path / "bundle.tar") == {followed.sha256}
+    assert {
+        (r["sha256"], r["filename"]) for r in _records(tmp_path / "bundle.tar") if "url" in r
+    } == set(followed.sources)
+
+
+def test_sources_of_files_left_out_stay_behind(tmp_path: Path) -> None:
+    """--index takes the sources and public records of its own files only; a source that
+    is a GitLab EE forward/ path (asked with a caller's credentials) is never exported."""
+    kept = _follow(tmp_path / "c", "projects/42", "pub-lib")
+    _follow(tmp_path / "c", "projects/421", "other-lib")
+    store = Store(tmp_path / "c", max_size=10**9)
+    forward = "/api/v4/projects/42/packages/pypi/forward/x"
+    Grants(store.access).add_sources({(kept.sha256, kept.filename): forward})
+    store.close()
+    assert _export(tmp_path / "c", tmp_path / "bundle.tar", "--index", "projects/42") == 0
+    records = _records(tmp_path / "bundle.tar")
+    assert sorted(r.get("filename", "") for r in records if "url" in r) == [
+        kept.filename + ".metadata"
+    ]
+    assert sorted(r["public"] for r in records if "public" in r) == sorted(
+        (kept.sha256, kept.metadata_sha256)
+    )
+
+
+def test_a_bundle_of_format_1_is_still_imported(tmp_path: Path) -> None:
+    """A bundle made before sources were carried (no sources member) imports as before."""
+    shas = _fill(tmp_path / "src", "projects/42", {_wheel("a", "1"): b"a"})
+    assert _export(tmp_path / "src", tmp_path / "new.tar") == 0
+    members = [(i, d) for i, d in _members(tmp_path / "new.tar") if i.name != "sources.jsonl"]
+    manifest = json.loads(members[0][1])
+    manifest["format"] = 1
+    members[0] = (members[0][0], json.dumps(manifest).encode())
+    _write(tmp_path / "old.tar", members)
+    assert _import(tmp_path / "dst", tmp_path / "old.tar") == 0
+    assert [sha for sha, _, _ in _content(tmp_path / "dst")[0]] == shas
 
 
 def test_personal_records_are_not_exported(tmp_path: Path) -> None:
