@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from proxy.cache import Records
-from proxy.models import project_of
+from proxy.models import project_of, valid_sha256
 
 # Record keys: "bound|<owner>|<project>" -> frozenset of "<sha256>/<filename>";
 # "accepted|<credential hash>" -> when; "refused|<owner>|<sha256>/<filename>" -> True;
@@ -71,6 +71,15 @@ class Grants:
         """Where a followed public page said this file is, or None (a file of GitLab's)."""
         value = self._records.get(f"source|{sha256}/{filename}")
         return value if isinstance(value, str) else None
+
+    def core_metadata(self, sha256: str) -> list[str]:
+        """The sha256s of the core-metadata files followed pages gave for this wheel."""
+        found = []
+        for key, url in self._records.items(f"source|{sha256}/"):
+            digest = str(url).partition("#sha256=")[2]
+            if key.endswith(".metadata") and valid_sha256(digest):
+                found.append(digest.lower())
+        return found
 
     def see_public(self, sha256: str) -> None:
         """These bytes were fetched from a public index and verified: anyone may have them."""

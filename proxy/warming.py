@@ -25,6 +25,7 @@ from proxy import lockfiles, server
 from proxy.cache import Store
 from proxy.config import Settings
 from proxy.errors import ConfigError
+from proxy.grants import Grants
 from proxy.maintenance import human_size
 from proxy.models import Scope, valid_scope_id
 
@@ -264,10 +265,16 @@ def _keep(store: Store, outcome: Outcome, *, pin: bool, progress: Progress) -> N
     """Wait for the proxy to publish the step's files and pin them (unless `pin` is
     False); a file the cache does not hold becomes an error. Reports the step."""
     end = time.monotonic() + COMMIT_DEADLINE
+    grants = Grants(store.access)
     for sha in list(outcome.files):
         if not _committed(store, sha, end) or (pin and not store.pin(sha)):
             outcome.errors.append(f"{sha}: downloaded, but the cache does not hold it")
             del outcome.files[sha]
+        elif pin:
+            # The core metadata the resolver read instead of the wheel: offline, pages
+            # advertise it only while it is held, so it is kept with its wheel.
+            for metadata in grants.core_metadata(sha):
+                store.pin(metadata)
     progress.line(f"warm: {outcome.label}: {len(outcome.files)} files")
     for line in outcome.errors:
         progress.line(f"  {line}")

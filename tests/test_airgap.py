@@ -10,6 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from proxy.cache import Store
+from proxy.grants import Grants
 from tests.clients import clean_env, installed_version, new_venv, pip_install, run, uv_install
 from tests.distfactory import make_wheel
 from tests.fakegitlab import FakeGitLab
@@ -108,6 +110,12 @@ def test_a_warmed_export_installs_offline_with_pip_and_uv_and_asks_no_upstream(
     )
     assert f"pinned {1 + len(PLATFORMS) * len(PYTHONS)} files" in warmed
     assert any(path.endswith(".whl.metadata") for path in index.paths)  # pip used PEP 658
+    held = Store(tmp_path / "online", max_size=10**9)
+    grants = Grants(held.access)
+    metadata = [sha for file in held.iter_files() for sha in grants.core_metadata(file.sha256)]
+    assert len(metadata) == len(PLATFORMS) * len(PYTHONS)
+    assert all(held.is_pinned(sha) for sha in metadata)  # kept with their wheels
+    held.close()
     bundle = tmp_path / "bundle.tar"
     online = ("--cache-dir", str(tmp_path / "online"))
     _cli("export", str(bundle), "--pinned", "--index", "groups/7", *online)
