@@ -151,6 +151,12 @@ def old_pip_wheels() -> Path:
     return OLD_PIP_WHEELS
 
 
+def test_the_readme_test_command_fetches_the_old_pip() -> None:
+    """The README's test command downloads the very pip this file installs, into the venv."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert f" -d .venv/{OLD_PIP_WHEELS.name} pip=={OLD_PIP} " in readme
+
+
 def test_the_oldest_pip_for_python_311_installs_the_tree(
     tree: Tree, tmp_path: Path, old_pip_wheels: Path
 ) -> None:
