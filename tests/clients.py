@@ -20,7 +20,17 @@ import httpx
 BIN = Path(sys.executable).parent
 # design.md section 6: a pip under test must not see the machine's pip configuration
 # (extra index URLs, find-links, PIP_* variables), or it can pass without the proxy.
-_LEAKY_PREFIXES = ("PIP_", "UV_", "TWINE_", "GITLAB_PYPI_PROXY_", "PYTHONPATH", "PROMETHEUS_")
+_LEAKY_PREFIXES = (
+    "PIP_",
+    "UV_",
+    "TWINE_",
+    "POETRY_",
+    "PDM_",
+    "GITLAB_PYPI_PROXY_",
+    "PYTHONPATH",
+    "PROMETHEUS_",
+    "VIRTUAL_ENV",
+)
 # Polls a URL until its stdin closes, then prints the slowest answer's seconds.
 _POLLER = """
 import sys, threading, time, urllib.request
@@ -44,20 +54,54 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def isolated_env(home: Path, **extra: str) -> dict[str, str]:
+    """`clean_env` with HOME and the XDG directories inside `home`: poetry, pdm and uv read
+    no configuration (user or system), netrc, cache or data of this machine, and no keyring.
+    (uv's --no-config would also hide a project's own `[tool.uv]`.)"""
+    dirs = {"HOME": home, "XDG_CONFIG_DIRS": home / "etc"}
+    dirs.update({f"XDG_{kind}_HOME": home / kind.lower() for kind in ("CONFIG", "CACHE", "DATA")})
+    for path in dirs.values():
+        path.mkdir(parents=True, exist_ok=True)
+    return clean_env(
+        **{name: str(path) for name, path in dirs.items()},
+        PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring",
+        UV_PYTHON_DOWNLOADS="never",
+        POETRY_NO_INTERACTION="1",
+        POETRY_VIRTUALENVS_IN_PROJECT="true",
+        PDM_CHECK_UPDATE="false",
+        **extra,
+    )
+
+
 def run(
-    args: list[str], *, env: dict[str, str] | None = None, timeout: float = 180
+    args: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 180,
 ) -> subprocess.CompletedProcess[str]:
     """Run a client; its output is kept for the assertion message."""
     return subprocess.run(
-        args, env=env or clean_env(), capture_output=True, text=True, timeout=timeout, check=False
+        args,
+        env=env or clean_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
+
+
+def tool(name: str) -> str:
+    """A client's console script installed with the test extras (uv, poetry, pdm, twine)."""
+    found = shutil.which(name, path=str(BIN)) or shutil.which(name)
+    assert found, f"{name} is not installed (pip install -e '.[test]')"
+    return found
 
 
 def uv() -> str:
     """The uv binary installed with the test extras."""
-    found = shutil.which("uv", path=str(BIN)) or shutil.which("uv")
-    assert found, "uv is not installed (pip install -e '.[test]')"
-    return found
+    return tool("uv")
 
 
 def new_venv(path: Path) -> Path:
