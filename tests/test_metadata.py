@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
+import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -14,9 +17,13 @@ import pytest
 import respx
 
 from proxy.metadata import NoMetadata, Piece, Span, drive_sync, extract_from, steps
+from tests import scenario
+from tests.clients import run
 from tests.distfactory import make_wheel
+from tests.fakegitlab import FakeGitLab
 from tests.fakehttp import Response, byte_range
 from tests.inproc import GITLAB, Serve, gitlab_page
+from tests.scenario import SERVICE, Start, acme, publish
 
 API = "/api/v4/projects/42/packages/pypi"
 PAGE = f"{API}/simple/big-pkg/"
@@ -43,7 +50,7 @@ def big_wheel(size: int, *, metadata_first: bool = False) -> tuple[str, bytes, b
     return "big_pkg-1.0-py3-none-any.whl", wheel_of(members, stored=True), metadata
 
 
-def counted(data: bytes) -> tuple[list[int], object]:
+def counted(data: bytes) -> tuple[list[int], Callable[[Span], Piece]]:
     """A reader of `data` for drive_sync, and the list of byte counts it was asked for."""
     reads: list[int] = []
 
@@ -141,7 +148,7 @@ def test_a_big_wheel_needs_only_its_tail() -> None:
     """METADATA near the central directory (where wheels put it): one 64 KiB read."""
     filename, data, metadata = big_wheel(5 * 1024**2)
     reads, read = counted(data)
-    assert drive_sync(steps(filename), read) == metadata  # type: ignore[arg-type]
+    assert drive_sync(steps(filename), read) == metadata
     assert sum(reads) <= 64 * 1024
 
 
@@ -149,8 +156,9 @@ def test_metadata_far_from_the_end_costs_one_more_small_read() -> None:
     """METADATA at the start of a big wheel: the tail, then a read of about its own size."""
     filename, data, metadata = big_wheel(5 * 1024**2, metadata_first=True)
     reads, read = counted(data)
-    assert drive_sync(steps(filename), read) == metadata  # type: ignore[arg-type]
-    assert len(reads) == 2 and reads[1] < 4 * 1024
+    assert drive_sync(steps(filename), read) == metadata
+    assert len(reads) == 2
+    assert reads[1] < 4 * 1024
 
 
 # -- through the proxy ------------------------------------------------------------------
@@ -163,7 +171,7 @@ def page_of(filename: str, data: bytes) -> bytes:
     return gitlab_page("big-pkg", f'<a href="{href}">{filename}</a>')
 
 
-def ranged(data: bytes, sent: list[int]) -> object:
+def ranged(data: bytes, sent: list[int]) -> Callable[[httpx.Request], httpx.Response]:
     """A respx side effect serving `data` with Range as GitLab does; counts bytes sent."""
 
     def answer(request: httpx.Request) -> httpx.Response:
@@ -177,7 +185,8 @@ def ranged(data: bytes, sent: list[int]) -> object:
         start, end = span
         sent.append(end - start)
         content_range = f"bytes {start}-{end - 1}/{len(data)}"
-        return httpx.Response(206, content=data[start:end], headers={"content-range": content_range})
+        headers = {"content-range": content_range}
+        return httpx.Response(206, content=data[start:end], headers=headers)
 
     return answer
 
@@ -332,3 +341,53 @@ async def test_metadata_needs_the_wheel_bound_to_the_caller(
     _, meta = urls(filename, data)
     async with serve({"pages.metadata": "always"}) as client:
         assert (await client.get(meta)).status_code == 404
+
+
+# -- end to end -------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_pip_dry_run_reads_a_large_wheel_s_metadata_from_a_few_ranges(
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
+) -> None:
+    """`pip install --dry-run --report` of a 20 MB wheel in mode always: the proxy serves its
+    .metadata, GitLab's log shows only ranged reads of a few KB, the dependency resolves."""
+    acme(gitlab)
+    publish(gitlab, 42, "tiny", "1.0")
+    filename, data, _ = big_wheel(20 * 1024**2)
+    gitlab.add_file(42, "big-pkg", "1.0", filename, data)
+    always = {"GITLAB_PYPI_PROXY_PAGES_METADATA": "always"}
+    proxy = scenario.serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE, **always)
+    index = f"{proxy.url}{API}/simple"
+    report = tmp_path / "report.json"
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--isolated",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--dry-run",
+            "--ignore-installed",
+            "--report",
+            str(report),
+            "--index-url",
+            index,
+            "big-pkg",
+        ]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    installed = {item["metadata"]["name"] for item in json.loads(report.read_text())["install"]}
+    assert installed == {"big-pkg", "tiny"}
+    fetched = [
+        request
+        for request in gitlab.requests
+        if request.method == "GET" and request.path.endswith("/" + filename)
+    ]
+    assert fetched
+    assert all("range" in request.headers for request in fetched)
+    sizes = [byte_range(request.headers["range"], len(data)) for request in fetched]
+    sent = sum(end - start for start, end in filter(None, sizes))
+    assert sent <= 300 * 1024, f"{sent} bytes in {len(fetched)} requests"
