@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from proxy.access import REALM, Gate, Keeper, resolve_mode
 from proxy.cache import Records, Store
 from proxy.config import Settings, load_for_workers
+from proxy.coremeta import CoreMetadata, MetadataInjector
 from proxy.downloads import Downloads
 from proxy.errors import (
     BadRequest,
@@ -218,6 +219,13 @@ def create_app(
         )
         metrics.watch_cache(lambda: _size(store), filler.disk)
         keeper = Keeper(gate, grants, service=service)
+        metadata = CoreMetadata(
+            mode=settings.pages.metadata,
+            store=store,
+            grants=grants,
+            upstream=upstream,
+            offline=settings.cache.offline,
+        )
         mirror = Mirror(
             store=store,
             upstream=upstream,
@@ -229,6 +237,7 @@ def create_app(
             probe_writable=filler.probe_writable,
             renderer=Renderer(),
             forwarding=forwarding,
+            metadata=MetadataInjector(metadata),
         )
         downloads = Downloads(
             store=store,
@@ -240,6 +249,7 @@ def create_app(
             on_mismatch=metrics.hash_mismatches.inc,
             on_bypass=metrics.streamed_through.inc,
             forwarding=forwarding,
+            metadata=metadata,
         )
         log.info(
             "proxying %s, cache in %s%s",

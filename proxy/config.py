@@ -16,7 +16,7 @@ from typing import Any
 
 from proxy import values
 from proxy.errors import ConfigError
-from proxy.values import AccessMode, ForwardingMode
+from proxy.values import AccessMode, ForwardingMode, MetadataMode
 
 GiB = 1024**3
 ENV_PREFIX = "GITLAB_PYPI_PROXY_"
@@ -137,6 +137,15 @@ class ForwardingSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class PagesSettings:
+    """What the proxy adds to GitLab's pages."""
+
+    # PEP 658/714 core metadata (design 3.7): "off", "cached" (for wheels the cache
+    # holds) or "always" (read from GitLab with Range requests when not held).
+    metadata: MetadataMode = "cached"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Settings:
     """Everything the proxy reads at start-up; built once by load()."""
 
@@ -145,6 +154,7 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
     forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
+    pages: PagesSettings = field(default_factory=PagesSettings)
 
 
 # Every key load() accepts, as "section.key"; server.listen sets host and port.
@@ -175,6 +185,7 @@ _KEYS: dict[str, values.Converter] = {
     "forwarding.allowed_hosts": values.hosts,
     "forwarding.never": values.patterns,
     "forwarding.min_age": values.duration,
+    "pages.metadata": values.metadata_mode,
 }
 _SECTIONS = tuple(dict.fromkeys(key.partition(".")[0] for key in _KEYS))
 
@@ -322,6 +333,7 @@ def load(
         cache=CacheSettings(**cache),
         access=AccessSettings(**access),
         forwarding=ForwardingSettings(**section("forwarding")),
+        pages=PagesSettings(**section("pages")),
     )
 
 

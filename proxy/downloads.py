@@ -16,6 +16,7 @@ from anyio import to_thread
 
 from proxy.access import Keeper
 from proxy.cache import Store
+from proxy.coremeta import CoreMetadata, NoRanges
 from proxy.errors import (
     CacheError,
     HashMismatch,
@@ -45,6 +46,8 @@ class FileReply:
     """Frees what `chunks` would have used, for a HEAD that reads nothing."""
     ranged: bool = True
     """False: only the whole body can be read (chunks(0, None)); Range is not offered."""
+    sha256: str | None = None
+    """The sha256 of these bytes when it is not the URL's (core metadata): the ETag."""
 
 
 class Downloads:
@@ -62,8 +65,10 @@ class Downloads:
         on_mismatch: Callable[[], None] = lambda: None,
         on_bypass: Callable[[], None] = lambda: None,
         forwarding: Forwarding | None = None,
+        metadata: CoreMetadata | None = None,
     ) -> None:
         self._forwarding = forwarding
+        self._metadata = metadata
         self._store = store
         self._upstream = upstream
         self._filler = filler
@@ -95,6 +100,8 @@ class Downloads:
         if vetted and self._forwarding is not None:
             source = await self._forwarding.source(key, filename)
         if source is None and filename.endswith(".metadata"):
+            if self._metadata is not None and self._metadata.mode != "off":
+                return await self._core_metadata(caller, key, filename.removesuffix(".metadata"))
             # GitLab serves no core metadata: a `.metadata` name is only ever a followed
             # page's, with its own hash. Without that record, never the wheel's bytes.
             vetted = fallback = False
@@ -155,7 +162,10 @@ class Downloads:
             # No await from here until the caller reads: Filler.read counts the reader
             # at once, and a counted reader keeps the fill's file open.
             reply = FileReply(
-                fill.length, "MISS", lambda start, end: self._filler.read(fill, start, end)
+                fill.length,
+                "MISS",
+                lambda start, end: self._filler.read(fill, start, end),
+                sha256=key,
             )
         else:
             if fill.error is not None:
@@ -166,6 +176,53 @@ class Downloads:
             committed.cache = "MISS"
             reply = committed
         return reply
+
+    # -- core metadata (PEP 658/714, design 3.7) ---------------------------------------
+
+    async def _core_metadata(self, caller: Caller, sha256: str, wheel: str) -> FileReply | Reply:
+        """`<wheel>.metadata` of a wheel this caller may read: from the cache, else (mode
+        "always") from GitLab's ranges of the wheel, else from the whole wheel through
+        the usual fill. A 404 for anything else: never a guess, never the wheel's bytes."""
+        assert self._metadata is not None
+        path = f"{caller.scope.api_path}/files/{sha256}/{quote(wheel, safe='+')}"
+        vetted, fallback = await self._keeper.vouched(caller, sha256, wheel)
+        if not wheel.endswith(".whl") or not (vetted or fallback):
+            return Reply(404, _NOT_FOUND, {"content-type": "application/json"}, "BYPASS")
+        if not vetted:
+            refusal = await self._check(caller, path, sha256, wheel, fallback=True)
+            if refusal is not None:
+                return refusal
+        source = None if self._forwarding is None else await self._forwarding.source(sha256, wheel)
+        try:
+            if source is not None:  # a public index's wheel: no ranges through PublicIndex
+                raise NoRanges("a public file")
+            found = await self._metadata.find(
+                sha256, wheel, path=path, authorization=caller.upstream
+            )
+        except NoRanges:
+            answer = await self.file(caller, sha256, wheel)
+            if isinstance(answer, Reply):
+                return answer
+            body = answer.chunks(0, None)
+            try:
+                async for _chunk in body:
+                    pass
+            finally:
+                await body.aclose()
+            found = await self._metadata.held(sha256, wheel)
+        if found is None:
+            return Reply(404, _NOT_FOUND, {"content-type": "application/json"}, "BYPASS")
+        data = found.data
+
+        async def chunks(start: int, end: int | None) -> AsyncGenerator[bytes, None]:
+            yield data[start:end]
+
+        return FileReply(
+            len(data),
+            "MISS" if found.fetched else "HIT",
+            lambda start, end: Body(chunks(start, end), lambda: None),
+            sha256=found.sha256,
+        )
 
     async def _through(
         self,
@@ -205,6 +262,7 @@ class Downloads:
             lambda start, end: Body(self._hashed(download, sha256, stack), close),
             close,
             ranged=False,
+            sha256=sha256,
         )
 
     async def _hashed(
@@ -307,6 +365,7 @@ class Downloads:
             "HIT",
             lambda start, end: Body(_read_handle(handle, start, end), handle.close),
             handle.close,
+            sha256=key,
         )
 
     def _open_with_size(self, key: str) -> tuple[IO[bytes], int] | None:

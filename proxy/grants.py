@@ -12,7 +12,8 @@ from proxy.models import project_of, valid_sha256
 # Record keys: "bound|<owner>|<project>" -> frozenset of "<sha256>/<filename>";
 # "accepted|<credential hash>" -> when; "refused|<owner>|<sha256>/<filename>" -> True;
 # "source|<sha256>/<filename>" -> where a followed public page said the file is (not secret);
-# "public|<sha256>" -> True once those bytes were fetched from a public URL and verified.
+# "public|<sha256>" -> True once those bytes were fetched from a public URL and verified;
+# "meta|<wheel sha256>" -> the sha256 of its core metadata, "" when it has none.
 
 
 class Grants:
@@ -88,6 +89,16 @@ class Grants:
     def seen_public(self, sha256: str) -> bool:
         """Whether these bytes were ever fetched from a public index and verified."""
         return self._records.get(f"public|{sha256}") is True
+
+    def set_metadata(self, wheel: str, metadata: str) -> None:
+        """The wheel's core metadata has this sha256 ("": the wheel has none)."""
+        if self._records.get(f"meta|{wheel}") != metadata:
+            self._records.set(f"meta|{wheel}", metadata)
+
+    def metadata_of(self, wheel: str) -> str | None:
+        """The sha256 of the wheel's core metadata, "" when it has none, None when unknown."""
+        value = self._records.get(f"meta|{wheel}")
+        return value if isinstance(value, str) else None
 
     def accept(self, credential: str, when: float) -> None:
         """GitLab accepted this (hashed) credential for its scope at `when`."""

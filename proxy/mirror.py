@@ -13,6 +13,7 @@ from anyio import to_thread
 from proxy import pages
 from proxy.access import Keeper
 from proxy.cache import Store, StoredPage
+from proxy.coremeta import MetadataInjector
 from proxy.errors import (
     CacheError,
     OfflineMiss,
@@ -54,8 +55,10 @@ class Mirror:
         clock: Callable[[], float] = time.time,
         renderer: Renderer,
         forwarding: Forwarding | None = None,
+        metadata: MetadataInjector | None = None,
     ) -> None:
         self._forwarding = forwarding
+        self._metadata = metadata
         self._store = store
         self._upstream = upstream
         self._keeper = keeper
@@ -245,6 +248,9 @@ class Mirror:
         self, page: Page, base_url: str, cache: CacheStatus, *, only_held: bool = False
     ) -> Reply:
         held = self._store.held if only_held and page.kind == "project" else None
+        if self._metadata is not None:
+            # PEP 658/714, for what can be served: offline or stale, only from the cache.
+            page = await self._metadata.inject(page, remote=not only_held)
         body, content_type = await self._renderer.render(page, base_url=base_url, held=held)
         return Reply(200, body, {"content-type": content_type, "vary": "Accept"}, cache)
 

@@ -173,7 +173,8 @@ async def pypi(request: Request) -> Response:
     answer = await downloads.file(caller, sha256, filename)
     if isinstance(answer, Reply):
         return _reply(answer)
-    return serve_file(request, answer, filename, sha256.lower(), public=caller.anonymous)
+    etag = answer.sha256 or sha256.lower()  # core metadata: its own sha256
+    return serve_file(request, answer, filename, etag, public=caller.anonymous)
 
 
 async def upload(request: Request, scope: Scope) -> Response:

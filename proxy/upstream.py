@@ -27,7 +27,14 @@ MAX_RETRY_AFTER = 3600.0
 """The longest Retry-After honoured: a longer one is more likely a mistake than a plan."""
 _DELTA_SECONDS = re.compile(r"[0-9]+")
 # Headers of GitLab's answers a client may see; everything else stays behind the proxy.
-PASSED_HEADERS = ("content-type", "www-authenticate", "location", "retry-after", "etag")
+PASSED_HEADERS = (
+    "content-type",
+    "www-authenticate",
+    "location",
+    "retry-after",
+    "etag",
+    "content-range",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +225,9 @@ class GitLab:
         return Answer(response.status_code, _kept(response.headers), body, url)
 
     @asynccontextmanager
-    async def download(self, path: str, *, authorization: str | None) -> AsyncIterator[Download]:
+    async def download(
+        self, path: str, *, authorization: str | None, byte_range: str | None = None
+    ) -> AsyncIterator[Download]:
         """Open a file download, following GitLab's redirect to object storage.
 
         Credentials go only to GitLab's own origin: a redirect elsewhere (a presigned
@@ -226,6 +235,7 @@ class GitLab:
         of the public index, fetched through it (never with credentials); a redirect of
         GitLab EE's forward/ route is followed only to the public index's allowed hosts.
         A 5xx or 429 raises UpstreamStatus; other statuses come back with a short body.
+        `byte_range`: a Range header sent at every hop; a 206 comes back streamed like a 200.
         """
         if path.startswith(("https://", "http://")):
             if self._public is None:
@@ -238,6 +248,8 @@ class GitLab:
         forward = "/packages/pypi/forward/" in path
         for _hop in range(MAX_REDIRECTS + 1):
             headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
+            if byte_range:
+                headers["Range"] = byte_range
             if authorization and self._same_origin(url):
                 headers["Authorization"] = authorization
             elif forward and (self._public is None or not self._public.allows(url)):
@@ -297,13 +309,13 @@ async def _opened(
                 response.status_code,
                 retry_after=retry_after(response.headers.get("retry-after")),
             )
-        if response.status_code != 200:
+        if response.status_code not in (200, 206):
             body = await read(response, 64 * 1024)
             yield Download(response.status_code, _kept(response.headers), None, _empty(), body)
             return
         length = response.headers.get("content-length")
         yield Download(
-            200,
+            response.status_code,
             _kept(response.headers),
             int(length) if length and length.isdigit() else None,
             _chunks(response),

@@ -17,6 +17,7 @@ from proxy.errors import ConfigError
 
 AccessMode = Literal["auto", "open", "tokens", "passthrough"]
 ForwardingMode = Literal["follow", "redirect", "deny"]
+MetadataMode = Literal["off", "cached", "always"]
 
 
 class Invalid(Exception):
@@ -183,6 +184,13 @@ def forwarding_mode(value: object, text: bool) -> ForwardingMode:
     if value not in modes:
         raise Invalid(f"is not a forwarding mode (expected one of {', '.join(modes)})")
     return cast(ForwardingMode, value)
+
+
+def metadata_mode(value: object, text: bool) -> MetadataMode:
+    modes = get_args(MetadataMode)
+    if value not in modes:
+        raise Invalid(f"is not a core metadata mode (expected one of {', '.join(modes)})")
+    return cast(MetadataMode, value)
 
 
 def _strings(value: object, text: bool) -> list[str] | None:

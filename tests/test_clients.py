@@ -333,11 +333,6 @@ def test_poetry_publish_uploads_through_the_proxy(tree: Tree, tmp_path: Path) ->
 # -- core metadata (PEP 658): resolving without wheel bodies ---------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pages.metadata = always (issue 9 point 1) is not on main yet: the proxy does "
-    "not advertise or serve .metadata for GitLab's wheels",
-)
 @pytest.mark.parametrize("client", ["pip", "uv"])
 def test_a_dry_run_reads_metadata_and_no_wheel(
     gitlab: FakeGitLab, index: FakeIndex, start_proxy: Start, tmp_path: Path, client: str

@@ -273,6 +273,7 @@ BAD_VALUES = [
     ("forwarding", "never", '["acme/*"]'),
     ("forwarding", "min_age", '"a week"'),
     ("forwarding", "min_age", "-1"),
+    ("pages", "metadata", '"sometimes"'),
 ]
 
 
@@ -310,6 +311,12 @@ def test_min_age_takes_a_duration(value: str, seconds: float) -> None:
     """forwarding.min_age reads "7d", "12h", a number of seconds, or "" for off."""
     env = {"GITLAB_PYPI_PROXY_FORWARDING_MIN_AGE": value}
     assert load(env=env).forwarding.min_age == seconds
+
+
+def test_core_metadata_mode_defaults_to_cached_and_comes_from_the_environment() -> None:
+    """pages.metadata is "cached" unless GITLAB_PYPI_PROXY_PAGES_METADATA says otherwise."""
+    assert load(env={}).pages.metadata == "cached"
+    assert load(env={"GITLAB_PYPI_PROXY_PAGES_METADATA": "always"}).pages.metadata == "always"
 
 
 def test_forwarding_lists_come_from_the_environment_comma_separated() -> None:

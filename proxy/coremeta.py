@@ -1,0 +1,232 @@
+"""Core metadata files (PEP 658/714): extracted once per wheel, kept, and advertised on pages."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import unquote
+
+from anyio import to_thread
+
+from proxy.cache import Store
+from proxy.errors import CacheError, UpstreamUnavailable
+from proxy.grants import Grants
+from proxy.metadata import NoMetadata, Piece, Span, drive, extract_from, steps
+from proxy.models import METADATA_ATTRS, Link, Page
+from proxy.upstream import GitLab
+from proxy.values import MetadataMode
+
+log = logging.getLogger("proxy.coremeta")
+EXTRACT_PER_PAGE = 32
+"""Held wheels whose metadata one page rendering extracts at most (the rest: next time)."""
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19})")
+
+
+class NoRanges(Exception):
+    """GitLab did not answer a Range request with a 206: read the whole wheel instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A wheel's core metadata: its bytes and their own sha256."""
+
+    sha256: str
+    data: bytes
+    fetched: bool
+    """True when read from GitLab just now (X-Cache MISS)."""
+
+
+class CoreMetadata:
+    """Design 3.7: a wheel's METADATA, from the cache's records, its held wheel or (mode
+    "always") GitLab's ranges; kept in the Store by its own sha256, with a record
+    wheel sha256 -> metadata sha256 ("" when the wheel has none: never asked again)."""
+
+    def __init__(
+        self, *, mode: MetadataMode, store: Store, grants: Grants, upstream: GitLab, offline: bool
+    ) -> None:
+        self.mode = mode
+        self.offline = offline
+        self._store = store
+        self._grants = grants
+        self._upstream = upstream
+        self._running: dict[str, asyncio.Future[Found | None]] = {}
+
+    def __repr__(self) -> str:
+        return f"CoreMetadata(mode={self.mode!r}, offline={self.offline})"
+
+    @property
+    def remote(self) -> bool:
+        """Whether metadata of wheels not held can be read from GitLab."""
+        return self.mode == "always" and not self.offline
+
+    async def held(self, sha256: str, filename: str) -> Found | None:
+        """The metadata from the cache (its file, or extracted from the held wheel); None
+        when neither is held or the wheel has none."""
+        found = await to_thread.run_sync(self.local, sha256, filename)
+        return found if isinstance(found, Found) else None
+
+    async def find(
+        self, sha256: str, filename: str, *, path: str, authorization: str | None
+    ) -> Found | None:
+        """The metadata, from the cache or, when allowed, from GitLab's ranges of the wheel
+        at `path` (one read at a time per wheel); None when the wheel has none or it
+        cannot be had. Raises NoRanges when GitLab ignores Range."""
+        found = await to_thread.run_sync(self.local, sha256, filename)
+        if found is not None or not self.remote:
+            return found if isinstance(found, Found) else None
+        running = self._running.get(sha256)
+        if running is None:
+            running = asyncio.ensure_future(self._remote(sha256, filename, path, authorization))
+            self._running[sha256] = running
+            running.add_done_callback(lambda _: self._running.pop(sha256, None))
+        return await asyncio.shield(running)
+
+    def local(self, sha256: str, filename: str) -> Found | bool | None:
+        """(Blocking) the metadata from the cache; False when the wheel is known to have
+        none; None when the cache cannot tell (neither is held)."""
+        known = self._grants.metadata_of(sha256)
+        if known == "":
+            return False
+        if known:
+            handle = self._store.open_file(known)
+            if handle is not None:
+                with handle:
+                    return Found(known, handle.read(), fetched=False)
+        return self._extract(sha256, filename)
+
+    def advertised(
+        self, sha256: str, filename: str, *, remote: bool, extract: bool
+    ) -> tuple[str, bool]:
+        """(Blocking) what a page may say of this wheel's metadata: "sha256=<hex>", "true"
+        (`remote`: GitLab will be asked) or "" (nothing); and whether it was extracted now
+        from the held wheel (only when `extract`)."""
+        known = self._grants.metadata_of(sha256)
+        if known == "":
+            return "", False
+        if known and (remote or self._store.has_file(known) or self._store.has_file(sha256)):
+            return "sha256=" + known, False
+        found = self._extract(sha256, filename) if extract else None
+        if isinstance(found, Found):
+            return "sha256=" + found.sha256, True
+        return ("true" if found is None and remote else ""), found is not None
+
+    def _extract(self, sha256: str, filename: str) -> Found | bool | None:
+        """(Blocking) the metadata extracted from the held wheel, kept; False when it has
+        none; None when the wheel is not held."""
+        handle = self._store.open_file(sha256, use=False)
+        if handle is None:
+            return None
+        with handle:
+            try:
+                data = extract_from(handle, filename)
+            except NoMetadata as exc:
+                log.info("no core metadata in %s: %s", filename, exc)
+                self._grants.set_metadata(sha256, "")
+                return False
+        return self._keep(sha256, data, fetched=False)
+
+    async def _remote(
+        self, sha256: str, filename: str, path: str, authorization: str | None
+    ) -> Found | None:
+        async def read(span: Span) -> Piece:
+            return await self._range(path, authorization, span)
+
+        try:
+            data = await drive(steps(filename), read)
+        except NoMetadata as exc:
+            log.info("no core metadata in %s: %s", filename, exc)
+            await to_thread.run_sync(self._grants.set_metadata, sha256, "")
+            return None
+        return await to_thread.run_sync(lambda: self._keep(sha256, data, fetched=True))
+
+    async def _range(self, path: str, authorization: str | None, span: Span) -> Piece:
+        """One ranged GET of the wheel; NoRanges unless GitLab answers with the bytes asked."""
+        header = f"bytes={span.start}" if span.start < 0 else f"bytes={span.start}-{span.end - 1}"
+        async with self._upstream.download(
+            path, authorization=authorization, byte_range=header
+        ) as download:
+            if download.status != 206:
+                raise NoRanges(f"GitLab answered a Range request with {download.status}")
+            match = _CONTENT_RANGE.fullmatch(download.headers.get("content-range", ""))
+            if match is None:
+                raise NoRanges("GitLab's 206 has no usable Content-Range")
+            first, last, size = (int(group) for group in match.groups())
+            expected = max(0, size + span.start) if span.start < 0 else span.start
+            wanted = last + 1 - first
+            if first != expected or last >= size or (span.start >= 0 and last >= span.end):
+                raise NoRanges(f"GitLab sent bytes {first}-{last} for {header}")
+            data = bytearray()
+            async for chunk in download.chunks:
+                data += chunk
+                if len(data) > wanted:
+                    break
+            if len(data) != wanted:
+                raise UpstreamUnavailable(f"GitLab sent {len(data)} of {wanted} bytes asked")
+            return Piece(first, bytes(data), size)
+
+    def _keep(self, wheel: str, data: bytes, *, fetched: bool) -> Found:
+        """(Blocking) store the metadata under its own sha256 and record it for the wheel; a
+        cache that cannot store it still lets this answer be served."""
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            if not self._store.has_file(digest):
+                fd, name = tempfile.mkstemp(dir=self._store.tmp, suffix=".metadata")
+                try:
+                    with os.fdopen(fd, "wb") as out:
+                        out.write(data)
+                    self._store.put_file(digest, Path(name))
+                finally:
+                    Path(name).unlink(missing_ok=True)
+            self._grants.set_metadata(wheel, digest)
+        except (CacheError, OSError) as exc:
+            log.warning("cannot keep the core metadata of %s: %s", wheel[:12], exc)
+        return Found(digest, data, fetched=fetched)
+
+
+class MetadataInjector:
+    """Adds PEP 658/714 attributes to a page's wheel links, for the metadata that can be
+    served: a hash once known, "true" where only mode "always" promises it; links that
+    already advertise metadata (a followed public page's) are left as they are."""
+
+    def __init__(self, core: CoreMetadata) -> None:
+        self._core = core
+
+    def __repr__(self) -> str:
+        return f"MetadataInjector({self._core!r})"
+
+    async def inject(self, page: Page, *, remote: bool) -> Page:
+        """`page` with its wheels' metadata advertised; `remote` False when GitLab cannot be
+        asked now (only what the cache can serve)."""
+        if self._core.mode == "off" or page.kind != "project":
+            return page
+        if not any(_wheel(link) for link in page.links):
+            return page
+        remote = remote and self._core.remote
+        return await to_thread.run_sync(self._injected, page, remote)
+
+    def _injected(self, page: Page, remote: bool) -> Page:
+        budget = EXTRACT_PER_PAGE
+        links = []
+        for link in page.links:
+            sha256 = link.sha256
+            if sha256 is not None and _wheel(link):
+                value, extracted = self._core.advertised(
+                    sha256, unquote(link.filename), remote=remote, extract=budget > 0
+                )
+                budget -= extracted
+                if value:
+                    attrs = link.attrs + tuple((name, value) for name in METADATA_ATTRS)
+                    link = replace(link, attrs=attrs)
+            links.append(link)
+        return replace(page, links=tuple(links))
+
+
+def _wheel(link: Link) -> bool:
+    """A wheel link that does not advertise core metadata yet."""
+    return link.filename.endswith(".whl") and not any(n in METADATA_ATTRS for n, _ in link.attrs)
