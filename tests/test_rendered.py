@@ -54,6 +54,19 @@ async def test_a_page_is_rendered_once_for_two_hits() -> None:
     assert second.body is first.body
 
 
+async def test_a_coding_is_made_once_and_kept_with_the_rendering() -> None:
+    """Two gzip renderings of one page share one rendering and one gzip body."""
+    render = CountingRender()
+    renderer = Renderer(render=render)
+    big = Page("Links for w", tuple(wheel(n) for n in range(20)))
+    first = await renderer.render(big, base_url=PROXY, coding="gzip")
+    second = await renderer.render(big, base_url=PROXY, coding="gzip")
+    plain = await renderer.render(big, base_url=PROXY)
+    assert (render.calls, first.coding) == (1, "gzip")
+    assert second.body is first.body
+    assert renderer.held_bytes == len(first.body) + len(plain.body)
+
+
 async def test_a_changed_page_is_rendered_again() -> None:
     """Once the page's content changes, its rendering is made anew."""
     render = CountingRender()
