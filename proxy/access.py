@@ -156,6 +156,11 @@ class Keeper:
         origin = self.gate.credential(scope.key, upstream or "")
         return Caller(scope, upstream, owner=owner, origin=origin, public_owner=public_owner)
 
+    def shareable(self, caller: Caller) -> bool:
+        """Whether a shared cache in front may keep what this caller is given: GitLab saw
+        no credentials, and the proxy asked for none of its own (design 3.2)."""
+        return caller.anonymous and self.gate.mode != "tokens"
+
     def page_ttl(self, page_ttl: float) -> float:
         """How long a page is fresh: in passthrough at most auth_ttl (a page stands for
         GitLab's word on its caller)."""

@@ -48,6 +48,8 @@ class FileReply:
     """False: only the whole body can be read (chunks(0, None)); Range is not offered."""
     sha256: str | None = None
     """The sha256 of these bytes when it is not the URL's (core metadata): the ETag."""
+    modified: float | None = None
+    """When the cache committed the file (its mtime): Last-Modified; None while filling."""
 
 
 class Downloads:
@@ -359,18 +361,22 @@ class Downloads:
         opened = await to_thread.run_sync(self._open_with_size, key)
         if opened is None:
             return None
-        handle, size = opened
+        handle, size, modified = opened
         return FileReply(
             size,
             "HIT",
             lambda start, end: Body(_read_handle(handle, start, end), handle.close),
             handle.close,
             sha256=key,
+            modified=modified,
         )
 
-    def _open_with_size(self, key: str) -> tuple[IO[bytes], int] | None:
+    def _open_with_size(self, key: str) -> tuple[IO[bytes], int, float] | None:
         handle = self._store.open_file(key)
-        return None if handle is None else (handle, os.fstat(handle.fileno()).st_size)
+        if handle is None:
+            return None
+        status = os.fstat(handle.fileno())
+        return handle, status.st_size, status.st_mtime
 
 
 async def _read_handle(

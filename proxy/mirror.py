@@ -6,6 +6,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 from anyio import to_thread
@@ -13,6 +14,7 @@ from anyio import to_thread
 from proxy import pages
 from proxy.access import Keeper
 from proxy.cache import Store, StoredPage
+from proxy.codings import Coding
 from proxy.coremeta import MetadataInjector
 from proxy.errors import (
     CacheError,
@@ -36,6 +38,19 @@ _ACCEPT: dict[Representation, str] = {
     "html": "text/html",
 }
 _NAME_FIELD = re.compile(rb'name="name"\r\n(?:[^\r\n]+\r\n)*\r\n([^\r\n]{1,200})\r\n')
+_VARY = "Accept, Accept-Encoding"
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """How one request's page is sent: where its links point, its coding, its caching."""
+
+    base_url: str
+    coding: Coding
+    public: bool
+    """Shared caches may keep it: GitLab gave it to an anonymous caller, and the proxy
+    asked for no token either."""
+    ttl: float
 
 
 class Mirror:
@@ -91,32 +106,44 @@ class Mirror:
     # -- pages -------------------------------------------------------------------------
 
     async def page(
-        self, caller: Caller, name: NormalizedName | None, *, accept: str, base_url: str
+        self,
+        caller: Caller,
+        name: NormalizedName | None,
+        *,
+        accept: str,
+        base_url: str,
+        coding: Coding = "identity",
     ) -> Reply:
-        """A simple page (index when name is None), its links pointing at base_url."""
+        """A simple page (index when name is None), its links pointing at base_url, its
+        body in `coding`, with an ETag and a max-age of what is left of its freshness."""
         representation: Representation = "json" if pages.wants_json(accept) else "html"
+        ttl = self._keeper.page_ttl(self._page_ttl)
+        public = self._keeper.shareable(caller)
+        view = _View(base_url, coding, public, ttl)
         key = Store.page_key(caller.owner, name or "", representation)
-        stored: StoredPage | None = await to_thread.run_sync(self._store.get_page, key)
+        stored = await self._stored(caller.owner, name or "", representation)
         now = self._clock()
-        if stored is not None and (
-            self.offline or now - stored.fetched_at < self._keeper.page_ttl(self._page_ttl)
-        ):
-            return await self._render(stored.page, base_url, "HIT", only_held=self.offline)
+        if stored is not None and (self.offline or now - stored.fetched_at < ttl):
+            fresh = 0.0 if self.offline else ttl - (now - stored.fetched_at)
+            return await self._render(stored.page, view, "HIT", only_held=self.offline, fresh=fresh)
         fallback = stored or await self._fallback(caller, name or "", representation)
         if self.offline:
             if fallback is not None:
-                return await self._render(fallback.page, base_url, "HIT", only_held=True)
+                return await self._render(fallback.page, view, "HIT", only_held=True, fresh=0.0)
             what = f"the page of {name!r}" if name else "the index"
             scope = caller.scope
             raise OfflineMiss(f"offline mode: {what} of {scope.kind}/{scope.id} is not cached")
         followed: Followed | Reply | None = None
+        # A validator only for the representation asked for: a page GitLab gave as HTML
+        # to a JSON request is asked for whole, so JSON turned on since is seen.
+        same = stored if stored and _representation(stored.page) == representation else None
         try:
             answer = await self._ask(
                 caller.scope,
                 name,
                 representation,
                 authorization=caller.upstream,
-                etag=stored.etag if stored and not is_public(stored.etag) else None,
+                etag=same.etag if same and not is_public(same.etag) else None,
                 quick=stored is not None,
             )
             if answer.status in REDIRECTS and name and self._forwarding is not None:
@@ -127,7 +154,7 @@ class Mirror:
                     name,
                     answer,
                     json=representation == "json",
-                    etag=stored.etag if stored else None,
+                    etag=same.etag if same else None,
                 )
             # A 200 that cannot be parsed (PageError) is a failure like a 5xx: stale wins.
             page = await self._parse(answer, name) if answer.status == 200 else None
@@ -135,19 +162,19 @@ class Mirror:
             if fallback is None:
                 raise
             log.warning("serving a stale page for %s: %s", key, exc)
-            return await self._render(fallback.page, base_url, "STALE", only_held=True)
+            return await self._render(fallback.page, view, "STALE", only_held=True, fresh=0.0)
         if isinstance(followed, Reply):
             return followed
         unchanged = followed.page is None if followed else answer.status == 304
-        if unchanged and stored is not None:
-            await self._keeper.vouch(caller, _files(stored.page))
-            stored = StoredPage(stored.page, now, followed.etag if followed else stored.etag)
-            await self._keep(key, stored, name)
-            return await self._render(stored.page, base_url, "REVALIDATED")
+        if unchanged and same is not None:
+            await self._keeper.vouch(caller, _files(same.page))
+            same = StoredPage(same.page, now, followed.etag if followed else same.etag)
+            await self._keep(caller.owner, same, name)
+            return await self._render(same.page, view, "REVALIDATED")
         if followed is not None and followed.page is not None:
             await self._keeper.vouch(caller, _files(followed.page))
-            await self._keep(key, StoredPage(followed.page, now, followed.etag), name)
-            return await self._render(followed.page, base_url, "MISS")
+            await self._keep(caller.owner, StoredPage(followed.page, now, followed.etag), name)
+            return await self._render(followed.page, view, "MISS")
         if page is None:
             # 401/403/404 and the 302 that forwards unknown names to pypi.org: the
             # client's business, never cached as this project's page.
@@ -155,10 +182,24 @@ class Mirror:
         if caller.personal and await self._anyone_sees(caller, name, representation, page):
             # GitLab gives this page to anyone: the credential added nothing, and a
             # credential GitLab did not need leaves no record (design 3.4).
-            return await self._render(page, base_url, "MISS")
+            return await self._render(page, view, "MISS")
         await self._keeper.vouch(caller, _files(page))
-        await self._keep(key, StoredPage(page, now, answer.headers.get("etag", "")), name)
-        return await self._render(page, base_url, "MISS")
+        await self._keep(caller.owner, StoredPage(page, now, answer.headers.get("etag", "")), name)
+        return await self._render(page, view, "MISS")
+
+    async def _stored(
+        self, owner: str, name: str, representation: Representation
+    ) -> StoredPage | None:
+        """The stored page for a request: for JSON, the JSON page or the HTML page GitLab
+        gave a JSON request, whichever GitLab confirmed last."""
+        wanted = ("json", "html") if representation == "json" else ("html",)
+        found: list[StoredPage] = []
+        for kind in wanted:
+            key = Store.page_key(owner, name, kind)
+            stored: StoredPage | None = await to_thread.run_sync(self._store.get_page, key)
+            if stored is not None:
+                found.append(stored)
+        return max(found, key=lambda stored: stored.fetched_at, default=None)
 
     async def _fallback(
         self, caller: Caller, name: str, representation: Representation
@@ -184,8 +225,7 @@ class Mirror:
     ) -> bool:
         """Whether GitLab shows an anonymous client the same page (asked at most once per
         page_ttl: the anonymous answer is kept as the scope's public page)."""
-        key = Store.page_key(caller.public_owner, name or "", representation)
-        stored: StoredPage | None = await to_thread.run_sync(self._store.get_page, key)
+        stored = await self._stored(caller.public_owner, name or "", representation)
         now = self._clock()
         if stored is None or now - stored.fetched_at >= self._keeper.page_ttl(self._page_ttl):
             try:
@@ -199,7 +239,7 @@ class Mirror:
             public = await self._parse(answer, name)
             await self._keeper.vouch(caller, _files(public), public=True)
             stored = StoredPage(public, now, answer.headers.get("etag", ""))
-            await self._keep(key, stored, name)
+            await self._keep(caller.public_owner, stored, name)
         return stored.page == page
 
     async def _parse(self, answer: Answer, name: NormalizedName | None) -> Page:
@@ -214,8 +254,10 @@ class Mirror:
             page = await self._forwarding.unforward(page)  # GitLab EE's forward/ links
         return page
 
-    async def _keep(self, key: str, stored: StoredPage, name: NormalizedName | None) -> None:
-        """Store a page; a cache that cannot (a full disk) still lets the page be served."""
+    async def _keep(self, owner: str, stored: StoredPage, name: NormalizedName | None) -> None:
+        """Store a page under the representation GitLab gave (HTML for a JSON request
+        stays HTML's); a cache that cannot (a full disk) still lets the page be served."""
+        key = Store.page_key(owner, name or "", _representation(stored.page))
         try:
             await to_thread.run_sync(lambda: self._store.put_page(key, stored, name=name or ""))
         except CacheError as exc:
@@ -245,14 +287,32 @@ class Mirror:
         return answer
 
     async def _render(
-        self, page: Page, base_url: str, cache: CacheStatus, *, only_held: bool = False
+        self,
+        page: Page,
+        view: _View,
+        cache: CacheStatus,
+        *,
+        only_held: bool = False,
+        fresh: float | None = None,
     ) -> Reply:
+        """The page as sent; `fresh`: seconds it stays fresh (None: a whole page_ttl)."""
         held = self._store.held if only_held and page.kind == "project" else None
         if self._metadata is not None:
             # PEP 658/714, for what can be served: offline or stale, only from the cache.
             page = await self._metadata.inject(page, remote=not only_held)
-        body, content_type = await self._renderer.render(page, base_url=base_url, held=held)
-        return Reply(200, body, {"content-type": content_type, "vary": "Accept"}, cache)
+        rendering = await self._renderer.render(
+            page, base_url=view.base_url, held=held, coding=view.coding
+        )
+        max_age = max(0, int(view.ttl if fresh is None else fresh))
+        headers = {
+            "content-type": rendering.content_type,
+            "vary": _VARY,
+            "etag": rendering.etag,
+            "cache-control": f"{'public' if view.public else 'private'}, max-age={max_age}",
+        }
+        if rendering.coding != "identity":
+            headers["content-encoding"] = rendering.coding
+        return Reply(200, rendering.body, headers, cache)
 
     # -- uploads ----
 
@@ -298,6 +358,11 @@ class Mirror:
             else:
                 await to_thread.run_sync(self._store.drop_all_pages)
         return Reply(answer.status, answer.body, dict(answer.headers), "BYPASS")
+
+
+def _representation(page: Page) -> Representation:
+    """The representation GitLab (or a public index) gave this page in."""
+    return "json" if page.json else "html"
 
 
 def _files(page: Page) -> Iterator[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""Pages parsed and rendered in worker threads, renderings reused while their page is the same."""
+"""Pages parsed and rendered off the event loop; renderings and their codings reused."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import marshal
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from operator import attrgetter
 from typing import Literal, Protocol
 
 from anyio import CapacityLimiter, to_thread
 
-from proxy import pages
+from proxy import codings, pages
+from proxy.codings import Coding
 from proxy.models import Page
 
 RENDERED_MEMORY = 64 * 1024 * 1024
@@ -34,6 +36,18 @@ def digest(page: Page) -> bytes:
     return hashlib.sha256(marshal.dumps(content)).digest()
 
 
+@dataclass(frozen=True, slots=True)
+class Rendering:
+    """A page as sent: its body in `coding`, with the validator of exactly these bytes."""
+
+    body: bytes
+    content_type: str
+    etag: str
+    """Strong and quoted (RFC 9110 8.8.3): a hash of the rendered bytes, with the coding's
+    name after it unless identity, since each coding is a representation of its own."""
+    coding: Coding = "identity"
+
+
 class Render(Protocol):
     """How a page becomes (body, content type): pages.render, or a fake in tests."""
 
@@ -42,7 +56,7 @@ class Render(Protocol):
 
 class Renderer:
     """Parses GitLab's pages and renders them off the event loop, keeping the most recently
-    used renderings up to `max_bytes` in all, keyed by page content and base URL."""
+    used renderings up to `max_bytes` in all, keyed by page content, base URL and coding."""
 
     def __init__(
         self,
@@ -52,7 +66,7 @@ class Renderer:
     ) -> None:
         self.max_bytes = max_bytes
         self._render = render
-        self._kept: OrderedDict[tuple[bytes, str], tuple[bytes, str]] = OrderedDict()
+        self._kept: OrderedDict[tuple[bytes, str, Coding], Rendering] = OrderedDict()
         self._bytes = 0
         # One rendering at a time: ten clients on a new big page wait for one rendering
         # instead of making ten (the GIL runs one at a time anyway).
@@ -95,35 +109,57 @@ class Renderer:
         *,
         base_url: str,
         held: Callable[[frozenset[str]], frozenset[str]] | None = None,
-    ) -> tuple[bytes, str]:
-        """(body, content type) of `page`, or of its links to files `held` says are held;
-        the same bytes for as long as the page (and what is held) stays the same."""
-        return await to_thread.run_sync(self._rendered, page, base_url, held, limiter=self._threads)
+        coding: Coding = "identity",
+    ) -> Rendering:
+        """`page` (or its links to files `held` says are held) rendered and put in `coding`
+        (identity for a body under codings.MIN_SIZE); the same bytes for as long as the
+        page (and what is held) stays the same, rendered and encoded once."""
+        return await to_thread.run_sync(
+            self._rendered, page, base_url, held, coding, limiter=self._threads
+        )
 
     def _rendered(
         self,
         page: Page,
         base_url: str,
         held: Callable[[frozenset[str]], frozenset[str]] | None,
-    ) -> tuple[bytes, str]:
+        coding: Coding,
+    ) -> Rendering:
         if held is not None:
             page = page.only(held(page.shas()))
-        key = (digest(page), base_url)
+        key = digest(page)
         with self._lock:
-            found = self._kept.get(key)
-            if found is not None:
-                self._kept.move_to_end(key)
-                return found
-            rendered = self._render(page, base_url=base_url)
-            self._keep(key, rendered)
-            return rendered
+            plain = self._found((key, base_url, "identity"))
+            if plain is None:
+                body, content_type = self._render(page, base_url=base_url)
+                etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+                plain = Rendering(body, content_type, etag)
+                self._keep((key, base_url, "identity"), plain)
+            if coding == "identity" or len(plain.body) < codings.MIN_SIZE:
+                return plain
+            coded = self._found((key, base_url, coding))
+            if coded is None:
+                coded = Rendering(
+                    codings.encode(plain.body, coding),
+                    plain.content_type,
+                    f'{plain.etag[:-1]}-{coding}"',
+                    coding,
+                )
+                self._keep((key, base_url, coding), coded)
+            return coded
 
-    def _keep(self, key: tuple[bytes, str], rendered: tuple[bytes, str]) -> None:
-        size = len(rendered[0])
+    def _found(self, key: tuple[bytes, str, Coding]) -> Rendering | None:
+        found = self._kept.get(key)
+        if found is not None:
+            self._kept.move_to_end(key)
+        return found
+
+    def _keep(self, key: tuple[bytes, str, Coding], rendering: Rendering) -> None:
+        size = len(rendering.body)
         if size > self.max_bytes:
             return
-        self._kept[key] = rendered
+        self._kept[key] = rendering
         self._bytes += size
         while self._bytes > self.max_bytes:
-            _, (body, _type) = self._kept.popitem(last=False)
-            self._bytes -= len(body)
+            _, gone = self._kept.popitem(last=False)
+            self._bytes -= len(gone.body)

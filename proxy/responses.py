@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from email.utils import formatdate, parsedate_to_datetime
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -54,7 +55,9 @@ def serve_file(
         if reply.ranged:
             headers["accept-ranges"] = "bytes"
         headers["content-length"] = str(size)
-    if _none_match(request.headers.get("if-none-match"), sha256):
+    if reply.modified is not None:
+        headers["last-modified"] = formatdate(reply.modified, usegmt=True)
+    if _not_modified(request, etag, reply.modified):
         reply.release()
         return Response(
             None, 304, headers={k: v for k, v in headers.items() if k != "content-length"}
@@ -144,11 +147,30 @@ def _number(digits: str) -> int:
     return int(digits) if len(digits) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
-def _none_match(header: str | None, sha256: str) -> bool:
-    """Whether If-None-Match names this file (RFC 9110 13.1.2): `*` names any file that
-    exists; else a list of entity tags, compared weakly (`W/"x"` matches `"x"`)."""
+def none_match(header: str | None, etag: str) -> bool:
+    """Whether If-None-Match names the representation whose (quoted) ETag is `etag`
+    (RFC 9110 13.1.2): `*` names any that exists; else a list of entity tags, compared
+    weakly (`W/"x"` matches `"x"`)."""
     if header is None:
         return False
     if header.strip() == "*":
         return True
-    return sha256 in _ENTITY_TAG.findall(header)
+    return etag.strip('"') in _ENTITY_TAG.findall(header)
+
+
+def _not_modified(request: Request, etag: str, modified: float | None) -> bool:
+    """Whether the client's copy is current: If-None-Match when sent, else If-Modified-Since
+    against `modified` at the one-second resolution of an HTTP-date (RFC 9110 13.1.3, 13.2.2)."""
+    headers = request.headers
+    if "if-none-match" in headers:
+        return none_match(headers["if-none-match"], etag)
+    since = headers.get("if-modified-since")
+    if since is None or modified is None:
+        return False
+    try:
+        date = parsedate_to_datetime(since)
+    except (TypeError, ValueError):
+        return False  # not an HTTP-date: ignored, as RFC 9110 says
+    if date.tzinfo is None:
+        return False
+    return int(modified) <= date.timestamp()

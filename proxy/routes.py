@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Scope as ASGIScope
 
+from proxy import codings
 from proxy.access import Keeper
 from proxy.downloads import Downloads
 from proxy.errors import BadRequest, TooLarge, Unauthorized
@@ -31,7 +32,7 @@ from proxy.models import (
     valid_scope_id,
     valid_sha256,
 )
-from proxy.responses import serve_file
+from proxy.responses import none_match, serve_file
 
 log = logging.getLogger("proxy.routes")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -77,6 +78,19 @@ def _mirror(request: Request) -> Mirror:
 
 def _reply(reply: Reply) -> Response:
     return Response(reply.body, reply.status, headers={**reply.headers, "x-cache": reply.cache})
+
+
+_NOT_MODIFIED = ("etag", "cache-control", "vary", "x-cache")
+"""What a 304 repeats of its 200 (RFC 9110 15.4.5); no content-type, -encoding or -length."""
+
+
+def _page_reply(request: Request, reply: Reply) -> Response:
+    """A page, or a 304 when If-None-Match names its ETag (compared weakly, RFC 9110 13.1.2)."""
+    etag = reply.headers.get("etag")
+    if reply.status == 200 and etag and none_match(request.headers.get("if-none-match"), etag):
+        headers = {**reply.headers, "x-cache": reply.cache}
+        return Response(None, 304, headers={k: headers[k] for k in _NOT_MODIFIED if k in headers})
+    return _reply(reply)
 
 
 def _not_found(reason: str = "404 Not Found") -> Response:
@@ -158,14 +172,14 @@ async def pypi(request: Request) -> Response:
         name = wanted.name if wanted.kind == "page" else None
         if name is not None and not valid_project_name(name):
             return _not_found("404 Package Not Found")
-        return _reply(
-            await mirror.page(
-                caller,
-                normalize(name) if name is not None else None,
-                accept=request.headers.get("accept", "text/html"),
-                base_url=site.base_url(request),
-            )
+        reply = await mirror.page(
+            caller,
+            normalize(name) if name is not None else None,
+            accept=request.headers.get("accept", "text/html"),
+            base_url=site.base_url(request),
+            coding=codings.choose(request.headers.get("accept-encoding")),
         )
+        return _page_reply(request, reply)
     sha256, filename = wanted.sha256, wanted.filename
     if not valid_sha256(sha256) or not valid_filename(filename):
         return _not_found("404 Package Not Found")
@@ -174,7 +188,7 @@ async def pypi(request: Request) -> Response:
     if isinstance(answer, Reply):
         return _reply(answer)
     etag = answer.sha256 or sha256.lower()  # core metadata: its own sha256
-    return serve_file(request, answer, filename, etag, public=caller.anonymous)
+    return serve_file(request, answer, filename, etag, public=keeper.shareable(caller))
 
 
 async def upload(request: Request, scope: Scope) -> Response:

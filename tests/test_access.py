@@ -661,3 +661,23 @@ def test_an_accepted_scope_id_is_one_segment_without_dot_segments(value: str) ->
         assert "." not in decoded
         assert ".." not in decoded
         assert "" not in decoded
+
+
+@pytest.mark.parametrize(
+    ("mode", "service", "client", "shareable"),
+    [
+        ("open", None, None, True),
+        ("open", SERVICE, None, False),
+        ("open", None, ALICE, False),
+        ("tokens", None, f"Bearer {TOKEN}", False),
+        ("passthrough", None, None, True),
+        ("passthrough", None, ALICE, False),
+    ],
+)
+def test_only_what_needed_no_credential_is_shareable(
+    tmp_path: Path, mode: str, service: str | None, client: str | None, shareable: bool
+) -> None:
+    """A shared cache may keep an answer only when GitLab saw no credentials and the proxy
+    asked for no token of its own."""
+    guard = keeper(tmp_path, mode, service=service)
+    assert guard.shareable(guard.caller(PROJECT, client)) is shareable

@@ -51,15 +51,28 @@ async def test_a_page_is_rendered_once_for_two_hits() -> None:
     first = await renderer.render(PAGE, base_url=PROXY)
     second = await renderer.render(replace(PAGE, links=tuple(PAGE.links)), base_url=PROXY)
     assert render.calls == 1
-    assert second[0] is first[0]
+    assert second.body is first.body
+
+
+async def test_a_coding_is_made_once_and_kept_with_the_rendering() -> None:
+    """Two gzip renderings of one page share one rendering and one gzip body."""
+    render = CountingRender()
+    renderer = Renderer(render=render)
+    big = Page("Links for w", tuple(wheel(n) for n in range(20)))
+    first = await renderer.render(big, base_url=PROXY, coding="gzip")
+    second = await renderer.render(big, base_url=PROXY, coding="gzip")
+    plain = await renderer.render(big, base_url=PROXY)
+    assert (render.calls, first.coding) == (1, "gzip")
+    assert second.body is first.body
+    assert renderer.held_bytes == len(first.body) + len(plain.body)
 
 
 async def test_a_changed_page_is_rendered_again() -> None:
     """Once the page's content changes, its rendering is made anew."""
     render = CountingRender()
     renderer = Renderer(render=render)
-    before, _ = await renderer.render(PAGE, base_url=PROXY)
-    after, _ = await renderer.render(replace(PAGE, links=(wheel(1),)), base_url=PROXY)
+    before = (await renderer.render(PAGE, base_url=PROXY)).body
+    after = (await renderer.render(replace(PAGE, links=(wheel(1),)), base_url=PROXY)).body
     assert render.calls == 2
     assert after == pages.render(Page("Links for w", (wheel(1),)), base_url=PROXY)[0] != before
 
@@ -68,7 +81,7 @@ async def test_another_base_url_gets_its_own_rendering() -> None:
     """The same page for another base URL is rendered with that URL."""
     renderer = Renderer()
     await renderer.render(PAGE, base_url=PROXY)
-    body, _ = await renderer.render(PAGE, base_url="https://proxy.example.com")
+    body = (await renderer.render(PAGE, base_url="https://proxy.example.com")).body
     assert body == pages.render(PAGE, base_url="https://proxy.example.com")[0]
 
 
@@ -76,13 +89,11 @@ async def test_an_only_held_rendering_follows_what_is_held() -> None:
     """With `held`, only held files are listed, and a change in what is held shows."""
     renderer = Renderer()
     held = {f"{1:064x}"}
-    only_one, _ = await renderer.render(
-        PAGE, base_url=PROXY, held=lambda shas: frozenset(shas & held)
-    )
+    only_one = await renderer.render(PAGE, base_url=PROXY, held=lambda shas: frozenset(shas & held))
     held.add(f"{2:064x}")
-    both, _ = await renderer.render(PAGE, base_url=PROXY, held=lambda shas: frozenset(shas & held))
-    assert only_one == pages.render(PAGE.only(frozenset({f"{1:064x}"})), base_url=PROXY)[0]
-    assert both == pages.render(PAGE, base_url=PROXY)[0]
+    both = await renderer.render(PAGE, base_url=PROXY, held=lambda shas: frozenset(shas & held))
+    assert only_one.body == pages.render(PAGE.only(frozenset({f"{1:064x}"})), base_url=PROXY)[0]
+    assert both.body == pages.render(PAGE, base_url=PROXY)[0]
 
 
 async def test_kept_renderings_stay_within_the_byte_bound() -> None:

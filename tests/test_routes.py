@@ -328,7 +328,7 @@ async def test_page_is_html_with_vary_accept(
     gitlab_api.get(GITLAB + API + "/simple/my-pkg").respond(200, content=PACKAGE_PAGE, headers=HTML)
     response = await client.get(f"{API}/simple/my-pkg/")
     assert response.headers["content-type"] == "text/html; charset=utf-8"
-    assert response.headers["vary"] == "Accept"
+    assert response.headers["vary"] == "Accept, Accept-Encoding"
 
 
 async def test_json_page_urls_point_at_the_proxy(
