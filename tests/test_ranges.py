@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,7 +16,9 @@ from asgi_lifespan import LifespanManager
 
 from proxy.app import create_app
 from proxy.config import load
+from tests.fakegitlab import FakeGitLab
 from tests.inproc import GITLAB, PROXY, finishing
+from tests.scenario import SERVICE, Start, acme, serve
 
 pytestmark = pytest.mark.anyio
 BIG = bytes(range(256)) * 16384  # 4 MiB: two halves of whole 256 KiB chunks
@@ -257,3 +260,73 @@ async def test_a_non_members_cold_head_gets_gitlabs_refusal(
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == realm["WWW-Authenticate"]
     assert head.calls.last.request.headers["authorization"] == OUTSIDER
+
+
+# -- a real proxy process in front of the fake GitLab ----------------------------------------
+
+LARGE = bytes(range(256)) * (120 * 1024)  # 30 MiB
+LARGE_NAME = "large_pkg-1.0-py3-none-any.whl"
+LARGE_PATH = (
+    f"/api/v4/projects/42/packages/pypi/files/{hashlib.sha256(LARGE).hexdigest()}/{LARGE_NAME}"
+)
+
+
+def _large(gitlab: FakeGitLab) -> None:
+    acme(gitlab)
+    gitlab.add_file(42, "large-pkg", "1.0", LARGE_NAME, LARGE)
+    gitlab.redirect_downloads = True  # files come from object storage, as on gitlab.com
+
+
+def _ranged(gitlab: FakeGitLab) -> list[str]:
+    """The Range of every GET that reached object storage, "" for none."""
+    return [
+        r.headers.get("range", "")
+        for r in list(gitlab.requests)
+        if r.server == "object" and r.method == "GET"
+    ]
+
+
+def test_a_tail_through_the_proxy_comes_before_the_whole_file(
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
+) -> None:
+    """The last 64 KiB of a 30 MiB file not held arrive while GitLab's whole download is
+    stalled after 1 MiB; that download still ends in the cache."""
+    _large(gitlab)
+    gitlab.stall_files_after = 1024 * 1024
+    proxy = serve(start_proxy, gitlab, tmp_path / "c", token=SERVICE)
+    response = httpx.get(proxy.url + LARGE_PATH, headers={"Range": TAIL}, timeout=30)
+    assert not gitlab.stall_release.is_set()  # the whole file is still on its way
+    assert response.status_code == 206
+    assert response.headers["x-cache"] == "BYPASS"
+    assert (
+        response.headers["content-range"]
+        == f"bytes {len(LARGE) - 65536}-{len(LARGE) - 1}/{len(LARGE)}"
+    )
+    assert response.content == LARGE[-65536:]
+    assert TAIL in _ranged(gitlab)
+    assert gitlab.object_auth_violations == 0
+    gitlab.stall_release.set()
+    deadline = time.monotonic() + 30
+    while (
+        "" not in _ranged(gitlab) or httpx.head(proxy.url + LARGE_PATH).headers["x-cache"] != "HIT"
+    ):
+        assert time.monotonic() < deadline, "the fill never reached the cache"
+        time.sleep(0.05)  # polling a condition with a deadline
+    assert sorted(_ranged(gitlab)) == ["", TAIL]  # one whole download, one range
+
+
+def test_a_head_through_the_proxy_downloads_nothing(
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
+) -> None:
+    """A HEAD of a 30 MiB file not held gives its real length and no GET reaches GitLab."""
+    _large(gitlab)
+    proxy = serve(start_proxy, gitlab, tmp_path / "c", token=SERVICE)
+    response = httpx.head(proxy.url + LARGE_PATH, timeout=30)
+    assert response.status_code == 200
+    assert response.headers["x-cache"] == "BYPASS"
+    assert response.headers["content-length"] == str(len(LARGE))
+    assert response.headers["accept-ranges"] == "bytes"
+    assert [r.method for r in gitlab.requests if "/files/" in r.path or r.server == "object"] == [
+        "HEAD",
+        "HEAD",
+    ]
