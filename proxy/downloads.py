@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import quote
@@ -23,10 +24,12 @@ from proxy.errors import (
     IncompleteBody,
     OfflineMiss,
     UpstreamError,
+    UpstreamUnavailable,
 )
 from proxy.fills import Body, Fill, Filler
 from proxy.forwarding import Forwarding
 from proxy.models import CacheStatus, Caller, Reply
+from proxy.ranges import first_byte, partial
 from proxy.upstream import Download, GitLab
 
 READ_CHUNK = 128 * 1024
@@ -50,6 +53,29 @@ class FileReply:
     """The sha256 of these bytes when it is not the URL's (core metadata): the ETag."""
     modified: float | None = None
     """When the cache committed the file (its mtime): Last-Modified; None while filling."""
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """What a file request asks for besides the file itself."""
+
+    head: bool = False
+    """A HEAD: headers only; a file not held is not fetched for it."""
+    range: str = ""
+    """The Range header as sent ("" when absent)."""
+    if_range: str = ""
+    """The If-Range header as sent ("" when absent)."""
+
+
+@dataclass(slots=True)
+class Passed:
+    """GitLab's own answer to a ranged request, passed on as a direct client would get it:
+    its status (206), Content-Range, length and bytes; never cached (X-Cache BYPASS)."""
+
+    status: int
+    headers: Mapping[str, str]
+    length: int | None
+    body: Body
 
 
 class Downloads:
@@ -87,13 +113,18 @@ class Downloads:
     def __repr__(self) -> str:
         return f"Downloads(upstream={self._upstream!r}, offline={self.offline})"
 
-    async def file(self, caller: Caller, sha256: str, filename: str) -> FileReply | Reply:
+    async def file(
+        self, caller: Caller, sha256: str, filename: str, asked: Asked = Asked()
+    ) -> FileReply | Passed | Reply:
         """A file from the cache, or from GitLab through a fill this caller may share.
 
         Knowing a sha256 is not access: the cache serves a file only under a name GitLab
         gave it through this scope, to this caller or to anyone (design 3.4, 3.7); any
         other caller asks GitLab first, with a HEAD or with its own download.
         A file the cache has no room for (or cannot write) is streamed through uncached.
+        A file not held: a HEAD asks GitLab and fetches nothing; a Range whose first byte
+        the fill has not written yet is passed through to GitLab (`_pass`) while the fill
+        goes on, so the file is still cached.
         """
         key = sha256.lower()
         path = f"{caller.scope.api_path}/files/{sha256}/{quote(filename, safe='+')}"
@@ -137,22 +168,35 @@ class Downloads:
             # GitLab's path, or its EE forward/ route for a file its firewall page gave.
             url = source.url if source is not None and vetted else path
             authorization, origin = caller.upstream, caller.origin
+        # --- cold ranges and HEAD (design 3.2): after the access decision, before any fill.
+        if asked.head:
+            return await self._head(caller, url, authorization, key, filename, vetted=vetted)
         # A full disk, or a file known not to fit: don't open a fill only to drop it.
         if not await to_thread.run_sync(self._filler.has_room, self._unfit.get(key)):
-            return await self._through(caller, url, authorization, key, filename, vetted=vetted)
+            return await self._through(
+                caller, url, authorization, key, filename, asked, vetted=vetted
+            )
         fill = self._filler.start(
             key, url, authorization=authorization, origin=origin, vetted=vetted
         )
         if public and key not in self._public:
             self._public[key] = fill
             self._spawn(self._seen(fill))
+        if _cold(asked, fill):
+            passed = await self._pass(
+                caller, url, authorization, key, filename, asked, vetted=vetted
+            )
+            if passed is not None:
+                return passed
         await fill.ready.wait()
         if isinstance(fill.error, CacheError):
             if fill.length is not None:
                 self._unfit[key] = fill.length
                 while len(self._unfit) > UNFIT_REMEMBERED:
                     del self._unfit[next(iter(self._unfit))]
-            return await self._through(caller, url, authorization, key, filename, vetted=vetted)
+            return await self._through(
+                caller, url, authorization, key, filename, asked, vetted=vetted
+            )
         if fill.status == 0 and fill.error is not None:
             raise fill.error
         if fill.status != 200:
@@ -160,6 +204,10 @@ class Downloads:
             return Reply(fill.status, fill.error_body, dict(fill.headers), "BYPASS")
         if not vetted:
             await self._remember(caller, path, key, filename)
+        if not fill.done and _cold(asked, fill):
+            passed = await self._pass(caller, url, authorization, key, filename, asked, vetted=True)
+            if passed is not None:
+                return passed
         if not fill.done:
             # No await from here until the caller reads: Filler.read counts the reader
             # at once, and a counted reader keeps the fill's file open.
@@ -174,7 +222,9 @@ class Downloads:
                 raise fill.error
             committed = await self._open_cached(key)
             if committed is None:  # evicted at once: it does not fit the cache
-                return await self._through(caller, url, authorization, key, filename, vetted=True)
+                return await self._through(
+                    caller, url, authorization, key, filename, asked, vetted=True
+                )
             committed.cache = "MISS"
             reply = committed
         return reply
@@ -205,6 +255,7 @@ class Downloads:
             answer = await self.file(caller, sha256, wheel)
             if isinstance(answer, Reply):
                 return answer
+            assert isinstance(answer, FileReply), "a whole-file GET is never passed through"
             body = answer.chunks(0, None)
             try:
                 async for _chunk in body:
@@ -233,26 +284,27 @@ class Downloads:
         authorization: str | None,
         sha256: str,
         filename: str,
+        asked: Asked,
         *,
         vetted: bool,
-    ) -> FileReply | Reply:
+    ) -> FileReply | Passed | Reply:
         """The file straight from its source, not cached (X-Cache BYPASS): hashed on the
         way like a fill, its last chunk held back until the hash matches. The upstream
-        response stays open until the body is read, or closed unread (a HEAD, a client gone)."""
-        stack = contextlib.AsyncExitStack()
-        download = await stack.enter_async_context(
-            self._upstream.download(url, authorization=authorization)
-        )
-        try:
-            if download.status != 200:
-                await self._refused(caller, sha256, filename, download.status)
-                await stack.aclose()
-                return Reply(download.status, download.error_body, dict(download.headers), "BYPASS")
-            if not vetted:
-                await self._remember(caller, url, sha256, filename)
-        except BaseException:
-            await stack.aclose()
-            raise
+        response stays open until the body is read, or closed unread (a client gone).
+        A partial Range goes through to GitLab as it is (`_pass`)."""
+        if _cold(asked, None):
+            passed = await self._pass(
+                caller, url, authorization, sha256, filename, asked, vetted=vetted
+            )
+            if passed is not None:
+                return passed
+        opening = self._upstream.download(url, authorization=authorization)
+        opened = await self._open(opening, caller, url, sha256, filename, vetted=vetted, wanted=200)
+        if opened is None:
+            raise UpstreamUnavailable("GitLab sent part of a file it was asked for whole")
+        if isinstance(opened, Reply):
+            return opened
+        download, stack = opened
         self._on_bypass()
 
         def close() -> None:
@@ -266,6 +318,88 @@ class Downloads:
             ranged=False,
             sha256=sha256,
         )
+
+    async def _pass(
+        self,
+        caller: Caller,
+        url: str,
+        authorization: str | None,
+        sha256: str,
+        filename: str,
+        asked: Asked,
+        *,
+        vetted: bool,
+    ) -> Passed | Reply | None:
+        """GitLab's answer to the caller's own ranged request, as a direct client would get
+        it (GitLab's 206 or refusal, X-Cache BYPASS, never cached); None when GitLab sent the
+        whole file instead (no ranges there, or its If-Range did not hold): the fill serves.
+
+        If-Range naming this file's own ETag holds by definition (the sha256 names the
+        bytes) and GitLab does not know that tag, so it is left out; any other goes as is.
+        """
+        own = asked.if_range.strip() == f'"{sha256}"'
+        opening = self._upstream.ranged(
+            url,
+            byte_range=asked.range,
+            if_range=None if own else asked.if_range or None,
+            authorization=authorization,
+        )
+        opened = await self._open(opening, caller, url, sha256, filename, vetted=vetted, wanted=206)
+        if not isinstance(opened, tuple):
+            return opened
+        download, stack = opened
+        body = Body(_exact(download, stack), lambda: self._spawn(stack.aclose()))
+        return Passed(download.status, download.headers, download.length, body)
+
+    async def _open(
+        self,
+        opening: AbstractAsyncContextManager[Download],
+        caller: Caller,
+        url: str,
+        sha256: str,
+        filename: str,
+        *,
+        vetted: bool,
+        wanted: int,
+    ) -> tuple[Download, contextlib.AsyncExitStack] | Reply | None:
+        """Open a download for the caller: while open, when GitLab answered `wanted` (its
+        grant recorded); GitLab's refusal as a Reply; None (closed) for another 2xx."""
+        stack = contextlib.AsyncExitStack()
+        download = await stack.enter_async_context(opening)
+        try:
+            if download.status != wanted:
+                await stack.aclose()
+                if download.status < 300:
+                    return None
+                await self._refused(caller, sha256, filename, download.status)
+                return Reply(download.status, download.error_body, dict(download.headers), "BYPASS")
+            if not vetted:
+                await self._remember(caller, url, sha256, filename)
+        except BaseException:
+            await stack.aclose()
+            raise
+        return download, stack
+
+    async def _head(
+        self,
+        caller: Caller,
+        url: str,
+        authorization: str | None,
+        sha256: str,
+        filename: str,
+        *,
+        vetted: bool,
+    ) -> FileReply | Reply:
+        """A HEAD of a file not held: what GitLab says of it (its real size; Accept-Ranges
+        only when GitLab answers ranges, since a Range is passed through to it), nothing
+        downloaded, X-Cache BYPASS."""
+        probe = await self._upstream.head(url, authorization=authorization)
+        if probe.status >= 300:
+            await self._refused(caller, sha256, filename, probe.status)
+            return Reply(probe.status, probe.body, dict(probe.headers), "BYPASS")
+        if not vetted:
+            await self._remember(caller, url, sha256, filename)
+        return FileReply(probe.size, "BYPASS", _unread, ranged=probe.ranges)
 
     async def _hashed(
         self, download: Download, sha256: str, stack: contextlib.AsyncExitStack
@@ -377,6 +511,45 @@ class Downloads:
             return None
         status = os.fstat(handle.fileno())
         return handle, status.st_size, status.st_mtime
+
+
+def _cold(asked: Asked, fill: Fill | None) -> bool:
+    """Whether `asked` is a partial Range whose first byte `fill` has not written yet
+    (no fill, a fill without its body yet, or a suffix of a file of unknown size): such a
+    range goes to GitLab. A range starting in written bytes is served from the fill.
+    `bytes=0-` is a download, not a peek: the fill serves it."""
+    if not asked.range or not partial(asked.range):
+        return False
+    if fill is None or not fill.ready.is_set() or fill.fd is None:
+        return True
+    first = first_byte(asked.range, fill.length)
+    return first is None or first >= fill.written
+
+
+def _unread(start: int, end: int | None) -> Body:
+    """No body: a HEAD's reply reads nothing."""
+    return Body(_nothing(), lambda: None)
+
+
+async def _nothing() -> AsyncGenerator[bytes, None]:
+    return
+    yield b""  # pragma: no cover
+
+
+async def _exact(
+    download: Download, stack: contextlib.AsyncExitStack
+) -> AsyncGenerator[bytes, None]:
+    """GitLab's body as it comes, breaking off if it ends short of its Content-Length;
+    closes the download after."""
+    try:
+        got = 0
+        async for chunk in download.chunks:
+            got += len(chunk)
+            yield chunk
+        if download.length is not None and got != download.length:
+            raise IncompleteBody(f"got {got} of {download.length} bytes")
+    finally:
+        await stack.aclose()
 
 
 async def _read_handle(

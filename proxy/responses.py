@@ -11,16 +11,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Send
 
-from proxy.downloads import FileReply
+from proxy.downloads import FileReply, Passed
 from proxy.errors import ProxyError
 from proxy.fills import Body
 from proxy.metrics import Metrics
+from proxy.ranges import byte_range
 
 log = logging.getLogger("proxy.responses")
-_RANGE = re.compile(r"^bytes=(?:([0-9]+)-([0-9]*)|-([0-9]+))$")
 _ENTITY_TAG = re.compile(r'(?:W/)?"([^"]*)"')
-_MAX_DIGITS = 19
-"""A range bound longer than this (leading zeros aside) is beyond any file's size."""
 IMMUTABLE = "max-age=31536000, immutable"
 # No Content-Encoding ever: a .tar.gz is served as the bytes it is (uv and poetry
 # break on proxies that say "gzip" here).
@@ -65,7 +63,7 @@ def serve_file(
     start, end, status = 0, size, 200
     wanted = request.headers.get("range") if reply.ranged else None
     if wanted and size is not None and request.headers.get("if-range", etag) == etag:
-        parsed = _byte_range(wanted, size)
+        parsed = byte_range(wanted, size)
         if parsed is None:
             reply.release()
             return Response(
@@ -81,6 +79,17 @@ def serve_file(
     served: Metrics = request.state.metrics
     counter = served.bytes_served.labels("cache" if reply.cache == "HIT" else "gitlab")
     return AbortableStream(reply.chunks(start, end), counter.inc, status, headers=headers)
+
+
+def pass_on(request: Request, passed: Passed) -> Response:
+    """GitLab's answer to a ranged request as it gave it (status, Content-Range, length,
+    bytes), marked `X-Cache: BYPASS` and for no cache to keep: its bytes are not verified."""
+    headers = {**passed.headers, "cache-control": "no-store", "x-cache": "BYPASS"}
+    if passed.length is not None:
+        headers["content-length"] = str(passed.length)
+    served: Metrics = request.state.metrics
+    count = served.bytes_served.labels("gitlab").inc
+    return AbortableStream(passed.body, count, passed.status, headers=headers)
 
 
 class AbortableStream(StreamingResponse):
@@ -122,29 +131,6 @@ class AbortableStream(StreamingResponse):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await self._body.aclose()
-
-
-def _byte_range(header: str, size: int) -> tuple[int, int] | None:
-    """[start, end) of one `bytes=` range; None if unsatisfiable; all of it if unparsable."""
-    match = _RANGE.fullmatch(header.strip())
-    if match is None:
-        return (0, size)  # several ranges or another unit: RFC 9110 lets us send it all
-    first, last, suffix = match.groups()
-    if suffix is not None:
-        length = _number(suffix)
-        return (max(0, size - length), size) if length > 0 and size > 0 else None
-    start = _number(first)
-    end = min(_number(last) + 1, size) if last else size
-    if start >= size or end <= start:
-        return None
-    return (start, end)
-
-
-def _number(digits: str) -> int:
-    """A range bound; one of more than _MAX_DIGITS digits counts as 10**_MAX_DIGITS,
-    beyond any size (int() refuses strings of over 4,300 digits)."""
-    digits = digits.lstrip("0") or "0"
-    return int(digits) if len(digits) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
 def none_match(header: str | None, etag: str) -> bool:

@@ -18,7 +18,7 @@ from starlette.types import Scope as ASGIScope
 
 from proxy import codings
 from proxy.access import Keeper
-from proxy.downloads import Downloads
+from proxy.downloads import Asked, Downloads, Passed
 from proxy.errors import BadRequest, TooLarge, Unauthorized
 from proxy.metrics import CONTENT_TYPE as METRICS_TYPE
 from proxy.metrics import Metrics
@@ -32,7 +32,7 @@ from proxy.models import (
     valid_scope_id,
     valid_sha256,
 )
-from proxy.responses import none_match, serve_file
+from proxy.responses import none_match, pass_on, serve_file
 
 log = logging.getLogger("proxy.routes")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -184,9 +184,17 @@ async def pypi(request: Request) -> Response:
     if not valid_sha256(sha256) or not valid_filename(filename):
         return _not_found("404 Package Not Found")
     downloads: Downloads = request.state.downloads
-    answer = await downloads.file(caller, sha256, filename)
+    headers = request.headers
+    asked = Asked(
+        head=method == "HEAD",
+        range=headers.get("range", ""),
+        if_range=headers.get("if-range", ""),
+    )
+    answer = await downloads.file(caller, sha256, filename, asked)
     if isinstance(answer, Reply):
         return _reply(answer)
+    if isinstance(answer, Passed):
+        return pass_on(request, answer)
     etag = answer.sha256 or sha256.lower()  # core metadata: its own sha256
     return serve_file(request, answer, filename, etag, public=keeper.shareable(caller))
 

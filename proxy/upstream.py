@@ -27,14 +27,9 @@ MAX_RETRY_AFTER = 3600.0
 """The longest Retry-After honoured: a longer one is more likely a mistake than a plan."""
 _DELTA_SECONDS = re.compile(r"[0-9]+")
 # Headers of GitLab's answers a client may see; everything else stays behind the proxy.
-PASSED_HEADERS = (
-    "content-type",
-    "www-authenticate",
-    "location",
-    "retry-after",
-    "etag",
-    "content-range",
-)
+PASSED_HEADERS = ("content-type", "www-authenticate", "location", "retry-after", "etag")
+# ...and of its answers to file downloads (a range passed through, a 416).
+FILE_HEADERS = (*PASSED_HEADERS, "content-range", "accept-ranges", "last-modified")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +52,20 @@ class Download:
     length: int | None
     chunks: AsyncIterator[bytes]
     error_body: bytes = field(default=b"")
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """What GitLab says of a file without sending it (a HEAD)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    """GitLab's short answer when it refuses (status >= 400)."""
+    size: int | None
+    """The file's real size, when GitLab (or object storage) tells it."""
+    ranges: bool
+    """Whether a Range gets a 206 there."""
 
 
 def basic_authorization(username: str, password: str) -> str:
@@ -224,6 +233,33 @@ class GitLab:
         body = await self._read(response, MAX_PAGE_BYTES)
         return Answer(response.status_code, _kept(response.headers), body, url)
 
+    async def _follow(
+        self, method: str, path: str, *, authorization: str | None, extra: Mapping[str, str]
+    ) -> httpx.Response:
+        """Send `method` to a file's path, following GitLab's redirects (to object storage,
+        or from EE's forward/ route to the public index's allowed hosts).
+
+        Credentials go only to GitLab's own origin: a redirect elsewhere (a presigned
+        object-storage URL) is followed without Authorization. `extra` headers go to every hop.
+        """
+        url = self.url + path
+        # GitLab EE's forward/ route 302s to the public index (after its firewall check).
+        forward = "/packages/pypi/forward/" in path
+        for _hop in range(MAX_REDIRECTS + 1):
+            headers = {"Accept": "*/*", "Accept-Encoding": "identity", **extra}
+            if authorization and self._same_origin(url):
+                headers["Authorization"] = authorization
+            elif forward and (self._public is None or not self._public.allows(url)):
+                raise UpstreamUnavailable(f"{_netloc(url)} is not in forwarding.allowed_hosts")
+            response = await self._send(method, url, headers, kind="file")
+            if response.status_code not in REDIRECTS or "location" not in response.headers:
+                return response
+            await response.aclose()
+            url = urljoin(url, response.headers["location"])
+            if urlsplit(url).scheme not in ("http", "https"):
+                raise UpstreamUnavailable("GitLab redirected to a non-HTTP location")
+        raise UpstreamUnavailable("GitLab redirected too many times")
+
     @asynccontextmanager
     async def download(
         self, path: str, *, authorization: str | None, byte_range: str | None = None
@@ -237,46 +273,68 @@ class GitLab:
         A 5xx or 429 raises UpstreamStatus; other statuses come back with a short body.
         `byte_range`: a Range header sent at every hop; a 206 comes back streamed like a 200.
         """
+        async with self.ranged(
+            path, byte_range=byte_range or "", authorization=authorization
+        ) as download:
+            yield download
+
+    @asynccontextmanager
+    async def ranged(
+        self,
+        path: str,
+        *,
+        byte_range: str,
+        authorization: str | None,
+        if_range: str | None = None,
+    ) -> AsyncIterator[Download]:
+        """Open a download of `byte_range` (a Range value, sent as it is; "" for the whole
+        file) the way `download` opens one: a 206 (with its Content-Range in `headers`) or
+        a 200 is streamed, any other status comes back with a short body."""
+        extra = {"Range": byte_range} if byte_range else {}
+        if byte_range and if_range:
+            extra["If-Range"] = if_range
         if path.startswith(("https://", "http://")):
             if self._public is None:
                 raise UpstreamUnavailable("no public index is configured")
-            async with self._public.download(path) as download:
+            async with self._public.download(path, extra=extra) as download:
                 yield download
             return
-        url = self.url + path
-        # GitLab EE's forward/ route 302s to the public index (after its firewall check).
-        forward = "/packages/pypi/forward/" in path
-        for _hop in range(MAX_REDIRECTS + 1):
-            headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
-            if byte_range:
-                headers["Range"] = byte_range
-            if authorization and self._same_origin(url):
-                headers["Authorization"] = authorization
-            elif forward and (self._public is None or not self._public.allows(url)):
-                raise UpstreamUnavailable(f"{_netloc(url)} is not in forwarding.allowed_hosts")
-            response = await self._send("GET", url, headers, kind="file")
-            if response.status_code in REDIRECTS and "location" in response.headers:
-                await response.aclose()
-                url = urljoin(url, response.headers["location"])
-                if urlsplit(url).scheme not in ("http", "https"):
-                    raise UpstreamUnavailable("GitLab redirected to a non-HTTP location")
-                continue
-            break
-        else:
-            await response.aclose()
-            raise UpstreamUnavailable("GitLab redirected too many times")
+        response = await self._follow("GET", path, authorization=authorization, extra=extra)
         async with _opened(response, self._read) as download:
             yield download
+
+    async def head(self, path: str, *, authorization: str | None) -> Probe:
+        """What a file is without downloading it: a HEAD through GitLab's redirect (object
+        storage without credentials), else, when object storage refuses a HEAD (an URL
+        presigned for GET) or gives no length, a GET of `bytes=0-0`.
+        GitLab's own refusal (401, 404) comes back as it is; 5xx and 429 raise UpstreamStatus.
+        """
+        if not path.startswith(("https://", "http://")):
+            response = await self._follow("HEAD", path, authorization=authorization, extra={})
+            await response.aclose()
+            _raise_for_failure(response)
+            length = response.headers.get("content-length", "")
+            if response.status_code == 200 and length.isdigit():
+                ranges = response.headers.get("accept-ranges", "").strip().lower() == "bytes"
+                return Probe(200, _kept(response.headers), b"", int(length), ranges)
+            if response.status_code >= 400 and self._same_origin(str(response.url)):
+                return Probe(response.status_code, _kept(response.headers), b"", None, False)
+        async with self.ranged(
+            path, byte_range="bytes=0-0", authorization=authorization
+        ) as download:
+            total = download.headers.get("content-range", "").rpartition("/")[2]
+            if download.status == 206 and total.isdigit():
+                return Probe(200, download.headers, b"", int(total), True)
+            if download.status == 200:
+                return Probe(200, download.headers, b"", download.length, False)
+            return Probe(download.status, download.headers, download.error_body, None, False)
 
     async def check(self, path: str, *, authorization: str | None) -> Answer:
         """HEAD a file without following its redirect: may this caller read it?"""
         headers = {"Authorization": authorization} if authorization else {}
         response = await self._send("HEAD", self.url + path, headers, kind="check")
         await response.aclose()
-        if response.status_code >= 500 or response.status_code == 429:
-            raise UpstreamStatus(
-                response.status_code, retry_after=retry_after(response.headers.get("retry-after"))
-            )
+        _raise_for_failure(response)
         return Answer(response.status_code, _kept(response.headers), b"", self.url + path)
 
     async def reachable(self) -> str:
@@ -302,26 +360,32 @@ class GitLab:
 async def _opened(
     response: httpx.Response, read: Callable[[httpx.Response, int], Awaitable[bytes]]
 ) -> AsyncIterator[Download]:
-    """A Download of an open response (5xx and 429 raise UpstreamStatus); closes it after."""
+    """A Download of an open response (5xx and 429 raise UpstreamStatus); closes it after.
+    A 200 or 206 is streamed; any other status comes with its short body."""
     try:
-        if response.status_code >= 500 or response.status_code == 429:
-            raise UpstreamStatus(
-                response.status_code,
-                retry_after=retry_after(response.headers.get("retry-after")),
-            )
+        _raise_for_failure(response)
+        kept = {name: response.headers[name] for name in FILE_HEADERS if name in response.headers}
         if response.status_code not in (200, 206):
             body = await read(response, 64 * 1024)
-            yield Download(response.status_code, _kept(response.headers), None, _empty(), body)
+            yield Download(response.status_code, kept, None, _empty(), body)
             return
         length = response.headers.get("content-length")
         yield Download(
             response.status_code,
-            _kept(response.headers),
+            kept,
             int(length) if length and length.isdigit() else None,
             _chunks(response),
         )
     finally:
         await response.aclose()
+
+
+def _raise_for_failure(response: httpx.Response) -> None:
+    """GitLab's 5xx or 429 as UpstreamStatus (with its Retry-After)."""
+    if response.status_code >= 500 or response.status_code == 429:
+        raise UpstreamStatus(
+            response.status_code, retry_after=retry_after(response.headers.get("retry-after"))
+        )
 
 
 def _netloc(url: str) -> str:
@@ -406,9 +470,13 @@ class PublicIndex:
         return Answer(response.status_code, _kept(response.headers), body, final)
 
     @asynccontextmanager
-    async def download(self, url: str) -> AsyncIterator[Download]:
-        """Open a file download (5xx and 429 raise UpstreamStatus)."""
-        response = await self._open(url, {"Accept": "*/*", "Accept-Encoding": "identity"})
+    async def download(
+        self, url: str, *, extra: Mapping[str, str] | None = None
+    ) -> AsyncIterator[Download]:
+        """Open a file download (5xx and 429 raise UpstreamStatus); `extra` headers (a
+        Range) go with it."""
+        headers = {"Accept": "*/*", "Accept-Encoding": "identity", **(extra or {})}
+        response = await self._open(url, headers)
         async with _opened(response, self._read) as download:
             yield download
 
