@@ -42,6 +42,8 @@ from proxy.routes import Site, raw_path, routes, target
 from proxy.spool import Spool
 from proxy.tally import Ledger, Tally
 from proxy.tokens import TokensFile
+from proxy.uploadtimes import TIMEOUT as TIMES_TIMEOUT
+from proxy.uploadtimes import UploadTimes
 from proxy.upstream import GitLab, PublicIndex, basic_authorization
 
 log = logging.getLogger("proxy.app")
@@ -229,6 +231,7 @@ def create_app(
             probe_writable=filler.probe_writable,
             renderer=Renderer(),
             forwarding=forwarding,
+            times=UploadTimes(upstream=upstream, timeout=min(TIMES_TIMEOUT, up.connect_timeout)),
         )
         downloads = Downloads(
             store=store,
