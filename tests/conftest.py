@@ -14,6 +14,9 @@ from tests.clients import ProxyProcess, clean_env
 from tests.fakegitlab import FakeGitLab
 from tests.inproc import Serve, in_process
 
+PACKAGE_API = r".*/api/v4/(?:projects|groups)/[^/]+/packages(?:/[0-9]+/package_files)?$"
+"""GitLab's package REST API paths (the proxy asks them for upload times)."""
+
 
 @pytest.fixture(autouse=True)
 def restore_root_logger() -> Iterator[None]:
@@ -65,8 +68,10 @@ def start_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
 
 @pytest.fixture
 def gitlab_api() -> Iterator[respx.MockRouter]:
-    """GitLab's HTTP edge, mocked; a request that no route expects fails the test."""
+    """GitLab's HTTP edge, mocked; a request that no route expects fails the test. The
+    package API (upload times) answers 404 unless a test routes it before this route."""
     with respx.mock(assert_all_called=False) as router:
+        router.get(path__regex=PACKAGE_API).respond(404, json={"message": "404 Not Found"})
         yield router
 
 
