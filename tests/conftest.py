@@ -69,9 +69,11 @@ def start_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
 @pytest.fixture
 def gitlab_api() -> Iterator[respx.MockRouter]:
     """GitLab's HTTP edge, mocked; a request that no route expects fails the test. The
-    package API (upload times) answers 404 unless a test routes it before this route."""
+    package API (upload times) answers 404 unless a test mocks routes["package_api"]."""
     with respx.mock(assert_all_called=False) as router:
-        router.get(path__regex=PACKAGE_API).respond(404, json={"message": "404 Not Found"})
+        router.get(path__regex=PACKAGE_API, name="package_api").respond(
+            404, json={"message": "404 Not Found"}
+        )
         yield router
 
 
