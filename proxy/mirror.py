@@ -24,7 +24,7 @@ from proxy.errors import (
 from proxy.forwarding import Followed, Forwarding, is_public
 from proxy.models import CacheStatus, Caller, NormalizedName, Page, Reply, Scope, normalize
 from proxy.rendered import Renderer
-from proxy.uploadtimes import UploadTimes, bare, carry
+from proxy.uploadtimes import UploadTimes, bare
 from proxy.upstream import REDIRECTS, Answer, GitLab, retry_after
 
 log = logging.getLogger("proxy.mirror")
@@ -141,7 +141,7 @@ class Mirror:
         unchanged = followed.page is None if followed else answer.status == 304
         if unchanged and stored is not None:
             await self._keeper.vouch(caller, _files(stored.page))
-            kept = stored.page if followed else await self._timed(caller, name, stored.page)
+            kept = stored.page if followed else await self._timed(caller, name, stored.page, None)
             stored = StoredPage(kept, now, followed.etag if followed else stored.etag)
             await self._keep(key, stored, name)
             return await self._render(stored.page, base_url, "REVALIDATED")
@@ -153,7 +153,8 @@ class Mirror:
             # 401/403/404 and the 302 that forwards unknown names to pypi.org: the
             # client's business, never cached as this project's page.
             return Reply(answer.status, answer.body, dict(answer.headers), "BYPASS")
-        page = await self._timed(caller, name, carry(stored.page if stored else None, page))
+        before = stored.page if stored and not is_public(stored.etag) else None
+        page = await self._timed(caller, name, page, before)
         if caller.personal and await self._anyone_sees(caller, name, representation, page):
             # GitLab gives this page to anyone: the credential added nothing, and a
             # credential GitLab did not need leaves no record (design 3.4).
@@ -202,14 +203,23 @@ class Mirror:
             await self._keeper.vouch(caller, _files(public), public=True)
             stored = StoredPage(public, now, answer.headers.get("etag", ""))
             await self._keep(key, stored, name)
-        return bare(stored.page) == bare(page)  # upload times are asked separately
+        # Upload times are asked of the package API separately: the pages are compared
+        # without them (in a worker thread: pages can be huge).
+        public_page = stored.page
+        return await to_thread.run_sync(lambda: bare(public_page) == bare(page))
 
-    async def _timed(self, caller: Caller, name: NormalizedName | None, page: Page) -> Page:
-        """A page of GitLab's files with the PEP 700 upload times and sizes its files lack,
-        asked of GitLab's package API with the caller's upstream credentials (bounded)."""
+    async def _timed(
+        self, caller: Caller, name: NormalizedName | None, page: Page, before: Page | None
+    ) -> Page:
+        """A page of GitLab's files with PEP 700 upload times and sizes: those the stored
+        page `before` had, the rest asked of GitLab's package API with the caller's
+        upstream credentials (bounded; none on failure)."""
         if self._times is None or name is None or page.kind != "project":
             return page
-        return await self._times.complete(caller.scope, name, page, authorization=caller.upstream)
+        times = self._times
+        return await times.complete(
+            caller.scope, name, page, before=before, authorization=caller.upstream
+        )
 
     async def _parse(self, answer: Answer, name: NormalizedName | None) -> Page:
         page = await self._renderer.parse(

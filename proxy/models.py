@@ -28,6 +28,9 @@ _SEPARATORS = re.compile(r"[-_.]+")
 # PEP 508 names: letters, digits, and . _ - inside; bounded so a key stays small.
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,198}[A-Za-z0-9])?$")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_PEP700_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?Z"
+)
 # A distribution file name as GitLab stores it (CarrierWave keeps [\w.+-]).
 _FILENAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\-!]{0,254}$")
 # {id}: a number or a URL-encoded full path such as acme%2Fsub%2Ftools.
@@ -68,6 +71,8 @@ def pep700_time(value: str) -> str | None:
         when = datetime.fromisoformat(value.strip())
     except ValueError:
         return None
+    if _PEP700_TIME.fullmatch(value):
+        return value  # already so: kept as the index or GitLab wrote it
     when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
     return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

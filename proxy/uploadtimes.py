@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import anyio
+from anyio import to_thread
 from packaging.version import InvalidVersion, Version
 
 from proxy.errors import ProxyError
@@ -105,11 +106,12 @@ def _apply(page: Page, known: Mapping[tuple[str | None, str], tuple[tuple[str, s
     return replace(page, links=tuple(links))
 
 
-def _same_version(a: str, b: str) -> bool:
+def _normalized_version(value: object) -> str:
+    """A version as version_of writes it (str of packaging's Version), else as given."""
     try:
-        return Version(a) == Version(b)
+        return str(Version(str(value)))
     except InvalidVersion:
-        return a == b
+        return str(value)
 
 
 def _search_term(name: NormalizedName) -> str:
@@ -142,21 +144,37 @@ class UploadTimes:
         return f"UploadTimes(timeout={self._timeout})"
 
     async def complete(
-        self, scope: Scope, name: NormalizedName, page: Page, *, authorization: str | None
+        self,
+        scope: Scope,
+        name: NormalizedName,
+        page: Page,
+        *,
+        before: Page | None = None,
+        authorization: str | None,
     ) -> Page:
-        """`page` with the upload time and size of each file that had none and that
-        GitLab's package API shows this caller."""
-        wanted = lacking(page)
-        if not wanted:
+        """`page` with the times `before` knew of its files (carry), and the upload time
+        and size of each file still without one that GitLab's package API shows this
+        caller. The walks over the links run in a worker thread (pages can be huge)."""
+
+        def carried() -> tuple[Page, set[str] | None]:
+            kept = carry(before, page)
+            wanted = lacking(kept)
+            if not wanted:
+                return kept, None
+            return kept, {v for v in map(version_of, wanted) if v is not None}
+
+        page, versions = await to_thread.run_sync(carried)
+        if versions is None:
             return page
-        versions = {v for v in map(version_of, wanted) if v is not None}
         facts: dict[Key, Facts] = {}
         with anyio.move_on_after(self._timeout):
             try:
                 await self._facts(scope, name, versions, authorization, facts)
             except (ProxyError, ValueError, RecursionError) as exc:
                 log.info("no upload times for %s in %s: %s", name, scope.key, exc)
-        return annotate(page, facts)
+        if not facts:
+            return page
+        return await to_thread.run_sync(annotate, page, facts)
 
     async def _get(self, path: str, query: dict[str, str], authorization: str | None) -> bytes:
         """One listing page's body; ValueError for any answer but a 200."""
@@ -200,9 +218,7 @@ class UploadTimes:
             if isinstance(package.get("name"), str)
             and normalize(package["name"]) == name
             and isinstance(package.get("id"), int)
-            and (
-                not versions or any(_same_version(str(package.get("version")), v) for v in versions)
-            )
+            and (not versions or _normalized_version(package.get("version")) in versions)
         ]
         limiter = anyio.CapacityLimiter(self._concurrency)
 

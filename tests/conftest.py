@@ -12,10 +12,7 @@ import respx
 
 from tests.clients import ProxyProcess, clean_env
 from tests.fakegitlab import FakeGitLab
-from tests.inproc import Serve, in_process
-
-PACKAGE_API = r".*/api/v4/(?:projects|groups)/[^/]+/packages(?:/[0-9]+/package_files)?$"
-"""GitLab's package REST API paths (the proxy asks them for upload times)."""
+from tests.inproc import Serve, in_process, no_package_api
 
 
 @pytest.fixture(autouse=True)
@@ -71,9 +68,7 @@ def gitlab_api() -> Iterator[respx.MockRouter]:
     """GitLab's HTTP edge, mocked; a request that no route expects fails the test. The
     package API (upload times) answers 404 unless a test mocks routes["package_api"]."""
     with respx.mock(assert_all_called=False) as router:
-        router.get(path__regex=PACKAGE_API, name="package_api").respond(
-            404, json={"message": "404 Not Found"}
-        )
+        no_package_api(router)
         yield router
 
 
