@@ -43,6 +43,8 @@ from proxy.routes import Site, raw_path, routes, target
 from proxy.spool import Spool
 from proxy.tally import Ledger, Tally
 from proxy.tokens import TokensFile
+from proxy.uploadtimes import TIMEOUT as TIMES_TIMEOUT
+from proxy.uploadtimes import UploadTimes
 from proxy.upstream import GitLab, PublicIndex, basic_authorization
 
 log = logging.getLogger("proxy.app")
@@ -238,6 +240,7 @@ def create_app(
             renderer=Renderer(),
             forwarding=forwarding,
             metadata=MetadataInjector(metadata),
+            times=UploadTimes(upstream=upstream, timeout=min(TIMES_TIMEOUT, up.connect_timeout)),
         )
         downloads = Downloads(
             store=store,

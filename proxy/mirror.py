@@ -27,6 +27,7 @@ from proxy.errors import (
 from proxy.forwarding import Followed, Forwarding, is_public
 from proxy.models import CacheStatus, Caller, NormalizedName, Page, Reply, Scope, normalize
 from proxy.rendered import Renderer
+from proxy.uploadtimes import UploadTimes, bare
 from proxy.upstream import REDIRECTS, Answer, GitLab, retry_after
 
 log = logging.getLogger("proxy.mirror")
@@ -71,9 +72,11 @@ class Mirror:
         renderer: Renderer,
         forwarding: Forwarding | None = None,
         metadata: MetadataInjector | None = None,
+        times: UploadTimes | None = None,
     ) -> None:
         self._forwarding = forwarding
         self._metadata = metadata
+        self._times = times
         self._store = store
         self._upstream = upstream
         self._keeper = keeper
@@ -168,7 +171,8 @@ class Mirror:
         unchanged = followed.page is None if followed else answer.status == 304
         if unchanged and same is not None:
             await self._keeper.vouch(caller, _files(same.page))
-            same = StoredPage(same.page, now, followed.etag if followed else same.etag)
+            kept = same.page if followed else await self._timed(caller, name, same.page, None)
+            same = StoredPage(kept, now, followed.etag if followed else same.etag)
             await self._keep(caller.owner, same, name)
             return await self._render(same.page, view, "REVALIDATED")
         if followed is not None and followed.page is not None:
@@ -179,6 +183,8 @@ class Mirror:
             # 401/403/404 and the 302 that forwards unknown names to pypi.org: the
             # client's business, never cached as this project's page.
             return Reply(answer.status, answer.body, dict(answer.headers), "BYPASS")
+        before = stored.page if stored and not is_public(stored.etag) else None
+        page = await self._timed(caller, name, page, before)
         if caller.personal and await self._anyone_sees(caller, name, representation, page):
             # GitLab gives this page to anyone: the credential added nothing, and a
             # credential GitLab did not need leaves no record (design 3.4).
@@ -240,7 +246,23 @@ class Mirror:
             await self._keeper.vouch(caller, _files(public), public=True)
             stored = StoredPage(public, now, answer.headers.get("etag", ""))
             await self._keep(caller.public_owner, stored, name)
-        return stored.page == page
+        # Upload times are asked of the package API separately: the pages are compared
+        # without them (in a worker thread: pages can be huge).
+        public_page = stored.page
+        return await to_thread.run_sync(lambda: bare(public_page) == bare(page))
+
+    async def _timed(
+        self, caller: Caller, name: NormalizedName | None, page: Page, before: Page | None
+    ) -> Page:
+        """A page of GitLab's files with PEP 700 upload times and sizes: those the stored
+        page `before` had, the rest asked of GitLab's package API with the caller's
+        upstream credentials (bounded; none on failure)."""
+        if self._times is None or name is None or page.kind != "project":
+            return page
+        times = self._times
+        return await times.complete(
+            caller.scope, name, page, before=before, authorization=caller.upstream
+        )
 
     async def _parse(self, answer: Answer, name: NormalizedName | None) -> Page:
         page = await self._renderer.parse(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Literal, NewType
 
 from packaging.utils import (
@@ -19,10 +20,17 @@ CacheStatus = Literal["HIT", "MISS", "STALE", "REVALIDATED", "BYPASS"]
 
 METADATA_ATTRS = ("data-core-metadata", "data-dist-info-metadata")
 """PEP 714 and PEP 658 names of the attribute advertising a file's core metadata."""
+UPLOAD_TIME_ATTR = "data-upload-time"
+SIZE_ATTR = "data-size"
+"""PEP 700's upload-time and size of a file, kept as data-* attributes (uv reads both in
+HTML too; JSON pages render them as PEP 700 keys)."""
 _SEPARATORS = re.compile(r"[-_.]+")
 # PEP 508 names: letters, digits, and . _ - inside; bounded so a key stays small.
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,198}[A-Za-z0-9])?$")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_PEP700_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?Z"
+)
 # A distribution file name as GitLab stores it (CarrierWave keeps [\w.+-]).
 _FILENAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\-!]{0,254}$")
 # {id}: a number or a URL-encoded full path such as acme%2Fsub%2Ftools.
@@ -43,6 +51,30 @@ def project_of(filename: str) -> NormalizedName:
         return NormalizedName(parse_sdist_filename(filename)[0])
     except (InvalidWheelFilename, InvalidSdistFilename):
         return normalize(filename.split("-", 1)[0])
+
+
+def version_of(filename: str) -> str | None:
+    """The normalized version a wheel or sdist file name carries (packaging's rules), else
+    None (an egg, an unknown kind, a legacy version)."""
+    try:
+        if filename.endswith(".whl"):
+            return str(parse_wheel_filename(filename)[1])
+        return str(parse_sdist_filename(filename)[1])
+    except (InvalidWheelFilename, InvalidSdistFilename):
+        return None
+
+
+def pep700_time(value: str) -> str | None:
+    """An ISO 8601 time as PEP 700 writes it, else None: "yyyy-mm-ddThh:mm:ss.ffffffZ",
+    "the upload time MUST use the UTC timezone"; a time without a zone is taken as UTC."""
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if _PEP700_TIME.fullmatch(value):
+        return value  # already so: kept as the index or GitLab wrote it
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def valid_project_name(name: str) -> bool:

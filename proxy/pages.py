@@ -13,7 +13,15 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 from lxml import etree
 
 from proxy.errors import PageError
-from proxy.models import Link, Page, normalize, valid_project_name, valid_scope_id
+from proxy.models import (
+    Link,
+    Page,
+    normalize,
+    pep700_time,
+    valid_project_name,
+    valid_scope_id,
+    version_of,
+)
 
 MAX_PAGE_BYTES = 20 * 1024 * 1024
 """Upstream pages above this size are refused with PageError."""
@@ -449,7 +457,26 @@ def _render_json(page: Page, base: str) -> bytes:
             entry.update(_json_extras(link.attrs))
             files.append(entry)
         document = {"meta": meta, "name": _project_name(page), "files": files}
+        # -- PEP 700 (api-version 1.1) --
+        versions = _versions(page)
+        if versions is not None and all("size" in entry for entry in files):
+            document["meta"] = {"api-version": "1.1"}
+            document["versions"] = versions
+        # -- end PEP 700 --
     return json.dumps(document, separators=(",", ":")).encode("ascii")
+
+
+def _versions(page: Page) -> list[str] | None:
+    """PEP 700 "versions": every file's version (normalized, each once, in page order), or
+    None when a file's version cannot be told from its name ("All of the files listed in
+    the files key MUST be associated with one of the versions")."""
+    versions: dict[str, None] = {}
+    for link in page.links:
+        version = version_of(link.text)
+        if version is None:
+            return None
+        versions[version] = None
+    return list(versions)
 
 
 def _json_extras(attrs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
@@ -464,8 +491,8 @@ def _json_extras(attrs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
             extras[key] = {"sha256": digest} if digest else value == "true"
         elif key == "size" and value.isdigit():
             extras[key] = int(value)
-        elif key == "upload-time":
-            extras[key] = value
+        elif key == "upload-time" and (when := pep700_time(value)) is not None:
+            extras[key] = when  # "in the format yyyy-mm-ddThh:mm:ss.ffffffZ"
     return extras
 
 

@@ -74,6 +74,22 @@ def basic_authorization(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
+def _rest_credentials(authorization: str | None) -> dict[str, str]:
+    """The header GitLab's REST API reads for the token in an Authorization value."""
+    scheme, _, credential = (authorization or "").partition(" ")
+    if scheme.lower() == "bearer":
+        return {"Authorization": authorization or ""}
+    if scheme.lower() != "basic":
+        return {}
+    try:
+        username, _, password = base64.b64decode(credential, validate=True).decode().partition(":")
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        return {}
+    if not password:
+        return {}
+    return {"JOB-TOKEN" if username == "gitlab-ci-token" else "PRIVATE-TOKEN": password}
+
+
 def _origin(url: str) -> tuple[str, str, int]:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -259,6 +275,18 @@ class GitLab:
             if urlsplit(url).scheme not in ("http", "https"):
                 raise UpstreamUnavailable("GitLab redirected to a non-HTTP location")
         raise UpstreamUnavailable("GitLab redirected too many times")
+
+    async def api(self, path: str, *, authorization: str | None, budget: float) -> Answer:
+        """GET GitLab's REST API (a small JSON answer) within `budget` seconds in all.
+
+        The REST API takes no Basic credentials: a Basic password goes as PRIVATE-TOKEN
+        (a personal, project or group access token), or as JOB-TOKEN for the username
+        gitlab-ci-token; a Bearer token goes as it is.
+        """
+        headers = {"Accept": "application/json", **_rest_credentials(authorization)}
+        response = await self._send("GET", self.url + path, headers, kind="api", budget=budget)
+        body = await self._read(response, MAX_PAGE_BYTES)
+        return Answer(response.status_code, _kept(response.headers), body, self.url + path)
 
     @asynccontextmanager
     async def download(

@@ -12,7 +12,7 @@ import respx
 
 from tests.clients import ProxyProcess, clean_env
 from tests.fakegitlab import FakeGitLab
-from tests.inproc import Serve, in_process
+from tests.inproc import Serve, in_process, no_package_api
 
 
 @pytest.fixture(autouse=True)
@@ -65,8 +65,10 @@ def start_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
 
 @pytest.fixture
 def gitlab_api() -> Iterator[respx.MockRouter]:
-    """GitLab's HTTP edge, mocked; a request that no route expects fails the test."""
+    """GitLab's HTTP edge, mocked; a request that no route expects fails the test. The
+    package API (upload times) answers 404 unless a test mocks routes["package_api"]."""
     with respx.mock(assert_all_called=False) as router:
+        no_package_api(router)
         yield router
 
 

@@ -27,6 +27,7 @@ from tests.fakemodel import (
     ROLES,
     Caller,
     GitLabModel,
+    Package,
     RejectedCredentials,
     Space,
     StoredFile,
@@ -50,6 +51,10 @@ _VERSION = re.compile(
 _NAME = re.compile(r"@?(?:[\w\-.+]*/)*[\w\-.]+@?(?:[\w\-.+]*/)*[\w\-.+]*")
 _PROJECT_ROUTE = re.compile(r"/api/v4/projects/([^/]+)/packages/pypi(?:/(.*))?")
 _GROUP_ROUTE = re.compile(r"/api/v4/groups/([^/]+)/-/packages/pypi(?:/(.*))?")
+# The package REST API: GET /projects/:id/packages, /groups/:id/packages and
+# /projects/:id/packages/:package_id/package_files (lib/api/{project,group}_packages.rb,
+# package_files.rb).
+_REST_ROUTE = re.compile(r"/api/v4/(projects|groups)/([^/]+)/packages(?:/([0-9]+)/package_files)?")
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,8 @@ class FakeGitLab:
         self.pep691 = pep691
         self.max_file_size = max_file_size
         self.delay = 0.0
+        self.api_status: int | None = None  # the package REST API answers this instead
+        self.api_delay = 0.0  # seconds the package REST API waits before answering
         self.fail_status: int | None = None
         self.retry_after: int | None = None
         self.truncate_files = False
@@ -241,11 +248,23 @@ class FakeGitLab:
         *,
         sha256: str | None = None,
         requires_python: str = "",
+        created_at: float | None = None,
     ) -> str:
         """Store a file as an upload would (no sanitizing); return its stored sha256."""
         return self._model.add_file(
-            pid, name, version, filename, content, sha256=sha256, requires_python=requires_python
+            pid,
+            name,
+            version,
+            filename,
+            content,
+            sha256=sha256,
+            requires_python=requires_python,
+            created_at=created_at,
         )
+
+    def backdate(self, filename: str, created_at: float) -> None:
+        """Set the package API's created_at (seconds since the epoch) of files of this name."""
+        self._model.backdate(filename, created_at)
 
     def files(self, pid: int) -> list[StoredFile]:
         """Every stored file of a project, in upload order."""
@@ -270,6 +289,8 @@ class FakeGitLab:
         if self.fail_status is not None:
             raise self._failure()
         with self._model.lock:  # one consistent state per answer
+            if route.kind == "rest":
+                return self._rest(route, request.path, request.headers)
             return self._answer(route, request.headers, body, request.method)
 
     def _serve_object(self, request: Request) -> Response:
@@ -324,6 +345,9 @@ class FakeGitLab:
             match = pattern.fullmatch(path)
             if match:
                 route = self._route_tail(scope, match[1], (match[2] or "").split("/"))
+        rest = _REST_ROUTE.fullmatch(path)
+        if rest:
+            route = _Route("rest", rest[1], rest[2], name=rest[3] or "")
         if route.kind != "other" and method not in route.allowed:
             return _Route("other", allowed=route.allowed)
         return route
@@ -516,6 +540,47 @@ class FakeGitLab:
             ) from None
         return json_response(201, {"message": "201 Created"})
 
+    # --- the package REST API ------------------------------------------------------------
+    def _rest(self, route: _Route, raw: str, headers: Message) -> Response:
+        """A package listing, or a package's files, as GitLab's REST API gives them."""
+        if self.api_delay:
+            time.sleep(self.api_delay)
+        if self.api_status is not None:
+            return json_response(self.api_status, {"message": f"{self.api_status}"})
+        try:
+            caller = self._model.rest_caller(
+                private_token=headers.get("PRIVATE-TOKEN", ""),
+                job_token=headers.get("JOB-TOKEN", ""),
+                authorization=headers.get("Authorization", ""),
+            )
+        except RejectedCredentials:
+            return json_response(401, {"message": "401 Unauthorized"})
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(raw).query))
+        model = self._model
+        if route.scope == "groups":
+            group = model.find_group(route.ident)
+            if group is None or not model.can_read_group(caller, group.id):
+                return _not_found("404 Group Not Found")  # find_group!
+            pids = model.group_projects(group.id)
+        else:
+            project = model.find_project(route.ident)
+            if project is None or not model.can_read(caller, project.id):
+                return _not_found("404 Project Not Found")  # find_project!
+            pids = [project.id]
+        if route.name:  # package_files of one package
+            package = model.package(pids[0], int(route.name))
+            if package is None:
+                return _not_found("404 Package Not Found")
+            return _paginated([_file_entity(f, package.id) for f in package.files], query)
+        wanted = query.get("package_name", "").lower()  # search_by_name: ILIKE %name%
+        packages = [
+            p
+            for p in model.visible_packages(caller, pids)
+            if wanted in p.name.lower() and query.get("package_type", "pypi") == "pypi"
+        ]
+        group_scope = route.scope == "groups"
+        return _paginated([_package_entity(p, group_scope) for p in packages], query)
+
     # --- auth ----------------------------------------------------------------------------
     def _caller(self, headers: Message) -> Caller:
         try:
@@ -526,3 +591,50 @@ class FakeGitLab:
             # The API guard's OAuth-style responder, not the Basic realm.
             challenge = {"WWW-Authenticate": 'Bearer realm="", error="invalid_token"'}
             raise json_response(401, {"message": "401 Unauthorized"}, challenge) from None
+
+
+def _iso(when: float) -> str:
+    """A time as Rails writes it in JSON (UTC, milliseconds, "Z")."""
+    moment = time.gmtime(when)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", moment) + f".{int(when * 1000) % 1000:03d}Z"
+
+
+def _package_entity(package: Package, group: bool) -> dict[str, object]:
+    # API::Entities::Package; a group listing also names each package's project.
+    entity: dict[str, object] = {
+        "id": package.id,
+        "name": package.name,
+        "version": package.version,
+        "package_type": "pypi",
+        "status": "default",
+        "created_at": _iso(package.created_at),
+    }
+    if group:
+        entity["project_id"] = package.project
+    return entity
+
+
+def _file_entity(file: StoredFile, package_id: int) -> dict[str, object]:
+    # API::Entities::PackageFile: id, package_id, created_at, file_name, size, file_md5,
+    # file_sha1, file_sha256.
+    return {
+        "id": file.id,
+        "package_id": package_id,
+        "created_at": _iso(file.created_at),
+        "file_name": file.filename,
+        "size": len(file.content),
+        "file_md5": hashlib.md5(file.content).hexdigest(),
+        "file_sha1": hashlib.sha1(file.content).hexdigest(),
+        "file_sha256": file.sha256,
+    }
+
+
+def _paginated(items: list[dict[str, object]], query: dict[str, str]) -> Response:
+    """One page of a REST listing (per_page at most 100, as GitLab's pagination)."""
+    per_page = min(int(query.get("per_page", "20") or 20), 100)
+    page = max(int(query.get("page", "1") or 1), 1)
+    chosen = items[(page - 1) * per_page : page * per_page]
+    headers = {"X-Total": str(len(items)), "X-Per-Page": str(per_page), "X-Page": str(page)}
+    if page * per_page < len(items):
+        headers["X-Next-Page"] = str(page + 1)
+    return json_response(200, chosen, headers)

@@ -6,9 +6,10 @@ import base64
 import hashlib
 import re
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # guest < reporter < developer < maintainer < owner (Gitlab::Access levels).
 ROLES = {"guest": 10, "reporter": 20, "developer": 30, "maintainer": 40, "owner": 50}
@@ -26,6 +27,8 @@ class StoredFile:
     sha256: str  # "stored verbatim as file_sha256", never checked against content
     content: bytes
     requires_python: str
+    created_at: float = 0.0  # packages_package_files.created_at, seconds since the epoch
+    id: int = 0
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Package:
     version: str
     requires_python: str  # package-level metadatum: "upserted on each upload"
     files: list[StoredFile] = field(default_factory=list)
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -159,13 +163,16 @@ class GitLabModel:
         *,
         sha256: str | None,
         requires_python: str,
+        created_at: float | None = None,
     ) -> str:
-        """Store a file as given (no sanitizing) and return its stored sha256.
+        """Store a file as given (no sanitizing) and return its stored sha256; created
+        now unless `created_at` (seconds since the epoch) says when.
 
         ValueError for an unknown project, or for a file name already in the (name, version)
         record, with GitLab's validation message.
         """
         stored = hashlib.sha256(content).hexdigest() if sha256 is None else sha256
+        when = time.time() if created_at is None else created_at
         with self.lock:
             if pid not in self._projects:
                 raise ValueError(f"unknown project {pid}")
@@ -176,14 +183,45 @@ class GitLabModel:
             if package is None:
                 # "Package records are found or created by exact (name, version)."
                 package = Package(len(self._packages) + 1, pid, name, version, requires_python)
+                package.created_at = when
                 self._packages.append(package)
             if any(f.filename == filename for f in package.files):
                 raise ValueError("File name has already been taken")
             package.requires_python = requires_python  # the metadatum row is upserted
-            file = StoredFile(pid, name, version, filename, stored, content, requires_python)
+            file = StoredFile(
+                pid,
+                name,
+                version,
+                filename,
+                stored,
+                content,
+                requires_python,
+                when,
+                len(self._uploads) + 1,
+            )
             package.files.append(file)
             self._uploads.append(file)
         return stored
+
+    def backdate(self, filename: str, created_at: float) -> None:
+        """Say that every stored file of this name was created at `created_at`."""
+        with self.lock:
+            for package in self._packages:
+                package.files = [
+                    replace(f, created_at=created_at) if f.filename == filename else f
+                    for f in package.files
+                ]
+            self._uploads = [
+                replace(f, created_at=created_at) if f.filename == filename else f
+                for f in self._uploads
+            ]
+
+    def package(self, pid: int, package_id: int) -> Package | None:
+        """The package record of this id in this project."""
+        with self.lock:
+            return next(
+                (p for p in self._packages if p.id == package_id and p.project == pid), None
+            )
 
     def files(self, pid: int) -> list[StoredFile]:
         """Every stored file of a project, in upload order."""
@@ -219,6 +257,19 @@ class GitLabModel:
         if token is not None and token.kind == "personal":
             return Caller(user=token.user)  # "Personal ... access token: the username is ignored."
         return Caller()  # "A wrong token is treated as anonymous, not as 401."
+
+    def rest_caller(self, *, private_token: str, job_token: str, authorization: str) -> Caller:
+        """The caller of GitLab's REST API (the package API): PRIVATE-TOKEN, JOB-TOKEN or a
+        Bearer token; RejectedCredentials for one it does not know. Basic is not read."""
+        if authorization.lower().startswith("bearer "):
+            return self.caller(authorization)
+        for secret, kind in ((private_token, "personal"), (job_token, "job")):
+            if secret:
+                token = self._token(secret)
+                if token is None or token.kind != kind:
+                    raise RejectedCredentials(bearer=True)
+                return Caller(user=token.user)
+        return Caller()
 
     def _token(self, secret: str) -> Token | None:
         with self.lock:

@@ -19,6 +19,15 @@ from proxy.config import load
 
 GITLAB = "https://git.example.com/gitlab"
 PROXY = "http://proxy.test"
+PACKAGE_API = r".*/api/v4/(?:projects|groups)/.+/packages(?:/[0-9]+/package_files)?$"
+"""GitLab's package REST API paths (the proxy asks them for upload times)."""
+
+
+def no_package_api(router: respx.MockRouter) -> respx.Route:
+    """Route GitLab's package API to a 404 (no upload times), as routes["package_api"];
+    a test may mock that route with its own answers."""
+    route: respx.Route = router.get(path__regex=PACKAGE_API, name="package_api")
+    return route.respond(404, json={"message": "404 Not Found"})
 
 
 def gitlab_page(title: str, anchors: str) -> bytes:

@@ -18,7 +18,15 @@ from hypothesis import strategies as st
 from proxy.app import create_app
 from proxy.cache import Store
 from proxy.config import load
-from tests.inproc import GITLAB, PROXY, BrokenBody, Serve, gitlab_page, in_process
+from tests.inproc import (
+    GITLAB,
+    PROXY,
+    BrokenBody,
+    Serve,
+    gitlab_page,
+    in_process,
+    no_package_api,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -113,6 +121,7 @@ async def test_credential_keying_grows_only_with_what_gitlab_tells_apart(
     same as for one anonymous client; none of the credentials appears on disk."""
     cache = tmp_path_factory.mktemp("cache")
     with respx.mock(assert_all_called=False) as router:
+        no_package_api(router)
         router.get(GITLAB + PAGE.rstrip("/")).respond(200, content=page_with(WHEEL_NAME))
         router.get(GITLAB + FILE).respond(200, content=WHEEL)
         router.head(GITLAB + FILE).respond(200)

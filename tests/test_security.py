@@ -142,9 +142,12 @@ def password(authorization: str | None) -> str | None:
 
 
 def gitlab_passwords(gitlab: FakeGitLab, method: str | None = None) -> list[str | None]:
-    """The Basic password of every request GitLab (not object storage) received."""
+    """The Basic password (or the package API's PRIVATE-TOKEN or JOB-TOKEN) of every
+    request GitLab (not object storage) received."""
     return [
-        password(r.headers.get("authorization"))
+        r.headers.get("private-token")
+        or r.headers.get("job-token")
+        or password(r.headers.get("authorization"))
         for r in gitlab.requests
         if r.server == "gitlab" and method in (None, r.method)
     ]
