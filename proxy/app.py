@@ -233,6 +233,7 @@ def create_app(
             upstream=upstream,
             keeper=keeper,
             page_ttl=settings.cache.page_ttl,
+            stale_while_revalidate=settings.cache.stale_while_revalidate,
             offline=settings.cache.offline,
             service_authorization=service,
             allow_service_upload=settings.access.allow_service_upload,
@@ -271,6 +272,7 @@ def create_app(
                 "keeper": keeper,
             }
         finally:
+            await mirror.aclose()
             await filler.aclose()
             await downloads.aclose()
             await upstream.aclose()

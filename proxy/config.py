@@ -112,6 +112,9 @@ class CacheSettings:
     dir: Path = field(default_factory=_default_cache_dir)
     max_size: int = 20 * GiB  # bytes
     page_ttl: float = 300.0  # seconds a simple page is served without asking GitLab
+    # Seconds past page_ttl a page is still served at once while GitLab is asked in the
+    # background (X-Cache: STALE); 0 = off: the request waits for GitLab.
+    stale_while_revalidate: float = 0.0
     offline: bool = False
 
 
@@ -176,6 +179,7 @@ _KEYS: dict[str, values.Converter] = {
     "cache.dir": values.string,
     "cache.max_size": values.size,
     "cache.page_ttl": partial(values.number, above_zero=False),
+    "cache.stale_while_revalidate": partial(values.number, above_zero=False),
     "cache.offline": values.boolean,
     "access.mode": values.mode,
     "access.tokens_file": values.file,

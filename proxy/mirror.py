@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from functools import partial
+from typing import Any, Literal
 
 from anyio import to_thread
 
@@ -24,6 +26,7 @@ from proxy.errors import (
     UpstreamError,
     UpstreamStatus,
 )
+from proxy.flights import Flights
 from proxy.forwarding import Followed, Forwarding, is_public
 from proxy.models import CacheStatus, Caller, NormalizedName, Page, Reply, Scope, normalize
 from proxy.rendered import Renderer
@@ -54,6 +57,22 @@ class _View:
     ttl: float
 
 
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What one trip to the cache and GitLab found for a page, before any one view of it."""
+
+    page: Page
+    cache: CacheStatus
+    only_held: bool = False
+    fresh: float | None = None  # seconds it stays fresh (None: a whole page_ttl)
+
+
+# A page request in flight to GitLab is shared by every request for the same page that
+# GitLab answers the same way (caller.origin: the scope and what GitLab sees; the page key:
+# the owner, so passthrough credentials never share).
+_FlightKey = tuple[str, str]
+
+
 class Mirror:
     """Answers page and upload requests from the cache and GitLab."""
 
@@ -73,7 +92,10 @@ class Mirror:
         forwarding: Forwarding | None = None,
         metadata: MetadataInjector | None = None,
         times: UploadTimes | None = None,
+        stale_while_revalidate: float = 0.0,
     ) -> None:
+        self._stale_while_revalidate = stale_while_revalidate
+        self._flights: Flights[_Outcome | Reply] = Flights()
         self._forwarding = forwarding
         self._metadata = metadata
         self._times = times
@@ -123,19 +145,63 @@ class Mirror:
         ttl = self._keeper.page_ttl(self._page_ttl)
         public = self._keeper.shareable(caller)
         view = _View(base_url, coding, public, ttl)
-        key = Store.page_key(caller.owner, name or "", representation)
         stored = await self._stored(caller.owner, name or "", representation)
         now = self._clock()
         if stored is not None and (self.offline or now - stored.fetched_at < ttl):
             fresh = 0.0 if self.offline else ttl - (now - stored.fetched_at)
             return await self._render(stored.page, view, "HIT", only_held=self.offline, fresh=fresh)
-        fallback = stored or await self._fallback(caller, name or "", representation)
         if self.offline:
+            fallback = stored or await self._fallback(caller, name or "", representation)
             if fallback is not None:
                 return await self._render(fallback.page, view, "HIT", only_held=True, fresh=0.0)
             what = f"the page of {name!r}" if name else "the index"
             scope = caller.scope
             raise OfflineMiss(f"offline mode: {what} of {scope.kind}/{scope.id} is not cached")
+        if stored is not None and now - stored.fetched_at < ttl + self._stale_while_revalidate:
+            # cache.stale_while_revalidate: the page GitLab confirmed a moment ago now, a
+            # fresh one for the next request; its links stay (GitLab was reachable lately).
+            self._flights.start(*self._flight(caller, name, representation, ttl)).add_done_callback(
+                _unheard
+            )
+            return await self._render(stored.page, view, "STALE", fresh=0.0)
+        outcome = await self._flights.join(*self._flight(caller, name, representation, ttl))
+        if isinstance(outcome, Reply):
+            return outcome
+        return await self._render(
+            outcome.page, view, outcome.cache, only_held=outcome.only_held, fresh=outcome.fresh
+        )
+
+    def _flight(
+        self,
+        caller: Caller,
+        name: NormalizedName | None,
+        representation: Representation,
+        ttl: float,
+    ) -> tuple[_FlightKey, Callable[[], Coroutine[Any, Any, _Outcome | Reply]]]:
+        """One request to GitLab per page however many clients ask (issue 10): the key
+        of the caller's page among the flights, and the work to do for it."""
+        key = (caller.origin, Store.page_key(caller.owner, name or "", representation))
+        return key, partial(self._fetch, caller, name, representation, ttl)
+
+    async def aclose(self) -> None:
+        """Cancel the requests to GitLab still in flight (background revalidations)."""
+        await self._flights.aclose()
+
+    async def _fetch(
+        self,
+        caller: Caller,
+        name: NormalizedName | None,
+        representation: Representation,
+        ttl: float,
+    ) -> _Outcome | Reply:
+        """The page from GitLab (or the cache, when a request that just ended stored it),
+        stored; the stale page when GitLab fails; GitLab's own answer when it is not a page."""
+        key = Store.page_key(caller.owner, name or "", representation)
+        stored = await self._stored(caller.owner, name or "", representation)
+        now = self._clock()
+        if stored is not None and now - stored.fetched_at < ttl:
+            return _Outcome(stored.page, "HIT", fresh=ttl - (now - stored.fetched_at))
+        fallback = stored or await self._fallback(caller, name or "", representation)
         followed: Followed | Reply | None = None
         # A validator only for the representation asked for: a page GitLab gave as HTML
         # to a JSON request is asked for whole, so JSON turned on since is seen.
@@ -165,7 +231,7 @@ class Mirror:
             if fallback is None:
                 raise
             log.warning("serving a stale page for %s: %s", key, exc)
-            return await self._render(fallback.page, view, "STALE", only_held=True, fresh=0.0)
+            return _Outcome(fallback.page, "STALE", only_held=True, fresh=0.0)
         if isinstance(followed, Reply):
             return followed
         unchanged = followed.page is None if followed else answer.status == 304
@@ -174,11 +240,11 @@ class Mirror:
             kept = same.page if followed else await self._timed(caller, name, same.page, None)
             same = StoredPage(kept, now, followed.etag if followed else same.etag)
             await self._keep(caller.owner, same, name)
-            return await self._render(same.page, view, "REVALIDATED")
+            return _Outcome(same.page, "REVALIDATED")
         if followed is not None and followed.page is not None:
             await self._keeper.vouch(caller, _files(followed.page))
             await self._keep(caller.owner, StoredPage(followed.page, now, followed.etag), name)
-            return await self._render(followed.page, view, "MISS")
+            return _Outcome(followed.page, "MISS")
         if page is None:
             # 401/403/404 and the 302 that forwards unknown names to pypi.org: the
             # client's business, never cached as this project's page.
@@ -188,10 +254,10 @@ class Mirror:
         if caller.personal and await self._anyone_sees(caller, name, representation, page):
             # GitLab gives this page to anyone: the credential added nothing, and a
             # credential GitLab did not need leaves no record (design 3.4).
-            return await self._render(page, view, "MISS")
+            return _Outcome(page, "MISS")
         await self._keeper.vouch(caller, _files(page))
         await self._keep(caller.owner, StoredPage(page, now, answer.headers.get("etag", "")), name)
-        return await self._render(page, view, "MISS")
+        return _Outcome(page, "MISS")
 
     async def _stored(
         self, owner: str, name: str, representation: Representation
@@ -380,6 +446,12 @@ class Mirror:
             else:
                 await to_thread.run_sync(self._store.drop_all_pages)
         return Reply(answer.status, answer.body, dict(answer.headers), "BYPASS")
+
+
+def _unheard(flight: asyncio.Task[_Outcome | Reply]) -> None:
+    """Log how a revalidation in the background failed: no client waits to hear it."""
+    if not flight.cancelled() and (exc := flight.exception()) is not None:
+        log.warning("revalidating a page in the background failed: %r", exc)
 
 
 def _representation(page: Page) -> Representation:
