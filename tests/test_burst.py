@@ -123,10 +123,10 @@ async def test_different_passthrough_credentials_are_not_coalesced(
             asyncio.create_task(client.get(f"{API}/simple/my-pkg/", headers=basic(user)))
             for user in ("alice", "bob")
         ]
-        await until(lambda: len(waiting) == 2)
+        await until(lambda: sum("authorization" in r.headers for r in waiting) == 2)
         gate.set()
         responses = await asyncio.gather(*tasks)
-    assert len({request.headers["authorization"] for request in waiting}) == 2
+    assert len({r.headers["authorization"] for r in waiting if "authorization" in r.headers}) == 2
     assert [r.status_code for r in responses] == [200, 200]
 
 
