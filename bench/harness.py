@@ -121,19 +121,9 @@ def measuring(label: str, pid: int, size: int) -> Iterator[list[Measured]]:
 
 
 @contextmanager
-def gitlab_and_proxy(
-    *, max_file_size: int, proxy_token: str | None = None
-) -> Iterator[tuple[FakeGitLab, ProxyProcess]]:
-    """A fake GitLab with project 42 and a developer token, and a proxy process before it."""
-    with (
-        tempfile.TemporaryDirectory(prefix="gitlab-pypi-proxy-bench-") as tmp,
-        FakeGitLab(max_file_size=max_file_size) as gitlab,
-    ):
-        gitlab.add_project(PROJECT, "tools")
-        gitlab.add_user(DEV_USER)
-        gitlab.add_token(DEV_TOKEN, user=DEV_USER)
-        gitlab.add_member(DEV_USER, project=PROJECT, role="developer")
-        extra = {"GITLAB_PYPI_PROXY_TOKEN": proxy_token} if proxy_token else {}
+def proxy_before(gitlab: FakeGitLab, **env: str) -> Iterator[ProxyProcess]:
+    """A proxy process before `gitlab`, with an empty cache of its own and `env` set."""
+    with tempfile.TemporaryDirectory(prefix="gitlab-pypi-proxy-bench-") as tmp:
         proxy = ProxyProcess(
             [
                 "--upstream",
@@ -143,14 +133,38 @@ def gitlab_and_proxy(
                 "--log-level",
                 "warning",
             ],
-            clean_env(**extra),
+            clean_env(**env),
         )
         proxy.log = Path(tmp) / "proxy.log"
         proxy.start()
         try:
-            yield gitlab, proxy
+            yield proxy
         finally:
             proxy.stop()
+
+
+@contextmanager
+def fake_gitlab(*, max_file_size: int) -> Iterator[FakeGitLab]:
+    """A fake GitLab with project 42 and a developer token."""
+    with FakeGitLab(max_file_size=max_file_size) as gitlab:
+        gitlab.add_project(PROJECT, "tools")
+        gitlab.add_user(DEV_USER)
+        gitlab.add_token(DEV_TOKEN, user=DEV_USER)
+        gitlab.add_member(DEV_USER, project=PROJECT, role="developer")
+        yield gitlab
+
+
+@contextmanager
+def gitlab_and_proxy(
+    *, max_file_size: int, proxy_token: str | None = None
+) -> Iterator[tuple[FakeGitLab, ProxyProcess]]:
+    """A fake GitLab with project 42 and a developer token, and a proxy process before it."""
+    extra = {"GITLAB_PYPI_PROXY_TOKEN": proxy_token} if proxy_token else {}
+    with (
+        fake_gitlab(max_file_size=max_file_size) as gitlab,
+        proxy_before(gitlab, **extra) as proxy,
+    ):
+        yield gitlab, proxy
 
 
 def pid_of(proxy: ProxyProcess) -> int:

@@ -708,6 +708,37 @@ def test_wants_json_follows_gitlab(accept: str, expected: bool) -> None:
     assert wants_json(accept) is expected
 
 
+# The Accept headers real clients send (design.md section 4; pip 26, pdm via unearth, uv,
+# poetry's HTTP repositories), curl's default and a browser's.
+CLIENT_ACCEPTS = {
+    "pip": "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1,"
+    " text/html; q=0.01",
+    "uv": "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2,"
+    " text/html;q=0.01",
+    "poetry": "application/vnd.pypi.simple.v1+json, */*;q=0.1",
+    "pdm": "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1,"
+    " text/html; q=0.01",
+    "curl": "*/*",
+    "browser": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+}
+
+
+@pytest.mark.parametrize(
+    ("client", "representation"),
+    [
+        ("pip", "json"),
+        ("uv", "json"),
+        ("poetry", "json"),
+        ("pdm", "json"),
+        ("curl", "html"),
+        ("browser", "html"),
+    ],
+)
+def test_each_client_gets_its_representation(client: str, representation: str) -> None:
+    """Resolvers that list the JSON type get JSON; curl and browsers get HTML."""
+    assert ("json" if wants_json(CLIENT_ACCEPTS[client]) else "html") == representation
+
+
 # -- properties -------------------------------------------------------------------------
 
 PROPERTY = settings(max_examples=200, deadline=None)
