@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from proxy.app import create_app
 from proxy.cache import Store
 from proxy.config import load
+from proxy.downloads import HIT_CHUNK
 from tests.inproc import (
     GITLAB,
     PROXY,
@@ -265,3 +266,22 @@ async def test_a_metadata_name_without_its_own_record_is_never_the_wheel(
         response = await client.get(metadata)
     assert response.status_code == 404
     assert WHEEL not in response.content
+
+
+async def test_a_cached_range_across_read_chunks_is_exact(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """A HIT's Range spanning several read chunks brings exactly its bytes, and the whole
+    file after it is intact."""
+    big = bytes(range(251)) * (3 * HIT_CHUNK // 251 + 7)
+    sha = hashlib.sha256(big).hexdigest()
+    url = f"{API}/files/{sha}/big-1.0-py3-none-any.whl"
+    gitlab_api.get(GITLAB + url).respond(200, content=big)
+    start, last = HIT_CHUNK - 5, 2 * HIT_CHUNK + 9
+    async with serve() as client:
+        assert (await client.get(url)).content == big
+        ranged = await client.get(url, headers={"Range": f"bytes={start}-{last}"})
+        whole = await client.get(url)
+    assert (ranged.status_code, ranged.headers["x-cache"]) == (206, "HIT")
+    assert ranged.content == big[start : last + 1]
+    assert whole.content == big
