@@ -34,11 +34,30 @@ def curls(url: str, clients: int, pid: int, size: int, label: str) -> Measured:
     return result[0]
 
 
+SPY = [".venv/bin/py-spy", "record", "-f", "raw", "-r", "400", "--nonblocking"]
+
+
+def profiler(out: str, pid: int) -> subprocess.Popen[bytes]:
+    """py-spy recording `pid` into `out` (collapsed stacks) until stopped."""
+    return subprocess.Popen(
+        [*SPY, "-p", str(pid), "-o", out],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop(spy: subprocess.Popen[bytes]) -> None:
+    """End a py-spy recording (SIGINT makes it write its output)."""
+    spy.send_signal(2)
+    spy.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-mb", default="40,192", help="file sizes (default: 40,192)")
     parser.add_argument("--clients", type=int, default=8, help="crowd size (default: 8)")
     parser.add_argument("--profile", help="record the proxy with py-spy (collapsed stacks)")
+    parser.add_argument("--cold", action="store_true", help="profile the fills, not the hits")
     args = parser.parse_args()
     sizes = [int(s) * MB for s in args.sizes_mb.split(",")]
     with gitlab_and_proxy(max_file_size=max(sizes) + MB, proxy_token=DEV_TOKEN) as (
@@ -49,6 +68,7 @@ def main() -> None:
         files = f"{proxy.url}/api/v4/projects/{PROJECT}/packages/pypi/files"
         small = gitlab.add_file(PROJECT, "warm-up", "1.0", "warm_up-1.0.tar.gz", os.urandom(MB))
         curls(f"{files}/{small}/warm_up-1.0.tar.gz", 2, pid, MB, "warm-up")
+        spy = profiler(args.profile, pid) if args.profile and args.cold else None
         urls = []
         for size in sizes:
             name = f"hit{size // MB}-1.0-py3-none-any.whl"
@@ -58,23 +78,9 @@ def main() -> None:
             url = f"{files}/{sha256}/{name}"
             print(curls(url, 1, pid, size, f"{size // MB} MB, cold fill").report())
             urls.append((url, size))
-        spy = None
-        if args.profile:
-            spy = subprocess.Popen(
-                [
-                    ".venv/bin/py-spy",
-                    "record",
-                    "-p",
-                    str(pid),
-                    "-o",
-                    args.profile,
-                    "-f",
-                    "raw",
-                    "--nonblocking",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+        if spy is not None:
+            stop(spy)
+        spy = profiler(args.profile, pid) if args.profile and not args.cold else None
         try:
             for url, size in urls:
                 for clients in (1, args.clients):
@@ -82,8 +88,7 @@ def main() -> None:
                     print(curls(url, clients, pid, size, label).report())
         finally:
             if spy is not None:
-                spy.send_signal(2)
-                spy.wait()
+                stop(spy)
 
 
 if __name__ == "__main__":

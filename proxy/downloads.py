@@ -32,7 +32,7 @@ from proxy.models import CacheStatus, Caller, Reply
 from proxy.ranges import first_byte, partial
 from proxy.upstream import Download, GitLab
 
-HIT_CHUNK = 1024 * 1024
+HIT_CHUNK = 512 * 1024
 """Bytes read from a cached file per thread hop (one chunk in flight per client)."""
 UNFIT_REMEMBERED = 1024
 _NOT_FOUND = b'{"message":"404 Package Not Found"}'
@@ -568,5 +568,6 @@ async def _read_handle(
                 return
             position += len(chunk)
             yield chunk
+            del chunk  # not held while the next one is read
     finally:
         await to_thread.run_sync(handle.close)
