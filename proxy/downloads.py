@@ -32,7 +32,8 @@ from proxy.models import CacheStatus, Caller, Reply
 from proxy.ranges import first_byte, partial
 from proxy.upstream import Download, GitLab
 
-READ_CHUNK = 128 * 1024
+HIT_CHUNK = 512 * 1024
+"""Bytes read from a cached file per thread hop (one chunk in flight per client)."""
 UNFIT_REMEMBERED = 1024
 _NOT_FOUND = b'{"message":"404 Package Not Found"}'
 
@@ -555,17 +556,18 @@ async def _exact(
 async def _read_handle(
     handle: IO[bytes], start: int, end: int | None
 ) -> AsyncGenerator[bytes, None]:
-    """Bytes [start, end) of an open cached file; closes it when done."""
+    """Bytes [start, end) of an open cached file; closes it when done.
+
+    One thread hop per HIT_CHUNK (`os.pread` at an offset: no seek, no second hop)."""
     try:
-        await to_thread.run_sync(handle.seek, start)
-        remaining = None if end is None else end - start
-        while remaining is None or remaining > 0:
-            size = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
-            chunk: bytes = await to_thread.run_sync(handle.read, size)
+        fd, position = handle.fileno(), start
+        while end is None or position < end:
+            size = HIT_CHUNK if end is None else min(HIT_CHUNK, end - position)
+            chunk: bytes = await to_thread.run_sync(os.pread, fd, size, position)
             if not chunk:
                 return
-            if remaining is not None:
-                remaining -= len(chunk)
+            position += len(chunk)
             yield chunk
+            del chunk  # not held while the next one is read
     finally:
         await to_thread.run_sync(handle.close)

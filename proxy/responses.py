@@ -125,6 +125,7 @@ class AbortableStream(StreamingResponse):
                 async for chunk in self._body:
                     self._count(len(chunk))
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    del chunk  # sent (or copied by the transport): not held for the next read
             except ProxyError as exc:
                 log.warning("aborted a download mid-body: %s", exc)
                 return
