@@ -16,7 +16,7 @@ import respx
 from proxy import pages
 from proxy.models import Link, Page, pep700_time
 from proxy.uploadtimes import bare, carry
-from tests.clients import ProxyProcess, installed_version, new_venv, run, uv_install
+from tests.clients import ProxyProcess, installed_version, new_venv, pip_install, run, uv_install
 from tests.fakegitlab import FakeGitLab
 from tests.inproc import GITLAB, Serve, gitlab_page
 from tests.scenario import SERVICE, Start, acme, publish, serve
@@ -293,22 +293,8 @@ def test_pip_uploaded_prior_to_picks_the_version_uploaded_before_the_date(
     _two_versions(gitlab)
     proxy = serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE)
     python = new_venv(tmp_path / "venv")
-    result = run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            str(python),
-            "install",
-            "--isolated",
-            "--no-cache-dir",
-            "--index-url",
-            f"{_project(proxy)}/simple",
-            "--uploaded-prior-to",
-            CUTOFF,
-            "demo-pkg",
-        ]
+    result = pip_install(
+        python, f"{_project(proxy)}/simple", "--uploaded-prior-to", CUTOFF, "demo-pkg"
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert installed_version(python, "demo_pkg") == "1.0"
