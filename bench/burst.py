@@ -11,13 +11,10 @@ from __future__ import annotations
 import argparse
 import threading
 import time
-from pathlib import Path
-from tempfile import TemporaryDirectory
 
 import httpx
-from harness import PROJECT
+from harness import PROJECT, proxy_before
 
-from tests.clients import ProxyProcess, clean_env
 from tests.distfactory import make_wheel
 from tests.fakegitlab import FakeGitLab
 
@@ -26,28 +23,15 @@ PAGE = f"/api/v4/projects/{PROJECT}/packages/pypi/simple/burst-pkg/"
 
 def burst(clients: int, seconds: float, ttl: int, swr: int, delay: float) -> tuple[int, int, float]:
     """(requests answered, GitLab page requests, slowest answer in seconds)."""
-    with TemporaryDirectory() as tmp, FakeGitLab() as gitlab:
+    with FakeGitLab() as gitlab:
         gitlab.add_project(PROJECT, "tools", visibility="public")
         filename, content = make_wheel("burst-pkg", "1.0")
         gitlab.add_file(PROJECT, "burst-pkg", "1.0", filename, content)
-        env = clean_env(
-            GITLAB_PYPI_PROXY_CACHE_PAGE_TTL=str(ttl),
-            GITLAB_PYPI_PROXY_CACHE_STALE_WHILE_REVALIDATE=str(swr),
-        )
-        proxy = ProxyProcess(
-            [
-                "--upstream",
-                gitlab.url,
-                "--cache-dir",
-                str(Path(tmp) / "c"),
-                "--log-level",
-                "warning",
-            ],
-            env,
-        )
-        proxy.log = Path(tmp) / "log"
-        proxy.start()
-        try:
+        settings = {
+            "GITLAB_PYPI_PROXY_CACHE_PAGE_TTL": str(ttl),
+            "GITLAB_PYPI_PROXY_CACHE_STALE_WHILE_REVALIDATE": str(swr),
+        }
+        with proxy_before(gitlab, **settings) as proxy:
             httpx.get(proxy.url + PAGE, timeout=30).raise_for_status()
             gitlab.reset_counts()
             gitlab.delay = delay  # GitLab's latency, felt by whoever waits for it
@@ -72,8 +56,6 @@ def burst(clients: int, seconds: float, ttl: int, swr: int, delay: float) -> tup
             for thread in threads:
                 thread.join()
             return answered, gitlab.counts["page"], slowest
-        finally:
-            proxy.stop()
 
 
 def main() -> None:
