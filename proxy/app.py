@@ -18,6 +18,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.access import REALM, Gate, Keeper, resolve_mode
+from proxy.bundleimport import sweep_staging
 from proxy.cache import Records, Store
 from proxy.config import Settings, load_for_workers
 from proxy.coremeta import CoreMetadata, MetadataInjector
@@ -190,6 +191,7 @@ def create_app(
         gate = Gate(mode, tokens, await to_thread.run_sync(grants.salt), settings.access.auth_ttl)
         spool = Spool(settings.cache.dir)
         await to_thread.run_sync(spool.sweep)
+        await to_thread.run_sync(sweep_staging, store.tmp)
         index = PublicIndex(
             allowed_hosts=settings.forwarding.allowed_hosts,
             connect_timeout=up.connect_timeout,

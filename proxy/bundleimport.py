@@ -53,7 +53,7 @@ def import_bundle(
     of followed public files, then pages (the newer of two kept), then bindings: an
     interruption leaves nothing that points to a missing file.
     """
-    _sweep_staging(store.tmp)
+    sweep_staging(store.tmp)
     with _staging(store.tmp) as staging:
         checked = _check(store, source, staging, progress)
         return _commit(store, grants, checked, progress)
@@ -296,8 +296,8 @@ def _staging(tmp: Path) -> Iterator[Path]:
         os.close(fd)
 
 
-def _sweep_staging(tmp: Path) -> None:
-    """Remove staging folders of imports that died (their lock is free)."""
+def sweep_staging(tmp: Path) -> None:
+    """Remove staging folders of imports that died (their lock is free); run at `serve` start."""
     for folder in tmp.glob(STAGING_PREFIX + "*"):
         try:
             fd = os.open(folder / ".lock", os.O_RDWR)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import respx
 
 from proxy import __main__ as cli
 from proxy.bundles import Progress
@@ -25,6 +27,7 @@ from proxy.grants import Grants
 from proxy.models import Link, Page, Scope
 from tests.clients import clean_env, installed_version, new_venv, pip_install, uv_install
 from tests.fakegitlab import FakeGitLab
+from tests.inproc import in_process
 from tests.scenario import SERVICE, Start, acme, publish, serve
 
 Members = list[tuple[tarfile.TarInfo, bytes]]
@@ -579,6 +582,28 @@ def test_a_killed_import_leaves_staging_the_next_import_sweeps(tmp_path: Path) -
     assert _content(target) == before
     assert _import(target, tmp_path / "bundle.tar") == 0
     assert list((target / "tmp").glob("import-*")) == []
+
+
+@pytest.mark.anyio
+async def test_serve_sweeps_the_staging_a_killed_import_left(
+    tmp_path: Path, gitlab_api: respx.MockRouter
+) -> None:
+    """A staging folder whose import died is removed when the proxy starts; a live one stays."""
+    tmp = tmp_path / "cache" / "tmp"
+    dead, live = tmp / "import-dead", tmp / "import-live"
+    for folder in (dead, live):
+        folder.mkdir(parents=True)
+        (folder / "part").write_bytes(b"half a bundle")
+    held = os.open(live / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    (dead / ".lock").touch()
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        async with in_process(tmp_path, gitlab_api)() as client:
+            assert (await client.get("/-/health")).status_code == 200
+        assert not dead.exists()
+        assert (live / "part").exists()
+    finally:
+        os.close(held)
 
 
 @pytest.mark.e2e
