@@ -117,7 +117,7 @@ def _state(facts: Facts) -> str:
 def _cache(facts: Facts) -> str:
     use, counts = facts.usage, facts.traffic
     share = use.bytes / use.max_size if use.max_size else 0.0
-    files = f"{use.files:,} files ({use.pinned:,} pinned), {use.pages:,} pages"
+    files = f"{_count(use.files, 'file')} ({use.pinned:,} pinned), {_count(use.pages, 'page')}"
     return (
         '<section id="cache" data-live><h2>Cache</h2>'
         f'<meter min="0" max="{use.max_size}" value="{use.bytes}" low="{use.max_size * 0.8:.0f}" '
@@ -163,7 +163,9 @@ def _errors(facts: Facts) -> str:
 
 
 def _scopes(facts: Facts) -> str:
-    shown = "".join(_scope(scope, facts) for scope in facts.scopes[:SHOWN_SCOPES])
+    shown = "".join(
+        _scope(scope, facts, opened=i == 0) for i, scope in enumerate(facts.scopes[:SHOWN_SCOPES])
+    )
     notes = []
     if len(facts.scopes) > SHOWN_SCOPES:
         notes.append(f"and {len(facts.scopes) - SHOWN_SCOPES} more (the JSON lists all)")
@@ -180,7 +182,7 @@ def _scopes(facts: Facts) -> str:
     return f'<section id="scopes"><h2>Indexes</h2>{shown}{note}</section>'
 
 
-def _scope(scope: ScopeFact, facts: Facts) -> str:
+def _scope(scope: ScopeFact, facts: Facts, *, opened: bool) -> str:
     url = scope.index_url
     parts = urlsplit(url)
     if facts.credentials == "none":
@@ -204,7 +206,8 @@ def _scope(scope: ScopeFact, facts: Facts) -> str:
         f"<h3>{escape(title)}</h3><pre>{escape(text)}</pre>" for title, text in blocks
     )
     return (
-        f'<details><summary>{escape(scope.scope)}: <code class="url">{escape(url)}</code>'
+        f"<details{' open' if opened else ''}><summary>{escape(scope.scope)}: "
+        f'<code class="url">{escape(url)}</code>'
         f"</summary>{configs}</details>"
     )
 
@@ -215,6 +218,10 @@ def _size(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     return f"{count:.1f} TiB"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def _ratio(hits: int, requests: int) -> str:
