@@ -26,6 +26,8 @@ from proxy.tally import Counts, Tally
 log = logging.getLogger("proxy.status")
 REFRESH = 2.0
 """Seconds a reading of the cache's size and scopes is served before it is read again."""
+LISTINGS = 4
+"""Base URLs whose index URLs are kept per reading (a Host header is the client's choice)."""
 Credentials = Literal["none", "proxy token", "GitLab token"]
 
 
@@ -154,6 +156,8 @@ class Status:
         self._clock = clock
         self._started = clock()
         self._held: _Held | None = None
+        self._listed_for: _Held | None = None
+        self._listings: dict[str, dict[str, ScopeFact]] = {}
         self._reading: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -173,7 +177,8 @@ class Status:
             ErrorFact(at=e.at, route=e.route, line=e.line if sight.may(e.scope) else None)
             for e in self._errors.last()
         )
-        seen = [key for key in held.scopes if sight.may(key)]
+        listed = self._listed(held, base_url)
+        seen = [listed[key] for key in held.scopes if sight.may(key)]
         return Facts(
             version=self._version,
             upstream=self._upstream,
@@ -192,12 +197,25 @@ class Status:
             started=self._started,
             fills=fills,
             errors=errors,
-            scopes=tuple(
-                ScopeFact(scope=_shown_scope(key), index_url=_index(base_url, key)) for key in seen
-            ),
+            scopes=tuple(seen),
             hidden_scopes=len(held.scopes) - len(seen),
             now=self._clock(),
         )
+
+    def _listed(self, held: _Held, base_url: str) -> dict[str, ScopeFact]:
+        """Each scope of a reading with its index URL, made once per reading and base URL
+        (a few base URLs: behind a proxy or by IP and by name)."""
+        if self._listed_for is not held:
+            self._listed_for, self._listings = held, {}
+        listed = self._listings.get(base_url)
+        if listed is None:
+            listed = {
+                key: ScopeFact(scope=_shown_scope(key), index_url=_index(base_url, key))
+                for key in held.scopes
+            }
+            if len(self._listings) < LISTINGS:
+                self._listings[base_url] = listed
+        return listed
 
     async def aclose(self) -> None:
         """Stop a reading of the cache still running (at shutdown)."""
