@@ -14,6 +14,7 @@ main{max-width:52rem;margin:0 auto;padding:1rem}
 h1{font-size:1.4rem;margin:.2rem 0 .8rem}
 h1 small,.muted,dt{color:var(--muted);font-weight:normal}
 h2{font-size:1.05rem;margin:1.3rem 0 .4rem;border-bottom:1px solid var(--line);padding-bottom:.2rem}
+h3{font-size:.85rem;margin:.5rem 0 0;color:var(--muted)}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.15rem 1rem;margin:0}
 dd{margin:0;overflow-wrap:anywhere}
 code,pre{font:13px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;\
