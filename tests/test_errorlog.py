@@ -9,7 +9,6 @@ import pytest
 
 from proxy.errorlog import KEPT, ErrorLog, within
 
-
 LOG = logging.getLogger("proxy.test-errorlog")
 
 

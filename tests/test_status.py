@@ -6,6 +6,7 @@ import base64
 import hashlib
 import logging
 import re
+import threading
 from pathlib import Path
 
 import httpx
@@ -13,7 +14,11 @@ import pytest
 import respx
 
 from proxy.tokens import add_token
+from tests.fakegitlab import FakeGitLab
 from tests.inproc import GITLAB, Serve, gitlab_page
+from tests.scenario import SERVICE as SCENARIO_SERVICE
+from tests.scenario import Start, acme, publish
+from tests.scenario import serve as serve_process
 
 pytestmark = pytest.mark.anyio
 
@@ -229,3 +234,47 @@ async def test_logged_text_is_escaped(serve: Serve) -> None:
         page = await client.get("/")
     assert "bad &lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in page.text
     assert "<script>alert" not in page.text
+
+
+async def test_offline_says_so_and_asks_nothing(serve: Serve) -> None:
+    """Offline: the page says the proxy is offline and that GitLab is not asked."""
+    async with serve({"cache.offline": True}) as client:
+        facts = (await client.get("/", headers=JSON)).json()
+        page = await client.get("/")
+    assert facts["offline"] is True
+    assert "Mode offline" in " ".join(text(page).split())
+    assert "not asked: the proxy is offline" in page.text
+
+
+@pytest.mark.e2e
+def test_a_download_shows_its_file_name_only_to_a_viewer_who_may_read_it(
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
+) -> None:
+    """Tokens mode: a download in progress shows as "a file" without a proxy token, by its
+    name with one."""
+    acme(gitlab)
+    filename, sha256 = publish(gitlab, 42, "demo-pkg", "1.0")
+    gitlab.stall_files_after = 100
+    tokens = str(tmp_path / "tokens")
+    token = add_token(tokens, "ci")
+    proxy = serve_process(
+        start_proxy,
+        gitlab,
+        tmp_path / "cache",
+        token=SCENARIO_SERVICE,
+        GITLAB_PYPI_PROXY_ACCESS_MODE="tokens",
+        GITLAB_PYPI_PROXY_ACCESS_TOKENS_FILE=tokens,
+    )
+    bearer = {"authorization": f"Bearer {token}"}
+    path = f"{API}/files/{sha256}/{filename}"
+    download = threading.Thread(target=lambda: httpx.get(proxy.url + path, headers=bearer))
+    download.start()
+    try:
+        assert gitlab.stalled.wait(30)
+        hidden = httpx.get(proxy.url + "/", headers=JSON).json()["fills"]
+        shown = httpx.get(proxy.url + "/", headers={**JSON, **bearer}).json()["fills"]
+    finally:
+        gitlab.stall_release.set()
+        download.join(60)
+    assert [f["filename"] for f in hidden] == [None]
+    assert [f["filename"] for f in shown] == [filename]
