@@ -17,12 +17,14 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from proxy import __version__
 from proxy.access import REALM, Gate, Keeper, resolve_mode
 from proxy.bundleimport import sweep_staging
 from proxy.cache import Records, Store
 from proxy.config import Settings, load_for_workers
 from proxy.coremeta import CoreMetadata, MetadataInjector
 from proxy.downloads import Downloads
+from proxy.errorlog import ErrorLog, within
 from proxy.errors import (
     BadRequest,
     CacheError,
@@ -39,9 +41,12 @@ from proxy.forwarding import Forwarding
 from proxy.grants import Grants
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
+from proxy.reachability import Reachability
 from proxy.rendered import Renderer
 from proxy.routes import Site, raw_path, routes, target
 from proxy.spool import Spool
+from proxy.status import Status
+from proxy.statuspage import routes as status_routes
 from proxy.tally import Ledger, Tally
 from proxy.tokens import TokensFile
 from proxy.uploadtimes import TIMEOUT as TIMES_TIMEOUT
@@ -53,6 +58,8 @@ access_log = logging.getLogger("proxy.access")
 # A username for service tokens when none is set: GitLab ignores it for personal,
 # project and group access tokens and accepts any for deploy tokens.
 DEFAULT_USERNAME = "gitlab-pypi-proxy"
+LOGGED_ERRORS = ("proxy", "uvicorn.error")
+"""Loggers whose warnings and errors the status page lists."""
 MAX_HEADER_BYTES = 64 * 1024
 _USERINFO = re.compile(r"(//)[^/@]*@")
 _UNPRINTABLE = re.compile(r"[^\x20-\x5b\x5d-\x7e]")
@@ -84,7 +91,9 @@ async def _on_error(request: Request, exc: Exception) -> Response:
         headers["www-authenticate"] = REALM
     if isinstance(exc, UpstreamStatus) and exc.retry_after:
         headers["retry-after"] = str(int(exc.retry_after + 0.999))
-    log.info("%s %s -> %d: %s", request.method, _loggable(request.scope), status, exc)
+    # A 5xx is the proxy's or GitLab's failure: a warning (the status page lists them).
+    level = logging.WARNING if status >= 500 else logging.INFO
+    log.log(level, "%s %s -> %d: %s", request.method, _loggable(request.scope), status, exc)
     return PlainTextResponse(
         f"{status} {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n",
         status,
@@ -117,6 +126,8 @@ class Observed:
         else:
             app = self.app
 
+        wanted = target(raw_path(scope))
+
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
@@ -125,7 +136,7 @@ class Observed:
                     cache = b"BYPASS"
                     headers.append((b"x-cache", cache))
                 message["headers"] = headers
-                route = target(raw_path(scope)).kind
+                route = wanted.kind
                 self.metrics.requests.labels(route, cache.decode("latin-1")).inc()
                 outcome.append((message["status"], cache.decode("latin-1")))
                 body_sizes.append(self.tally.response(route, *outcome[0]))
@@ -134,7 +145,8 @@ class Observed:
             await send(message)
 
         try:
-            await app(scope, receive, sending)
+            with within(wanted.kind, wanted.scope.key if wanted.scope else None):
+                await app(scope, receive, sending)
         finally:
             status, cache = outcome[0] if outcome else (0, "-")
             # The access log: no query string (tokens can travel there), no headers.
@@ -171,6 +183,8 @@ def create_app(
         )
     metrics = Metrics()
     tally = Tally()
+    heard = Reachability()
+    errors = ErrorLog()
     site = Site(
         public_url=settings.server.public_url,
         trusted_proxies=tuple(
@@ -213,6 +227,7 @@ def create_app(
             transport=transport,
             metrics=metrics,
             public=index,
+            heard=heard,
         )
         filler = Filler(
             store,
@@ -265,6 +280,21 @@ def create_app(
         )
         ledger = Ledger(tally, settings.cache.dir)
         await to_thread.run_sync(ledger.start)
+        status = Status(
+            version=__version__,
+            upstream_url=up.url,
+            offline=settings.cache.offline,
+            service=service is not None,
+            store=store,
+            grants=grants,
+            keeper=keeper,
+            filler=filler,
+            tally=tally,
+            heard=heard,
+            errors=errors,
+        )
+        for name in LOGGED_ERRORS:
+            logging.getLogger(name).addHandler(errors)
         try:
             yield {
                 "mirror": mirror,
@@ -272,8 +302,12 @@ def create_app(
                 "site": site,
                 "metrics": metrics,
                 "keeper": keeper,
+                "status": status,
             }
         finally:
+            for name in LOGGED_ERRORS:
+                logging.getLogger(name).removeHandler(errors)
+            await status.aclose()
             await mirror.aclose()
             await filler.aclose()
             await downloads.aclose()
@@ -283,7 +317,11 @@ def create_app(
             grants.close()
             await to_thread.run_sync(ledger.close)
 
-    app = Starlette(routes=routes(), lifespan=lifespan, exception_handlers={ProxyError: _on_error})
+    app = Starlette(
+        routes=[*status_routes(), *routes()],
+        lifespan=lifespan,
+        exception_handlers={ProxyError: _on_error},
+    )
     # A path Starlette cannot route is a 404 here, never a redirect to another path.
     app.router.redirect_slashes = False
     app.add_middleware(Observed, metrics=metrics, tally=tally)

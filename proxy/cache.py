@@ -193,6 +193,10 @@ class Store:
             if stored is not None:
                 yield key, stored
 
+    def page_keys(self) -> list[str]:
+        """The key of every stored page (reads no page)."""
+        return [key for key in _guarded(list, self._pages) if isinstance(key, str)]
+
     def drop_pages(self, name: str) -> int:
         """Drop every page of `name` in every scope, and every index page; returns the count."""
         dropped: int = _guarded(self._pages.evict, name)

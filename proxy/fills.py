@@ -51,6 +51,8 @@ class Fill:
     sha256: str
     origin: str = ""
     """A salted hash of the path, scope and credentials it is fetched with."""
+    url: str = ""
+    """What it is fetched from: GitLab's path (/api/v4/...) or a public index's URL."""
     vetted: bool = False
     """GitLab already let its first caller read the file: another worker's fill will do."""
     status: int = 0
@@ -194,12 +196,16 @@ class Filler:
             )
         if fill is not None:
             return fill
-        fill = Fill(sha256, key, vetted=vetted)
+        fill = Fill(sha256, key, url=path, vetted=vetted)
         self._active[(sha256, key)] = fill
         task = asyncio.create_task(self._run(fill, path, authorization))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return fill
+
+    def running(self) -> tuple[Fill, ...]:
+        """The fills of this process still in progress (for the status page)."""
+        return tuple(self._active.values())
 
     async def aclose(self) -> None:
         """Cancel running fills (at shutdown)."""

@@ -97,9 +97,17 @@ def _not_found(reason: str = "404 Not Found") -> Response:
     return JSONResponse({"message": reason}, 404)
 
 
-RouteKind = Literal["index", "page", "file", "upload", "health", "ready", "metrics", "other"]
+RouteKind = Literal[
+    "index", "page", "file", "upload", "health", "ready", "metrics", "status", "other"
+]
 
-_OWN: dict[str, RouteKind] = {"health": "health", "ready": "ready", "metrics": "metrics"}
+_OWN: dict[str, RouteKind] = {
+    "health": "health",
+    "ready": "ready",
+    "metrics": "metrics",
+    "status.css": "status",
+    "status.js": "status",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +135,8 @@ def raw_path(scope: ASGIScope) -> bytes:
 def target(raw: bytes) -> Target:
     """The one parser of request paths (GitLab's PyPI surface and the proxy's own)."""
     path = re.sub(r"/{2,}", "/", raw.decode("latin-1"))
+    if path == "/":
+        return Target("status")
     if path.startswith("/-/"):
         return Target(_OWN.get(path[3:].strip("/"), "other"))
     match = _API.fullmatch(path)

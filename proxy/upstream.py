@@ -17,6 +17,7 @@ import httpx
 from proxy import __version__
 from proxy.errors import BadRequest, UpstreamStatus, UpstreamUnavailable
 from proxy.metrics import Metrics
+from proxy.reachability import Reachability
 
 USER_AGENT = f"gitlab-pypi-proxy/{__version__}"
 MAX_PAGE_BYTES = 20 * 1024 * 1024
@@ -146,8 +147,10 @@ class GitLab:
         transport: httpx.AsyncBaseTransport | None = None,
         metrics: Metrics | None = None,
         public: PublicIndex | None = None,
+        heard: Reachability | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self._heard = heard or Reachability()
         self._public = public
         self._metrics = metrics or Metrics()
         self._connect_timeout = connect_timeout
@@ -203,15 +206,18 @@ class GitLab:
             response = await self._client.send(request, stream=True)
         except httpx.TimeoutException as exc:
             errors.labels("timeout").inc()
+            self._heard.failed(f"no answer in time ({type(exc).__name__})")
             raise UpstreamUnavailable(
                 f"GitLab did not answer in time ({type(exc).__name__})", timeout=True
             ) from exc
         except httpx.HTTPError as exc:
             errors.labels("unreachable").inc()
+            self._heard.failed(f"could not be reached ({type(exc).__name__})")
             raise UpstreamUnavailable(
                 f"GitLab could not be reached ({type(exc).__name__})"
             ) from exc
         self._metrics.upstream_seconds.labels(kind).observe(time.monotonic() - started)
+        self._heard.answered(response.status_code)
         if response.status_code >= 500:
             errors.labels("status_5xx").inc()
         elif response.status_code == 429:
@@ -371,8 +377,10 @@ class GitLab:
         try:
             response = await self._client.send(request)
         except httpx.HTTPError as exc:
+            self._heard.failed(f"could not be reached ({type(exc).__name__})")
             return f"unreachable ({type(exc).__name__})"
         await response.aclose()
+        self._heard.answered(response.status_code)
         return "reachable"
 
     async def upload(

@@ -153,7 +153,7 @@ async def test_each_route_is_forwarded_to_the_same_path_below_gitlabs_root(
 
 
 NOT_PYPI = [
-    ("GET", "/"),
+    ("GET", "/-/status"),
     ("GET", "/foo"),
     ("GET", "/api/v4/user"),
     ("GET", "/api/v4/projects/1"),
