@@ -284,13 +284,13 @@ class Mirror:
         """The stored page for a request: for JSON, the JSON page or the HTML page GitLab
         gave a JSON request, whichever GitLab confirmed last."""
         wanted = ("json", "html") if representation == "json" else ("html",)
-        found: list[StoredPage] = []
-        for kind in wanted:
-            key = Store.page_key(owner, name, kind)
-            stored: StoredPage | None = await to_thread.run_sync(self._store.get_page, key)
-            if stored is not None:
-                found.append(stored)
-        return max(found, key=lambda stored: stored.fetched_at, default=None)
+
+        def latest() -> StoredPage | None:  # one thread hop for both representations
+            found = [self._store.get_page(Store.page_key(owner, name, kind)) for kind in wanted]
+            kept = [stored for stored in found if stored is not None]
+            return max(kept, key=lambda stored: stored.fetched_at, default=None)
+
+        return await to_thread.run_sync(latest)
 
     async def _fallback(
         self, caller: Caller, name: str, representation: Representation
@@ -301,11 +301,11 @@ class Mirror:
         keys = [Store.page_key(caller.owner, name, other)]
         if caller.personal:
             keys += [Store.page_key(caller.public_owner, name, r) for r in (representation, other)]
-        for key in keys:
-            found: StoredPage | None = await to_thread.run_sync(self._store.get_page, key)
-            if found is not None:
-                return found
-        return None
+
+        def first() -> StoredPage | None:  # one thread hop for every key
+            return next(filter(None, map(self._store.get_page, keys)), None)
+
+        return await to_thread.run_sync(first)
 
     async def _anyone_sees(
         self,

@@ -165,11 +165,10 @@ class UploadTimes:
         API shows this caller, all within the timeout. The walks over the links run in a
         worker thread (pages can be huge)."""
         deadline = early.deadline if early else time.monotonic() + self._timeout
-        page, versions = await to_thread.run_sync(_carried, before, page)
-        if early is not None and versions is not None:
+        if early is not None:
+            # A cold page (nothing to carry): what the early lookup found, in one hop.
             found = await early.found()
-            page = await to_thread.run_sync(annotate, page, found.facts)
-            page, versions = await to_thread.run_sync(_carried, None, page)
+            page, versions = await to_thread.run_sync(_carried, None, page, found.facts)
             # Only versions the early listing did not show (uploaded since) are asked
             # for again; after a failure, not at all (the same question, moments ago).
             if versions is None or found.listed is None:
@@ -177,6 +176,8 @@ class UploadTimes:
             versions -= found.listed
             if not versions:
                 return page
+        else:
+            page, versions = await to_thread.run_sync(_carried, before, page, {})
         if versions is None:
             return page
         facts = (await self._bounded(scope, name, versions, authorization, deadline)).facts
@@ -235,10 +236,12 @@ class UploadTimes:
         return frozenset(package.version for package in packages)
 
 
-def _carried(before: Page | None, page: Page) -> tuple[Page, set[str] | None]:
-    """`page` with what `before` knew, and the versions of its files still without a time
-    (None: none lacks one; empty: some do, but their names tell no version)."""
-    kept = carry(before, page)
+def _carried(
+    before: Page | None, page: Page, facts: Mapping[Key, Facts]
+) -> tuple[Page, set[str] | None]:
+    """`page` with what `before` knew and `facts` say, and the versions of its files still
+    without a time (None: none lacks one; empty: some do, but their names tell no version)."""
+    kept = annotate(carry(before, page), facts)
     wanted = lacking(kept)
     if not wanted:
         return kept, None
