@@ -103,6 +103,8 @@ def _apply(page: Page, known: Mapping[tuple[str | None, str], tuple[tuple[str, s
 
 @dataclass(frozen=True, slots=True)
 class _Found:
+    """What one lookup in the package API found."""
+
     facts: dict[Key, Facts]
     listed: frozenset[str] | None
     """The versions GitLab's listing showed (None: it was not read)."""
@@ -166,9 +168,9 @@ class UploadTimes:
         worker thread (pages can be huge)."""
         deadline = early.deadline if early else time.monotonic() + self._timeout
         if early is not None:
-            # A cold page (nothing to carry): what the early lookup found, in one hop.
+            # What the early lookup found, applied in the same worker-thread hop.
             found = await early.found()
-            page, versions = await to_thread.run_sync(_carried, None, page, found.facts)
+            page, versions = await to_thread.run_sync(_carried, before, page, found.facts)
             # Only versions the early listing did not show (uploaded since) are asked
             # for again; after a failure, not at all (the same question, moments ago).
             if versions is None or found.listed is None:
