@@ -200,12 +200,11 @@ class Mirror:
         now = self._clock()
         if stored is not None and now - stored.fetched_at < ttl:
             return _Outcome(stored.page, "HIT", fresh=ttl - (now - stored.fetched_at))
-        fallback = stored or await self._fallback(caller, name or "", representation)
         # A cold page: its upload times are asked for while the page is (no validator
         # can make GitLab's answer a 304, and every file will need a time).
         early = self._early(caller, name) if stored is None else None
         try:
-            return await self._refresh(caller, name, representation, stored, fallback, early)
+            return await self._refresh(caller, name, representation, stored, early)
         finally:
             if early is not None:
                 early.cancel()
@@ -216,7 +215,6 @@ class Mirror:
         name: NormalizedName | None,
         representation: Representation,
         stored: StoredPage | None,
-        fallback: StoredPage | None,
         early: Early | None,
     ) -> _Outcome | Reply:
         key = Store.page_key(caller.owner, name or "", representation)
@@ -247,6 +245,8 @@ class Mirror:
             # A 200 that cannot be parsed (PageError) is a failure like a 5xx: stale wins.
             page = await self._parse(answer, name) if answer.status == 200 else None
         except UpstreamError as exc:
+            # Read only now: a page GitLab answers needs no fallback (one thread hop less).
+            fallback = stored or await self._fallback(caller, name or "", representation)
             if fallback is None:
                 raise
             log.warning("serving a stale page for %s: %s", key, exc)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio import to_thread
@@ -29,7 +29,11 @@ TIMEOUT = 2.0
 """Seconds a page miss waits at most for the package API; after that it has no times."""
 CONCURRENCY = 4
 """Package-file listings asked of GitLab at once for one page."""
+INLINE_LINKS = 256
+"""Pages with at most this many links are walked on the event loop: a thread hop costs
+more than the walk (and, on a loaded machine, a wait for the scheduler)."""
 _FACTS = (UPLOAD_TIME_ATTR, SIZE_ATTR)
+T = TypeVar("T")
 
 Key = tuple[str, str]
 """(sha256 in lower case, file name): how a page's link and a package file meet."""
@@ -164,13 +168,13 @@ class UploadTimes:
     ) -> Page:
         """`page` with the times `before` knew of its files (carry), those `early` found,
         and the upload time and size of each file still without one that GitLab's package
-        API shows this caller, all within the timeout. The walks over the links run in a
-        worker thread (pages can be huge)."""
+        API shows this caller, all within the timeout. The walks over the links of a large
+        page run in a worker thread."""
         deadline = early.deadline if early else time.monotonic() + self._timeout
         if early is not None:
             # What the early lookup found, applied in the same worker-thread hop.
             found = await early.found()
-            page, versions = await to_thread.run_sync(_carried, before, page, found.facts)
+            page, versions = await _walk(page, _carried, before, page, found.facts)
             # Only versions the early listing did not show (uploaded since) are asked
             # for again; after a failure, not at all (the same question, moments ago).
             if versions is None or found.listed is None:
@@ -179,13 +183,13 @@ class UploadTimes:
             if not versions:
                 return page
         else:
-            page, versions = await to_thread.run_sync(_carried, before, page, {})
+            page, versions = await _walk(page, _carried, before, page, {})
         if versions is None:
             return page
         facts = (await self._bounded(scope, name, versions, authorization, deadline)).facts
         if not facts:
             return page
-        return await to_thread.run_sync(annotate, page, facts)
+        return await _walk(page, annotate, page, facts)
 
     async def _bounded(
         self,
@@ -236,6 +240,13 @@ class UploadTimes:
             for package in chosen:
                 group.start_soon(files_of, package)
         return frozenset(package.version for package in packages)
+
+
+async def _walk(page: Page, walk: Callable[..., T], *args: object) -> T:
+    """`walk(*args)` over `page`'s links: in a worker thread when the page is large."""
+    if len(page.links) <= INLINE_LINKS:
+        return walk(*args)
+    return await to_thread.run_sync(walk, *args)
 
 
 def _carried(

@@ -16,7 +16,7 @@ import respx
 
 from proxy import pages
 from proxy.models import Link, Page, pep700_time
-from proxy.uploadtimes import bare, carry
+from proxy.uploadtimes import INLINE_LINKS, bare, carry
 from tests.clients import ProxyProcess, installed_version, new_venv, pip_install, run, uv_install
 from tests.fakegitlab import FakeGitLab
 from tests.inproc import GITLAB, Serve, gitlab_page
@@ -282,6 +282,38 @@ async def test_a_version_the_kept_listing_lacks_is_asked_for_again(
     assert 'data-upload-time="2025-02-03T04:05:06.000Z"' in response.text
     listings = [c for c in api.calls if c.request.url.path.endswith("/packages")]
     assert len(listings) == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("count", [3, INLINE_LINKS + 1], ids=["walked-inline", "in-a-thread"])
+async def test_every_file_of_a_page_gets_its_time_small_or_large(
+    serve: Serve, gitlab_api: respx.MockRouter, count: int
+) -> None:
+    """A small page is walked on the event loop, a large one in a worker thread: either way
+    every file gets GitLab's time."""
+    names = [f"my_pkg-1.0.{n}-py3-none-any.whl" for n in range(count)]
+    shas = [hashlib.sha256(name.encode()).hexdigest() for name in names]
+
+    def package_api(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/api/v4/projects/42/packages"):
+            listed = [
+                {"id": 100 + n, "name": "My_Pkg", "version": f"1.0.{n}"} for n in range(count)
+            ]
+            return httpx.Response(200, json=listed)
+        n = int(request.url.path.split("/packages/")[1].split("/")[0]) - 100
+        file = {"created_at": "2024-01-02T03:04:05.000Z", "file_name": names[n], "size": n}
+        return httpx.Response(200, json=[{**file, "file_sha256": shas[n]}])
+
+    gitlab_api.routes["package_api"].mock(side_effect=package_api)
+    anchors = "".join(
+        f'<a href="{GITLAB}{API}/files/{sha}/{name}#sha256={sha}">{name}</a>'
+        for name, sha in zip(names, shas, strict=True)
+    )
+    body = gitlab_page("my_pkg", anchors)
+    gitlab_api.get(f"{GITLAB}{API}/simple/my-pkg").respond(200, content=body)
+    async with serve(token="glpat-service") as client:
+        response = await client.get(f"{API}/simple/my-pkg/")
+    assert response.text.count('data-upload-time="2024-01-02T03:04:05.000Z"') == count
 
 
 # -- against the fake GitLab, through a proxy process -------------------------------------
