@@ -41,6 +41,7 @@ from proxy.forwarding import Forwarding
 from proxy.grants import Grants
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
+from proxy.packageapi import PackageAPI
 from proxy.reachability import Reachability
 from proxy.rendered import Renderer
 from proxy.routes import Site, raw_path, routes, target
@@ -245,6 +246,7 @@ def create_app(
             upstream=upstream,
             offline=settings.cache.offline,
         )
+        times_timeout = min(TIMES_TIMEOUT, up.connect_timeout)
         mirror = Mirror(
             store=store,
             upstream=upstream,
@@ -258,7 +260,9 @@ def create_app(
             renderer=Renderer(),
             forwarding=forwarding,
             metadata=MetadataInjector(metadata),
-            times=UploadTimes(upstream=upstream, timeout=min(TIMES_TIMEOUT, up.connect_timeout)),
+            times=UploadTimes(
+                api=PackageAPI(upstream=upstream, budget=times_timeout), timeout=times_timeout
+            ),
         )
         downloads = Downloads(
             store=store,

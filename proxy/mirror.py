@@ -30,7 +30,7 @@ from proxy.flights import Flights
 from proxy.forwarding import Followed, Forwarding, is_public
 from proxy.models import CacheStatus, Caller, NormalizedName, Page, Reply, Scope, normalize
 from proxy.rendered import Renderer
-from proxy.uploadtimes import UploadTimes, bare
+from proxy.uploadtimes import Early, UploadTimes, bare
 from proxy.upstream import REDIRECTS, Answer, GitLab, retry_after
 
 log = logging.getLogger("proxy.mirror")
@@ -196,12 +196,29 @@ class Mirror:
     ) -> _Outcome | Reply:
         """The page from GitLab (or the cache, when a request that just ended stored it),
         stored; the stale page when GitLab fails; GitLab's own answer when it is not a page."""
-        key = Store.page_key(caller.owner, name or "", representation)
         stored = await self._stored(caller.owner, name or "", representation)
         now = self._clock()
         if stored is not None and now - stored.fetched_at < ttl:
             return _Outcome(stored.page, "HIT", fresh=ttl - (now - stored.fetched_at))
-        fallback = stored or await self._fallback(caller, name or "", representation)
+        # A cold page: its upload times are asked for while the page is (no validator
+        # can make GitLab's answer a 304, and every file will need a time).
+        early = self._early(caller, name) if stored is None else None
+        try:
+            return await self._refresh(caller, name, representation, stored, early)
+        finally:
+            if early is not None:
+                early.cancel()
+
+    async def _refresh(
+        self,
+        caller: Caller,
+        name: NormalizedName | None,
+        representation: Representation,
+        stored: StoredPage | None,
+        early: Early | None,
+    ) -> _Outcome | Reply:
+        key = Store.page_key(caller.owner, name or "", representation)
+        now = self._clock()
         followed: Followed | Reply | None = None
         # A validator only for the representation asked for: a page GitLab gave as HTML
         # to a JSON request is asked for whole, so JSON turned on since is seen.
@@ -228,6 +245,8 @@ class Mirror:
             # A 200 that cannot be parsed (PageError) is a failure like a 5xx: stale wins.
             page = await self._parse(answer, name) if answer.status == 200 else None
         except UpstreamError as exc:
+            # Read only now: a page GitLab answers needs no fallback (one thread hop less).
+            fallback = stored or await self._fallback(caller, name or "", representation)
             if fallback is None:
                 raise
             log.warning("serving a stale page for %s: %s", key, exc)
@@ -250,7 +269,7 @@ class Mirror:
             # client's business, never cached as this project's page.
             return Reply(answer.status, answer.body, dict(answer.headers), "BYPASS")
         before = stored.page if stored and not is_public(stored.etag) else None
-        page = await self._timed(caller, name, page, before)
+        page = await self._timed(caller, name, page, before, early)
         if caller.personal and await self._anyone_sees(caller, name, representation, page):
             # GitLab gives this page to anyone: the credential added nothing, and a
             # credential GitLab did not need leaves no record (design 3.4).
@@ -265,13 +284,13 @@ class Mirror:
         """The stored page for a request: for JSON, the JSON page or the HTML page GitLab
         gave a JSON request, whichever GitLab confirmed last."""
         wanted = ("json", "html") if representation == "json" else ("html",)
-        found: list[StoredPage] = []
-        for kind in wanted:
-            key = Store.page_key(owner, name, kind)
-            stored: StoredPage | None = await to_thread.run_sync(self._store.get_page, key)
-            if stored is not None:
-                found.append(stored)
-        return max(found, key=lambda stored: stored.fetched_at, default=None)
+
+        def latest() -> StoredPage | None:  # one thread hop for both representations
+            found = [self._store.get_page(Store.page_key(owner, name, kind)) for kind in wanted]
+            kept = [stored for stored in found if stored is not None]
+            return max(kept, key=lambda stored: stored.fetched_at, default=None)
+
+        return await to_thread.run_sync(latest)
 
     async def _fallback(
         self, caller: Caller, name: str, representation: Representation
@@ -282,11 +301,11 @@ class Mirror:
         keys = [Store.page_key(caller.owner, name, other)]
         if caller.personal:
             keys += [Store.page_key(caller.public_owner, name, r) for r in (representation, other)]
-        for key in keys:
-            found: StoredPage | None = await to_thread.run_sync(self._store.get_page, key)
-            if found is not None:
-                return found
-        return None
+
+        def first() -> StoredPage | None:  # one thread hop for every key
+            return next(filter(None, map(self._store.get_page, keys)), None)
+
+        return await to_thread.run_sync(first)
 
     async def _anyone_sees(
         self,
@@ -317,8 +336,18 @@ class Mirror:
         public_page = stored.page
         return await to_thread.run_sync(lambda: bare(public_page) == bare(page))
 
+    def _early(self, caller: Caller, name: NormalizedName | None) -> Early | None:
+        if self._times is None or name is None:
+            return None
+        return self._times.early(caller.scope, name, authorization=caller.upstream)
+
     async def _timed(
-        self, caller: Caller, name: NormalizedName | None, page: Page, before: Page | None
+        self,
+        caller: Caller,
+        name: NormalizedName | None,
+        page: Page,
+        before: Page | None,
+        early: Early | None = None,
     ) -> Page:
         """A page of GitLab's files with PEP 700 upload times and sizes: those the stored
         page `before` had, the rest asked of GitLab's package API with the caller's
@@ -327,7 +356,7 @@ class Mirror:
             return page
         times = self._times
         return await times.complete(
-            caller.scope, name, page, before=before, authorization=caller.upstream
+            caller.scope, name, page, before=before, authorization=caller.upstream, early=early
         )
 
     async def _parse(self, answer: Answer, name: NormalizedName | None) -> Page:

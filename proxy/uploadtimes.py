@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
-from urllib.parse import urlencode
+from typing import Any, TypeVar
 
 import anyio
 from anyio import to_thread
-from packaging.version import InvalidVersion, Version
 
 from proxy.errors import ProxyError
 from proxy.models import (
@@ -20,21 +19,21 @@ from proxy.models import (
     NormalizedName,
     Page,
     Scope,
-    normalize,
     pep700_time,
     version_of,
 )
-from proxy.upstream import GitLab
+from proxy.packageapi import Package, PackageAPI
 
 log = logging.getLogger("proxy.uploadtimes")
 TIMEOUT = 2.0
 """Seconds a page miss waits at most for the package API; after that it has no times."""
 CONCURRENCY = 4
 """Package-file listings asked of GitLab at once for one page."""
-PER_PAGE = 100  # GitLab's largest page of a REST listing
-MAX_PAGES = 10
-"""Listing pages read at most (1,000 packages or files): a bound, not a completeness claim."""
+INLINE_LINKS = 256
+"""Pages with at most this many links are walked on the event loop: a thread hop costs
+more than the walk (and, on a loaded machine, a wait for the scheduler)."""
 _FACTS = (UPLOAD_TIME_ATTR, SIZE_ATTR)
+T = TypeVar("T")
 
 Key = tuple[str, str]
 """(sha256 in lower case, file name): how a page's link and a package file meet."""
@@ -106,26 +105,34 @@ def _apply(page: Page, known: Mapping[tuple[str | None, str], tuple[tuple[str, s
     return replace(page, links=tuple(links))
 
 
-def _normalized_version(value: object) -> str:
-    """A version as version_of writes it (str of packaging's Version), else as given."""
-    try:
-        return str(Version(str(value)))
-    except InvalidVersion:
-        return str(value)
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """What one lookup in the package API found."""
+
+    facts: dict[Key, Facts]
+    listed: frozenset[str] | None
+    """The versions GitLab's listing showed (None: it was not read)."""
 
 
-def _search_term(name: NormalizedName) -> str:
-    """What to give GitLab's package_name filter, a case-insensitive substring match
-    (`search_by_name`): the longest run between separators, since GitLab keeps the name
-    as uploaded ("My_Package" is found by "package", not by "my-package")."""
-    return max(name.split("-"), key=len)
+class Early:
+    """The package API asked for every file of a name while GitLab is asked for its page
+    (a cold page: none of its files can have a time yet)."""
 
+    def __init__(self, task: asyncio.Task[_Found], deadline: float) -> None:
+        self._task = task
+        self.deadline = deadline
+        """When (time.monotonic) the page stops waiting for the package API."""
 
-def _listing(answer_body: bytes) -> list[dict[str, Any]]:
-    data: Any = json.loads(answer_body)
-    if not isinstance(data, list):
-        raise ValueError("not a JSON list")
-    return [item for item in data if isinstance(item, dict)]
+    def __repr__(self) -> str:
+        return f"Early(done={self._task.done()})"
+
+    async def found(self) -> _Found:
+        """What the package API said by the deadline (the lookup ends there by itself)."""
+        return await self._task
+
+    def cancel(self) -> None:
+        """Stop asking: the page did not need it (not a 200, or GitLab failed)."""
+        self._task.cancel()
 
 
 class UploadTimes:
@@ -134,14 +141,20 @@ class UploadTimes:
     seconds; any failure just leaves the files without times."""
 
     def __init__(
-        self, *, upstream: GitLab, timeout: float = TIMEOUT, concurrency: int = CONCURRENCY
+        self, *, api: PackageAPI, timeout: float = TIMEOUT, concurrency: int = CONCURRENCY
     ) -> None:
-        self._upstream = upstream
+        self._api = api
         self._timeout = timeout
         self._concurrency = concurrency
 
     def __repr__(self) -> str:
         return f"UploadTimes(timeout={self._timeout})"
+
+    def early(self, scope: Scope, name: NormalizedName, *, authorization: str | None) -> Early:
+        """Start asking for the times of every file of `name` now, for `complete`."""
+        deadline = time.monotonic() + self._timeout
+        lookup = self._bounded(scope, name, set(), authorization, deadline)
+        return Early(asyncio.create_task(lookup), deadline)
 
     async def complete(
         self,
@@ -151,51 +164,50 @@ class UploadTimes:
         *,
         before: Page | None = None,
         authorization: str | None,
+        early: Early | None = None,
     ) -> Page:
-        """`page` with the times `before` knew of its files (carry), and the upload time
-        and size of each file still without one that GitLab's package API shows this
-        caller. The walks over the links run in a worker thread (pages can be huge)."""
-
-        def carried() -> tuple[Page, set[str] | None]:
-            kept = carry(before, page)
-            wanted = lacking(kept)
-            if not wanted:
-                return kept, None
-            return kept, {v for v in map(version_of, wanted) if v is not None}
-
-        page, versions = await to_thread.run_sync(carried)
+        """`page` with the times `before` knew of its files (carry), those `early` found,
+        and the upload time and size of each file still without one that GitLab's package
+        API shows this caller, all within the timeout. The walks over the links of a large
+        page run in a worker thread."""
+        deadline = early.deadline if early else time.monotonic() + self._timeout
+        if early is not None:
+            # What the early lookup found, applied in the same worker-thread hop.
+            found = await early.found()
+            page, versions = await _walk(page, _carried, before, page, found.facts)
+            # Only versions the early listing did not show (uploaded since) are asked
+            # for again; after a failure, not at all (the same question, moments ago).
+            if versions is None or found.listed is None:
+                return page
+            versions -= found.listed
+            if not versions:
+                return page
+        else:
+            page, versions = await _walk(page, _carried, before, page, {})
         if versions is None:
             return page
-        facts: dict[Key, Facts] = {}
-        with anyio.move_on_after(self._timeout):
-            try:
-                await self._facts(scope, name, versions, authorization, facts)
-            except (ProxyError, ValueError, RecursionError) as exc:
-                log.info("no upload times for %s in %s: %s", name, scope.key, exc)
+        facts = (await self._bounded(scope, name, versions, authorization, deadline)).facts
         if not facts:
             return page
-        return await to_thread.run_sync(annotate, page, facts)
+        return await _walk(page, annotate, page, facts)
 
-    async def _get(self, path: str, query: dict[str, str], authorization: str | None) -> bytes:
-        """One listing page's body; ValueError for any answer but a 200."""
-        answer = await self._upstream.api(
-            f"{path}?{urlencode(query)}", authorization=authorization, budget=self._timeout
-        )
-        if answer.status != 200:
-            raise ValueError(f"GitLab's package API answered {answer.status}")
-        return answer.body
-
-    async def _pages(
-        self, path: str, query: dict[str, str], authorization: str | None
-    ) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        for number in range(1, MAX_PAGES + 1):
-            query = {**query, "per_page": str(PER_PAGE), "page": str(number)}
-            found = _listing(await self._get(path, query, authorization))
-            items += found
-            if len(found) < PER_PAGE:
-                break
-        return items
+    async def _bounded(
+        self,
+        scope: Scope,
+        name: NormalizedName,
+        versions: set[str],
+        authorization: str | None,
+        deadline: float,
+    ) -> _Found:
+        """What `_facts` found by `deadline`."""
+        facts: dict[Key, Facts] = {}
+        listed: frozenset[str] | None = None
+        with anyio.move_on_after(deadline - time.monotonic()):
+            try:
+                listed = await self._facts(scope, name, versions, authorization, facts)
+            except (ProxyError, ValueError, RecursionError) as exc:
+                log.info("no upload times for %s in %s: %s", name, scope.key, exc)
+        return _Found(facts, listed)
 
     async def _facts(
         self,
@@ -204,41 +216,49 @@ class UploadTimes:
         versions: set[str],
         authorization: str | None,
         facts: dict[Key, Facts],
-    ) -> None:
-        """Fill `facts` from the packages of `name` at `versions` (every version when no
-        file name told one)."""
-        # GET /projects/:id/packages and /groups/:id/packages (with each package's project_id).
-        query = {"package_type": "pypi", "package_name": _search_term(name)}
-        packages = await self._pages(
-            f"/api/v4/{scope.kind}/{scope.id}/packages", query, authorization
-        )
-        chosen = [
-            package
-            for package in packages
-            if isinstance(package.get("name"), str)
-            and normalize(package["name"]) == name
-            and isinstance(package.get("id"), int)
-            and (not versions or _normalized_version(package.get("version")) in versions)
-        ]
+    ) -> frozenset[str]:
+        """Fill `facts` from the packages of `name` at `versions` (every version when none
+        is named); a kept listing that lacks one of them is asked for again. Returns the
+        versions the listing showed."""
+        packages = await self._api.packages(scope, name, authorization)
+        if versions - {package.version for package in packages}:
+            packages = await self._api.packages(scope, name, authorization, fresh=True)
+        chosen = [p for p in packages if not versions or p.version in versions]
         limiter = anyio.CapacityLimiter(self._concurrency)
 
-        async def files_of(package: dict[str, Any]) -> None:
-            project = scope.id if scope.kind == "projects" else package.get("project_id")
-            if not isinstance(project, (int, str)):
-                return
-            path = f"/api/v4/projects/{project}/packages/{package['id']}/package_files"
+        async def files_of(package: Package) -> None:
             try:
                 async with limiter:
-                    found = await self._pages(path, {}, authorization)
+                    found = await self._api.files(package, authorization)
             except (ProxyError, ValueError, RecursionError) as exc:
                 # One package's files unknown: the others still get their times.
-                log.info("no upload times for %s %s: %s", name, package.get("version"), exc)
+                log.info("no upload times for %s %s: %s", name, package.version, exc)
                 return
             facts.update(_file_facts(found))
 
         async with anyio.create_task_group() as group:
             for package in chosen:
                 group.start_soon(files_of, package)
+        return frozenset(package.version for package in packages)
+
+
+async def _walk(page: Page, walk: Callable[..., T], *args: object) -> T:
+    """`walk(*args)` over `page`'s links: in a worker thread when the page is large."""
+    if len(page.links) <= INLINE_LINKS:
+        return walk(*args)
+    return await to_thread.run_sync(walk, *args)
+
+
+def _carried(
+    before: Page | None, page: Page, facts: Mapping[Key, Facts]
+) -> tuple[Page, set[str] | None]:
+    """`page` with what `before` knew and `facts` say, and the versions of its files still
+    without a time (None: none lacks one; empty: some do, but their names tell no version)."""
+    kept = annotate(carry(before, page), facts)
+    wanted = lacking(kept)
+    if not wanted:
+        return kept, None
+    return kept, {v for v in map(version_of, wanted) if v is not None}
 
 
 def _file_facts(files: Iterable[dict[str, Any]]) -> dict[Key, Facts]:

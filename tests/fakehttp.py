@@ -149,6 +149,9 @@ class LoopbackServer(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    # socketserver's listen backlog is 5: a burst of new connections (a resolver's parallel
+    # pages) overflows it and waits for the 1 s SYN retransmit. A real GitLab's nginx: 511.
+    request_queue_size = 511
 
     def __init__(self, port: int, respond: Respond, faults: Callable[[], Faults]) -> None:
         """Listen on `port` (0 for a random one); `faults` is asked as each download is sent."""

@@ -9,13 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 import respx
 
 from proxy import pages
 from proxy.models import Link, Page, pep700_time
-from proxy.uploadtimes import bare, carry
+from proxy.uploadtimes import INLINE_LINKS, bare, carry
 from tests.clients import ProxyProcess, installed_version, new_venv, pip_install, run, uv_install
 from tests.fakegitlab import FakeGitLab
 from tests.inproc import GITLAB, Serve, gitlab_page
@@ -174,6 +175,145 @@ async def test_a_revalidated_page_keeps_its_times_without_asking_again(
     assert response.headers["x-cache"] == "REVALIDATED"
     assert "data-upload-time" in response.text
     assert api.call_count == 2  # the listing and the package's files, once
+
+
+@pytest.mark.anyio
+async def test_a_cold_page_asks_the_package_api_while_gitlab_is_asked_for_the_page(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """A page not held yet costs the round trips of the page or of the package API, not of
+    both: here each answer waits until the other was asked (one after the other never ends)."""
+    page_asked, listing_asked = anyio.Event(), anyio.Event()
+
+    async def page(request: httpx.Request) -> httpx.Response:
+        page_asked.set()
+        with anyio.fail_after(5):
+            await listing_asked.wait()
+        return httpx.Response(200, content=PAGE_BODY)
+
+    async def package_api(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/packages"):
+            listing_asked.set()
+            with anyio.fail_after(5):
+                await page_asked.wait()
+        return _package_api(request)
+
+    gitlab_api.routes["package_api"].mock(side_effect=package_api)
+    gitlab_api.get(f"{GITLAB}{API}/simple/my-pkg").mock(side_effect=page)
+    async with serve(token="glpat-service") as client:
+        response = await client.get(f"{API}/simple/my-pkg/")
+    assert 'data-upload-time="2024-01-02T03:04:05.123Z"' in response.text
+
+
+OTHER_NAME = "pkg-2.0-py3-none-any.whl"
+OTHER = b"PK\x03\x04" + bytes(range(100))
+OTHER_SHA = hashlib.sha256(OTHER).hexdigest()
+
+
+def _two_names_api(request: httpx.Request) -> httpx.Response:
+    """My_Pkg 1.0 (id 5) and pkg 2.0 (id 6): both found by the search term "pkg"."""
+    if request.url.path.endswith("/api/v4/projects/42/packages"):
+        other = {"id": 6, "name": "pkg", "version": "2.0", "package_type": "pypi"}
+        first = _package_api(request).json()
+        return httpx.Response(200, json=[*first, other])
+    if request.url.path.endswith("/api/v4/projects/42/packages/6/package_files"):
+        wheel = {
+            "created_at": "2025-02-03T04:05:06.000Z",
+            "file_name": OTHER_NAME,
+            "size": len(OTHER),
+            "file_sha256": OTHER_SHA,
+        }
+        return httpx.Response(200, json=[wheel])
+    return _package_api(request)
+
+
+@pytest.mark.anyio
+async def test_pages_of_names_found_by_one_search_term_read_one_listing(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """The listing GitLab gave for my-pkg ("pkg") also names pkg's packages: pkg's page
+    asks only for its files."""
+    api = gitlab_api.routes["package_api"].mock(side_effect=_two_names_api)
+    gitlab_api.get(f"{GITLAB}{API}/simple/my-pkg").respond(200, content=PAGE_BODY)
+    other_page = gitlab_page(
+        "pkg",
+        f'<a href="{GITLAB}{API}/files/{OTHER_SHA}/{OTHER_NAME}#sha256={OTHER_SHA}">'
+        f"{OTHER_NAME}</a>",
+    )
+    gitlab_api.get(f"{GITLAB}{API}/simple/pkg").respond(200, content=other_page)
+    async with serve(token="glpat-service") as client:
+        await client.get(f"{API}/simple/my-pkg/")
+        response = await client.get(f"{API}/simple/pkg/")
+    assert 'data-upload-time="2025-02-03T04:05:06.000Z"' in response.text
+    listings = [c for c in api.calls if c.request.url.path.endswith("/packages")]
+    assert len(listings) == 1
+
+
+NEW_NAME = "my_pkg-2.0-py3-none-any.whl"
+NEW_SHA = hashlib.sha256(b"2.0").hexdigest()
+
+
+@pytest.mark.anyio
+async def test_a_version_the_kept_listing_lacks_is_asked_for_again(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """A version uploaded after the listing was kept gets its time all the same: the listing
+    is asked for again when it lacks a version the page lists."""
+    listed = [{"id": 5, "name": "My_Pkg", "version": "1.0", "package_type": "pypi"}]
+
+    def package_api(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/api/v4/projects/42/packages"):
+            return httpx.Response(200, json=listed)
+        if request.url.path.endswith("/api/v4/projects/42/packages/6/package_files"):
+            file = {"created_at": "2025-02-03T04:05:06.000Z", "file_name": NEW_NAME}
+            return httpx.Response(200, json=[{**file, "size": 1, "file_sha256": NEW_SHA}])
+        return _package_api(request)
+
+    api = gitlab_api.routes["package_api"].mock(side_effect=package_api)
+    new = f'<a href="{GITLAB}{API}/files/{NEW_SHA}/{NEW_NAME}#sha256={NEW_SHA}">{NEW_NAME}</a>'
+    both = PAGE_BODY.replace(b"</a>", b"</a>" + new.encode())
+    gitlab_api.get(f"{GITLAB}{API}/simple/my-pkg").mock(
+        side_effect=[httpx.Response(200, content=PAGE_BODY), httpx.Response(200, content=both)]
+    )
+    async with serve({"cache.page_ttl": 0}, token="glpat-service") as client:
+        await client.get(f"{API}/simple/my-pkg/")
+        listed.append({"id": 6, "name": "My_Pkg", "version": "2.0", "package_type": "pypi"})
+        response = await client.get(f"{API}/simple/my-pkg/")
+    assert 'data-upload-time="2025-02-03T04:05:06.000Z"' in response.text
+    listings = [c for c in api.calls if c.request.url.path.endswith("/packages")]
+    assert len(listings) == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("count", [3, INLINE_LINKS + 1], ids=["walked-inline", "in-a-thread"])
+async def test_every_file_of_a_page_gets_its_time_small_or_large(
+    serve: Serve, gitlab_api: respx.MockRouter, count: int
+) -> None:
+    """A small page is walked on the event loop, a large one in a worker thread: either way
+    every file gets GitLab's time."""
+    names = [f"my_pkg-1.0.{n}-py3-none-any.whl" for n in range(count)]
+    shas = [hashlib.sha256(name.encode()).hexdigest() for name in names]
+
+    def package_api(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/api/v4/projects/42/packages"):
+            listed = [
+                {"id": 100 + n, "name": "My_Pkg", "version": f"1.0.{n}"} for n in range(count)
+            ]
+            return httpx.Response(200, json=listed)
+        n = int(request.url.path.split("/packages/")[1].split("/")[0]) - 100
+        file = {"created_at": "2024-01-02T03:04:05.000Z", "file_name": names[n], "size": n}
+        return httpx.Response(200, json=[{**file, "file_sha256": shas[n]}])
+
+    gitlab_api.routes["package_api"].mock(side_effect=package_api)
+    anchors = "".join(
+        f'<a href="{GITLAB}{API}/files/{sha}/{name}#sha256={sha}">{name}</a>'
+        for name, sha in zip(names, shas, strict=True)
+    )
+    body = gitlab_page("my_pkg", anchors)
+    gitlab_api.get(f"{GITLAB}{API}/simple/my-pkg").respond(200, content=body)
+    async with serve(token="glpat-service") as client:
+        response = await client.get(f"{API}/simple/my-pkg/")
+    assert response.text.count('data-upload-time="2024-01-02T03:04:05.000Z"') == count
 
 
 # -- against the fake GitLab, through a proxy process -------------------------------------
