@@ -349,13 +349,17 @@ def load(
     )
     storage = StorageSettings(**section("storage"))
     if storage.backend == "s3" and not storage.url:
-        raise ConfigError('storage.url: "" is not an S3 URL (expected "s3://bucket/prefix" with backend s3)')
+        raise ConfigError(
+            'storage.url: "" is not an S3 URL (expected "s3://bucket/prefix" with backend s3)'
+        )
     if storage.backend == "s3" and importlib.util.find_spec("boto3") is None:
         raise ConfigError(
-            "storage.backend: \"s3\" needs the s3 extra (pip install 'gitlab-pypi-proxy[s3]')"
+            "storage.backend: \"s3\" needs boto3 (expected the s3 extra: pip install 'gitlab-pypi-proxy[s3]')"
         )
     if storage.redirect and storage.backend != "s3":
-        raise ConfigError("storage.redirect: true needs storage.backend = \"s3\" (local files have no URL)")
+        raise ConfigError(
+            'storage.redirect: true (expected storage.backend = "s3": local files have no URL)'
+        )
     return Settings(
         server=ServerSettings(**server),
         upstream=UpstreamSettings(**upstream),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -176,7 +176,9 @@ class Bucket:
         )
         return reply["Body"]
 
-    async def _stream(self, key: str, size: int, start: int, end: int | None) -> AsyncIterator[bytes]:
+    async def _stream(
+        self, key: str, size: int, start: int, end: int | None
+    ) -> AsyncGenerator[bytes, None]:
         end = size if end is None else min(end, size)
         if start >= end:
             return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
@@ -22,7 +22,7 @@ class Opened:
 
     size: int
     modified: float  # wall-clock time of the commit: Last-Modified
-    read: Callable[[int, int | None], AsyncIterator[bytes]]
+    read: Callable[[int, int | None], AsyncGenerator[bytes, None]]
     """read(start, end): the bytes [start, end), end None meaning to the end; closes after."""
     close: Callable[[], None]
     """Frees what `read` would have used (a HEAD reads nothing); safe to call twice."""
@@ -86,13 +86,15 @@ class Files(Protocol):
         ...
 
 
-def pread_chunks(handle: IO[bytes], start: int, end: int | None) -> AsyncIterator[bytes]:
+def pread_chunks(handle: IO[bytes], start: int, end: int | None) -> AsyncGenerator[bytes, None]:
     """Bytes [start, end) of an open local file, one `os.pread` per thread hop (no seek, no
     second hop); closes it when done."""
     return _pread_chunks(handle, start, end)
 
 
-async def _pread_chunks(handle: IO[bytes], start: int, end: int | None) -> AsyncIterator[bytes]:
+async def _pread_chunks(
+    handle: IO[bytes], start: int, end: int | None
+) -> AsyncGenerator[bytes, None]:
     try:
         fd, position = handle.fileno(), start
         while end is None or position < end:

@@ -45,8 +45,10 @@ class S3Server:
 
     def keys(self, prefix: str = "") -> list[str]:
         """Every object key in the bucket under `prefix` (complete objects only)."""
-        pages = self.client().get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=prefix
+        pages = (
+            self.client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=self.bucket, Prefix=prefix)
         )
         return [item["Key"] for page in pages for item in page.get("Contents", ())]
 
