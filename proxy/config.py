@@ -354,7 +354,8 @@ def load(
         )
     if storage.backend == "s3" and importlib.util.find_spec("boto3") is None:
         raise ConfigError(
-            "storage.backend: \"s3\" needs boto3 (expected the s3 extra: pip install 'gitlab-pypi-proxy[s3]')"
+            'storage.backend: "s3" needs boto3 '
+            "(expected the s3 extra: pip install 'gitlab-pypi-proxy[s3]')"
         )
     if storage.redirect and storage.backend != "s3":
         raise ConfigError(
