@@ -18,7 +18,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.access import REALM, Gate, Keeper, resolve_mode
-from proxy.cache import SIDE_SHARE, Records, Store
+from proxy.cache import Records, Store
 from proxy.config import Settings, load_for_workers
 from proxy.coremeta import CoreMetadata, MetadataInjector
 from proxy.downloads import Downloads
@@ -41,6 +41,7 @@ from proxy.mirror import Mirror
 from proxy.rendered import Renderer
 from proxy.routes import Site, raw_path, routes, target
 from proxy.spool import Spool
+from proxy.stores import make_store
 from proxy.tally import Ledger, Tally
 from proxy.tokens import TokensFile
 from proxy.uploadtimes import TIMEOUT as TIMES_TIMEOUT
@@ -180,7 +181,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        store = await to_thread.run_sync(_open_store, settings)
+        store = await to_thread.run_sync(make_store, settings)
         records = await to_thread.run_sync(
             lambda: Records(settings.cache.dir / "access", size_limit=store.side_limit)
         )
@@ -294,18 +295,6 @@ def _loggable(scope: Scope) -> str:
     as a backslash escape, so one request stays one unambiguous log line."""
     path = _USERINFO.sub(r"\1***@", raw_path(scope).decode("latin-1"))
     return _UNPRINTABLE.sub(lambda found: f"\\x{ord(found[0]):02x}", path)
-
-
-def _open_store(settings: Settings) -> Store:
-    """The Store, its files on disk or in the bucket of settings.storage."""
-    cache, storage = settings.cache, settings.storage
-    files = None
-    if storage.backend == "s3":
-        from proxy.objectstore import Bucket  # the s3 extra: only when asked for
-
-        uses = Records(cache.dir / "bucket-uses", size_limit=cache.max_size // SIDE_SHARE)
-        files = Bucket(storage.url, endpoint_url=storage.endpoint_url, uses=uses)
-    return Store(cache.dir, max_size=cache.max_size, files=files)
 
 
 def _size(store: Store) -> tuple[int, int]:

@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from proxy.cache import Records
+from proxy.objectstore import Bucket
 from tests.clients import ProxyProcess
 from tests.fakegitlab import FakeGitLab
 from tests.s3server import SECRET, S3Server, moto_server
@@ -116,3 +118,44 @@ def test_no_partial_object_is_visible_while_a_fill_runs(
     while s3.keys() != [f"mirror/files/{sha}"]:
         assert time.monotonic() < deadline, s3.keys()
         time.sleep(0.05)  # polling a condition with a deadline, not a fixed wait
+
+
+def test_eviction_in_the_bucket_takes_the_least_recently_used_and_spares_a_pin(
+    gitlab: FakeGitLab,
+    start_proxy: Start,
+    s3: S3Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past cache.max_size, a proxy evicts the bucket's least recently used file, never one
+    pinned (here by another Bucket on the same prefix, as a replica would)."""
+    acme(gitlab)
+    shas = {}
+    for name in ("pinned", "first", "second", "third", "fourth"):
+        filename = f"{name}_pkg-1.0-py3-none-any.whl"
+        content = name.encode().ljust(1024 * 1024, b".")
+        shas[name] = (filename, gitlab.add_file(42, f"{name}-pkg", "1.0", filename, content))
+    proxy = _proxy(start_proxy, gitlab, s3, tmp_path, GITLAB_PYPI_PROXY_CACHE_MAX_SIZE="3500000")
+
+    def fetch(name: str) -> None:
+        filename, sha = shas[name]
+        assert httpx.get(_url(proxy, sha, filename), timeout=60).status_code == 200
+
+    fetch("pinned")
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    replica = Bucket(
+        f"s3://{s3.bucket}/mirror",
+        endpoint_url=s3.endpoint,
+        uses=Records(tmp_path / "uses", size_limit=10**6),
+    )
+    assert replica.pin(shas["pinned"][1])
+    for name in ("first", "second", "third"):
+        fetch(name)
+    held = set(s3.keys("mirror/files/"))
+    assert held == {f"mirror/files/{sha}" for name, (_, sha) in shas.items() if name != "fourth"}
+    fetch("fourth")
+    held = set(s3.keys("mirror/files/"))
+    assert f"mirror/files/{shas['pinned'][1]}" in held
+    assert f"mirror/files/{shas['first'][1]}" not in held
+    assert f"mirror/files/{shas['fourth'][1]}" in held
