@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,10 @@ log = logging.getLogger("proxy.objectstore")
 PART_SIZE = 8 * 1024 * 1024
 """Files above this go up in parts of this size: S3 shows the object only once the
 upload completes, so a partial object is never visible."""
+LISTING_TTL = 30.0
+"""Seconds a listing of the files is reused (with this replica's own commits and deletes
+applied): eviction after each commit then needs no LIST of the whole bucket, and another
+replica's uploads count toward max_size within this time. Pins are listed every time."""
 READ_AHEAD = 1024 * 1024
 """Bytes per ranged GET of a sync reader (core metadata, export, check)."""
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
@@ -55,6 +60,9 @@ class Bucket:
         self._pins = f"{prefix}/pinned/" if prefix else "pinned/"
         self._uses = uses
         self._clock = clock
+        self._lock = threading.Lock()
+        self._listed: dict[str, tuple[int, float]] | None = None  # sha256 -> (size, uploaded)
+        self._listed_at = 0.0
         config = botocore.config.Config(
             signature_version="s3v4", max_pool_connections=64, retries={"mode": "standard"}
         )
@@ -127,6 +135,7 @@ class Bucket:
             self._files + sha256,
             Config=self._transfer,
         )
+        self._note(sha256, (path.stat().st_size, time.time()))
         self._uses.set(sha256, self._clock())
 
     def pin(self, sha256: str) -> bool:
@@ -142,12 +151,13 @@ class Bucket:
         for key in (self._files + sha256, self._pins + sha256):
             self._call(self._client.delete_object, Bucket=self.bucket, Key=key)
         self._uses.delete(sha256)
+        self._note(sha256, None)
         return held
 
     def list(self) -> Iterator[StoredFile]:
         """Every object, with this replica's last use (else its upload time)."""
         pinned = {key for key, _, _ in self._listing(self._pins)}
-        for sha256, size, uploaded in self._listing(self._files):
+        for sha256, (size, uploaded) in self._objects().items():
             used = self._uses.get(sha256)
             last = used if isinstance(used, float) else uploaded
             yield StoredFile(sha256, size, last, pinned=sha256 in pinned)
@@ -168,6 +178,25 @@ class Bucket:
         for sha256, _, _ in self._listing(self._pins):
             if sha256 not in held:
                 self._call(self._client.delete_object, Bucket=self.bucket, Key=self._pins + sha256)
+
+    def _objects(self) -> dict[str, tuple[int, float]]:
+        """The files' (size, upload time), listed at most once per LISTING_TTL."""
+        with self._lock:
+            if self._listed is not None and time.monotonic() - self._listed_at < LISTING_TTL:
+                return dict(self._listed)
+        listed = {sha: (size, uploaded) for sha, size, uploaded in self._listing(self._files)}
+        with self._lock:
+            self._listed, self._listed_at = listed, time.monotonic()
+        return dict(listed)
+
+    def _note(self, sha256: str, entry: tuple[int, float] | None) -> None:
+        """Apply this replica's commit (or delete, with None) to the reused listing."""
+        with self._lock:
+            if self._listed is not None:
+                if entry is None:
+                    self._listed.pop(sha256, None)
+                else:
+                    self._listed[sha256] = entry
 
     def get(self, key: str, start: int, end: int) -> Any:
         """The streaming body of bytes [start, end) of `key` (end > start)."""
