@@ -155,7 +155,8 @@ class Downloads:
                 if refusal is not None:
                     return refusal
                 vetted = True
-        if vetted and self._redirect:
+        if vetted and self._redirect and not asked.head:
+            # A HEAD is answered here: a URL presigned for GET refuses HEAD (S3 signs the method).
             url = await to_thread.run_sync(self._presign, key, filename)
             if url is not None:
                 # After the access check, as GitLab does: the bytes never pass through here.

@@ -136,7 +136,7 @@ class Bucket:
             Config=self._transfer,
         )
         self._note(sha256, (path.stat().st_size, time.time()))
-        self._uses.set(sha256, self._clock())
+        self._record_use(sha256, committed=True)
 
     def pin(self, sha256: str) -> bool:
         """Write the pin marker of a held file; False when it is not held."""
@@ -249,11 +249,11 @@ class Bucket:
             raise CacheError(f"the bucket {self.bucket} cannot be reached: {exc}") from exc
         return head
 
-    def _record_use(self, sha256: str) -> None:
+    def _record_use(self, sha256: str, *, committed: bool = False) -> None:
         now = self._clock()
         try:
             known = self._uses.get(sha256)
-            if not (isinstance(known, float) and now - known < USE_RESOLUTION):
+            if committed or not (isinstance(known, float) and now - known < USE_RESOLUTION):
                 self._uses.set(sha256, now)
         except CacheError as exc:  # bookkeeping must not fail a hit
             log.debug("cannot record the use of %s: %s", sha256, exc)

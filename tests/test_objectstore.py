@@ -95,6 +95,21 @@ def test_redirect_mode_answers_a_hit_with_a_presigned_url_free_of_credentials(
     assert httpx.get(location, timeout=60).content == b"redirected wheel" * 1000
 
 
+def test_redirect_mode_answers_a_head_itself(
+    gitlab: FakeGitLab, start_proxy: Start, s3: S3Server, tmp_path: Path
+) -> None:
+    """With storage.redirect, a HEAD of a held file is answered by the proxy (a URL presigned
+    for GET refuses HEAD), with the length and Accept-Ranges uv needs."""
+    filename, sha = _file(gitlab, b"headed wheel" * 1000)
+    proxy = _proxy(start_proxy, gitlab, s3, tmp_path, GITLAB_PYPI_PROXY_STORAGE_REDIRECT="true")
+    url = _url(proxy, sha, filename)
+    assert httpx.get(url, timeout=60).status_code == 200
+    head = httpx.head(url, timeout=60)
+    assert (head.status_code, head.headers["x-cache"]) == (200, "HIT")
+    assert head.headers["content-length"] == str(len(b"headed wheel" * 1000))
+    assert head.headers["accept-ranges"] == "bytes"
+
+
 def test_no_partial_object_is_visible_while_a_fill_runs(
     gitlab: FakeGitLab, start_proxy: Start, s3: S3Server, tmp_path: Path
 ) -> None:
