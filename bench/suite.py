@@ -35,17 +35,21 @@ from pathlib import Path
 import httpx
 from harness import MB, PROJECT, ROOT, MiB
 
+from tests.s3server import moto_server
+
 DOCS = ROOT / "docs"
 HERE = Path(__file__).resolve().parent
 PEER_PACKAGES = ("proxpi", "gunicorn", "devpi-server", "devpi-client", "matplotlib")
 HOT = "hot-pkg"
-TARGETS = ("gitlab", "proxpi", "devpi", "nginx", "proxy")
+TARGETS = ("gitlab", "proxpi", "devpi", "nginx", "proxy", "proxy-s3", "proxy-s3-redirect")
 LABELS = {
     "gitlab": "GitLab direct (in-memory fake)",
     "proxpi": "proxpi",
     "devpi": "devpi-server",
     "nginx": "nginx serving the files (sendfile)",
     "proxy": "gitlab-pypi-proxy",
+    "proxy-s3": "gitlab-pypi-proxy, files in S3 (moto server)",
+    "proxy-s3-redirect": "gitlab-pypi-proxy, S3 with redirects (moto server)",
 }
 SIMPLE = f"/api/v4/projects/{PROJECT}/packages/pypi/simple"
 
@@ -219,13 +223,22 @@ def start(target: str, fx: Fixture) -> Iterator[Running]:
             f"{fx.url}{SIMPLE}/{HOT}/",
             cold_via_page(lambda name: f"{fx.url}{SIMPLE}/{name}/", fx),
         )
-    elif target == "proxy":
+    elif target.startswith("proxy"):
         command = [sys.executable, "-m", "proxy", "serve", "--listen", f"127.0.0.1:{port}"]
         command += ["--upstream", fx.url, "--cache-dir", str(work / "cache")]
         command += ["--log-level", "warning"]
         if fx.workers > 1:
             command += ["--workers", str(fx.workers)]
-        with process(command, log) as pid:
+        with ExitStack() as stack:
+            env = None
+            if target != "proxy":
+                s3 = stack.enter_context(moto_server())
+                env = dict(os.environ, **s3.env())
+                env["GITLAB_PYPI_PROXY_STORAGE_BACKEND"] = "s3"
+                env["GITLAB_PYPI_PROXY_STORAGE_URL"] = f"s3://{s3.bucket}/bench"
+                env["GITLAB_PYPI_PROXY_STORAGE_ENDPOINT_URL"] = s3.endpoint
+                env["GITLAB_PYPI_PROXY_STORAGE_REDIRECT"] = str(target.endswith("redirect"))
+            pid = stack.enter_context(process(command, log, env))
             wait_for(base + "/-/health")
             page = f"{base}{SIMPLE}/{{}}/"
             yield Running(pid, page.format(HOT), cold_via_page(page.format, fx))
@@ -335,12 +348,13 @@ def curls(url: str, clients: int, repeats: int, size: int) -> float:
     return clients * repeats * size / MB / seconds
 
 
-def settled(url: str, sha256: str) -> None:
-    """Fetch `url` until it answers 200 itself (no redirect) with the right bytes: cached."""
+def settled(url: str, sha256: str, *, follow: bool = False) -> None:
+    """Fetch `url` until it answers 200 itself (no redirect, unless `follow`: the proxy's
+    own redirect to its bucket) with the right bytes: cached."""
     end = time.monotonic() + 120
     while time.monotonic() < end:
         digest = hashlib.sha256()
-        with httpx.stream("GET", url, timeout=120) as response:
+        with httpx.stream("GET", url, timeout=120, follow_redirects=follow) as response:
             for chunk in response.iter_bytes(MiB):
                 digest.update(chunk)
         if response.status_code == 200 and digest.hexdigest() == sha256:
@@ -355,7 +369,7 @@ def measure(target: str, fx: Fixture, seconds: int) -> Result:
     hot = fx.files[HOT]
     with start(target, fx) as running, Memory(running.pid) as memory:
         url = file_url(running.hot_page, hot["filename"])
-        settled(url, hot["sha256"])
+        settled(url, hot["sha256"], follow=target.endswith("redirect"))
         for _ in range(3):
             httpx.get(running.hot_page, timeout=60).raise_for_status()
         result.page_rps = wrk(running.hot_page, seconds)

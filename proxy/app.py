@@ -48,6 +48,7 @@ from proxy.routes import Site, raw_path, routes, target
 from proxy.spool import Spool
 from proxy.status import Status
 from proxy.statuspage import routes as status_routes
+from proxy.stores import make_store
 from proxy.tally import Ledger, Tally
 from proxy.tokens import TokensFile
 from proxy.uploadtimes import TIMEOUT as TIMES_TIMEOUT
@@ -196,9 +197,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        store = await to_thread.run_sync(
-            lambda: Store(settings.cache.dir, max_size=settings.cache.max_size)
-        )
+        store = await to_thread.run_sync(make_store, settings)
         records = await to_thread.run_sync(
             lambda: Records(settings.cache.dir / "access", size_limit=store.side_limit)
         )
@@ -275,6 +274,7 @@ def create_app(
             on_bypass=metrics.streamed_through.inc,
             forwarding=forwarding,
             metadata=metadata,
+            redirect=settings.storage.redirect,
         )
         log.info(
             "proxying %s, cache in %s%s",

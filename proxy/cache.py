@@ -25,6 +25,7 @@ import diskcache
 from proxy.errors import CacheError, CacheFull
 from proxy.models import Link, Page
 from proxy.retention import StoredFile, to_prune
+from proxy.storage import Files, Opened, local_opened
 
 log = logging.getLogger("proxy.cache")
 SIDE_SHARE = 8
@@ -119,23 +120,181 @@ class _Vanished(Exception):
     """A file's row outlived its bytes (removed by hand); the row has been forgotten."""
 
 
-class Store:
-    """Pages (kept, small) and files (by sha256 in lower-case hex).
+class DiskFiles:
+    """Files on local disk (diskcache), the `local` storage backend (storage.Files).
 
     Unpinned files live in `files`, pinned ones in `pinned`, which has no limit. `meta`
-    records each file's size and last use (by `clock`, once per USE_RESOLUTION): put_file
-    evicts by it, least recently used first, and so does prune. Serving a cached file
-    writes nothing but that record, so a full disk still serves what it holds. Removing
-    or evicting a file unlinks it: a reader that has it open reads on (POSIX).
+    records each file's size and last use (by `clock`, once per USE_RESOLUTION). Serving a
+    cached file writes nothing but that record, so a full disk still serves what it holds.
+    Removing a file unlinks it: a reader that has it open reads on (POSIX).
+    """
+
+    def __init__(self, directory: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.directory = Path(directory)
+        self._clock = clock
+        self._use_failing = False
+        try:
+            # Evicted by Store from the `meta` records: diskcache's own LRU would write
+            # to SQLite on every read, and a full disk refuses that write.
+            self._files = _open_cache(self.directory, "files", eviction_policy="none", cull_limit=0)
+            self._pinned = _open_cache(self.directory, "pinned", eviction_policy="none")
+            self._meta = _open_cache(self.directory, "meta", eviction_policy="none")
+        except _FAILURES as exc:
+            raise CacheError(f"cannot open the cache in {self.directory}: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"DiskFiles({str(self.directory)!r})"
+
+    def close(self) -> None:
+        """Close the SQLite connections of this thread."""
+        for cache in (self._files, self._pinned, self._meta):
+            cache.close()
+
+    def has(self, sha256: str) -> bool:
+        """True when the file is held, pinned or not (does not count as a use)."""
+        return self.is_pinned(sha256) or bool(_guarded(self._files.__contains__, sha256))
+
+    def is_pinned(self, sha256: str) -> bool:
+        """True when the file is held and pinned."""
+        return bool(_guarded(self._pinned.__contains__, sha256))
+
+    def open(self, sha256: str, *, use: bool = True) -> IO[bytes] | None:
+        """An open handle on the file, or None (a row that outlived its file is forgotten)."""
+        try:
+            handle = self._open(sha256)
+        except _Vanished:
+            return None
+        if handle is not None and use:
+            self._record_use(sha256, os.fstat(handle.fileno()).st_size)
+        return handle
+
+    def open_range(self, sha256: str) -> Opened | None:
+        """The file opened for serving: one pread per HIT_CHUNK."""
+        handle = self.open(sha256)
+        return None if handle is None else local_opened(handle)
+
+    def presign(self, sha256: str, *, filename: str, expires: int) -> str | None:
+        """None: a local file has no URL of its own."""
+        return None
+
+    def commit(self, sha256: str, path: Path, *, pinned: bool) -> None:
+        """Publish a verified file; readers see all of it or nothing."""
+        pinned = pinned or self.is_pinned(sha256)
+        with open(path, "rb") as source:
+            # Recorded first: a crash in between leaves a record prune drops, not a file
+            # that prune cannot size.
+            _guarded(self._meta.set, sha256, (os.fstat(source.fileno()).st_size, self._clock()))
+            _set(self._pinned if pinned else self._files, sha256, source, read=True)
+        if pinned:
+            _guarded(self._files.delete, sha256)
+
+    def pin(self, sha256: str) -> bool:
+        """Move a held file into the pinned cache; False if the file is not held."""
+        if self.is_pinned(sha256):
+            return True
+        try:
+            handle = self._open_in(self._files, sha256)
+        except _Vanished:
+            return False
+        if handle is None:
+            return False
+        with handle:
+            _set(self._pinned, sha256, handle, read=True)
+        _guarded(self._files.delete, sha256)
+        return True
+
+    def delete(self, sha256: str) -> bool:
+        """Forget a file, pinned or not; False if not held."""
+        removed = [bool(_guarded(cache.delete, sha256)) for cache in (self._files, self._pinned)]
+        _guarded(self._meta.delete, sha256)
+        return any(removed)
+
+    def list(self) -> Iterator[StoredFile]:
+        """Every held file (a file without a record: as used now)."""
+        pinned = {key for key in _guarded(list, self._pinned) if isinstance(key, str)}
+        unpinned = [key for key in _guarded(list, self._files) if isinstance(key, str)]
+        for sha256 in [*pinned, *(key for key in unpinned if key not in pinned)]:
+            record = self._record(sha256)
+            if record is not None:
+                yield StoredFile(sha256, *record, pinned=sha256 in pinned)
+
+    def volume(self) -> int:
+        """Bytes of the unpinned files, with diskcache's own index."""
+        return int(_guarded(self._files.volume))
+
+    def counts(self) -> tuple[int, int, int]:
+        """(files, bytes, pinned) held."""
+        pinned = len(self._pinned)
+        size = int(self._files.volume() + self._pinned.volume())
+        return len(self._files) + pinned, size, pinned
+
+    def tidy(self) -> None:
+        """Drop records whose file is gone (removed by hand, or a crash in commit)."""
+        for key in _guarded(list, self._meta):
+            if isinstance(key, str) and not self.has(key):
+                _guarded(self._meta.delete, key)
+
+    def _open(self, sha256: str) -> IO[bytes] | None:
+        handle = self._open_in(self._pinned, sha256)
+        return handle if handle is not None else self._open_in(self._files, sha256)
+
+    def _open_in(self, cache: Any, sha256: str) -> IO[bytes] | None:
+        handle: Any = _guarded(cache.get, sha256, read=True)
+        if handle is None and _guarded(cache.__contains__, sha256):
+            # diskcache answers None when the row outlived its file: forget the row.
+            _guarded(cache.delete, sha256)
+            raise _Vanished(sha256)
+        return handle if handle is not None and not isinstance(handle, bytes) else None
+
+    def _record(self, sha256: str) -> tuple[int, float] | None:
+        """(size, last use) of a held file, recording it as used now if it has no record."""
+        record: Any = _guarded(self._meta.get, sha256)
+        if record is None:  # stored by an older version, or its record was lost to a race
+            handle = self.open(sha256)  # records it
+            if handle is None:
+                return None
+            handle.close()
+            record = _guarded(self._meta.get, sha256)
+        return None if record is None else (int(record[0]), float(record[1]))
+
+    def _record_use(self, sha256: str, size: int) -> None:
+        now = self._clock()
+        try:
+            known: Any = self._meta.get(sha256)
+            if not (known and known[0] == size and now - known[1] < USE_RESOLUTION):
+                self._meta.set(sha256, (size, now))
+        except _FAILURES as exc:  # bookkeeping must not fail a hit (a full disk refuses it)
+            # Once, not on every hit, until a use is recorded again.
+            log.log(
+                logging.DEBUG if self._use_failing else logging.WARNING,
+                "cannot record the use of %s: %s",
+                sha256,
+                exc,
+            )
+            self._use_failing = True
+        else:
+            self._use_failing = False
+
+
+class Store:
+    """Pages (kept, small) and verified files (by sha256 in lower-case hex) in `files`,
+    any storage.Files: DiskFiles under `directory` unless given.
+
+    Files are evicted by their last use, least recently used first, when a commit takes
+    files, pages and access records past max_size; prune does the same on demand.
     """
 
     def __init__(
-        self, directory: Path, *, max_size: int, clock: Callable[[], float] = time.time
+        self,
+        directory: Path,
+        *,
+        max_size: int,
+        clock: Callable[[], float] = time.time,
+        files: Files | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.tmp = self.directory / "tmp"
         self._clock = clock
-        self._use_failing = False
         self.max_size = max_size
         self.side_limit = max_size // SIDE_SHARE
         self._page_reads = threading.Lock()
@@ -143,19 +302,16 @@ class Store:
             self.tmp.mkdir(parents=True, exist_ok=True)
             # Pages are stored anew at each revalidation, so the least recently stored go
             # first; reading one writes nothing.
-            self._pages = self._open_cache(
+            self._pages = _open_cache(
+                self.directory,
                 "pages",
                 eviction_policy="least-recently-stored",
                 size_limit=self.side_limit,
                 tag_index=True,
             )
-            # Evicted by put_file from the `meta` records: diskcache's own LRU would write
-            # to SQLite on every read, and a full disk refuses that write.
-            self._files = self._open_cache("files", eviction_policy="none", cull_limit=0)
-            self._pinned = self._open_cache("pinned", eviction_policy="none")
-            self._meta = self._open_cache("meta", eviction_policy="none")
         except _FAILURES as exc:
             raise CacheError(f"cannot open the cache in {self.directory}: {exc}") from exc
+        self.files: Files = files if files is not None else DiskFiles(self.directory, clock=clock)
         self.access = Records(self.directory / "access", size_limit=self.side_limit)
         """Access records (see grants.Grants); they count toward max_size like pages."""
 
@@ -164,8 +320,9 @@ class Store:
 
     def close(self) -> None:
         """Close the SQLite connections of this thread."""
-        for cache in (self._pages, self._files, self._pinned, self._meta, self.access):
-            cache.close()
+        self._pages.close()
+        self.files.close()
+        self.access.close()
 
     # -- pages -------------------------------------------------------------------------
 
@@ -208,30 +365,24 @@ class Store:
         dropped: int = _guarded(self._pages.clear)
         return dropped
 
-    # -- files -------------------------------------------------------------------------
+    # -- files (through self.files) -----------------------------------------------------
 
     def has_file(self, sha256: str) -> bool:
         """True when the file is held, pinned or not (does not count as a use)."""
-        return self.is_pinned(sha256) or bool(_guarded(self._files.__contains__, sha256))
+        return self.files.has(sha256)
 
     def is_pinned(self, sha256: str) -> bool:
         """True when the file is held and pinned."""
-        return bool(_guarded(self._pinned.__contains__, sha256))
+        return self.files.is_pinned(sha256)
 
     def held(self, sha256s: frozenset[str]) -> frozenset[str]:
         """The subset of `sha256s` the cache holds."""
-        return frozenset(sha for sha in sha256s if self.has_file(sha))
+        return frozenset(sha for sha in sha256s if self.files.has(sha))
 
     def open_file(self, sha256: str, *, use: bool = True) -> IO[bytes] | None:
-        """An open handle on the file, or None; counts as a use for eviction and prune
-        (with `use` False, for prune only in diskcache's order: read in iter_files() order)."""
-        try:
-            handle = self._open(sha256)
-        except _Vanished:
-            return None
-        if handle is not None and use:
-            self._record_use(sha256, os.fstat(handle.fileno()).st_size)
-        return handle
+        """A seekable reader of the file, or None; counts as a use for eviction and prune
+        (with `use` False, for prune only in iter_files() order)."""
+        return self.files.open(sha256, use=use)
 
     def put_file(self, sha256: str, path: Path, *, pinned: bool = False) -> int:
         """Publish a verified file (pinned: never evicted); readers see all of it or nothing.
@@ -239,37 +390,18 @@ class Store:
         Returns how many least recently used files were evicted to stay under max_size.
         Raises CacheFull when the disk has no room for it.
         """
-        pinned = pinned or self.is_pinned(sha256)
-        with open(path, "rb") as source:
-            # Recorded first: a crash in between leaves a record prune drops, not a file
-            # that prune cannot size.
-            _guarded(self._meta.set, sha256, (os.fstat(source.fileno()).st_size, self._clock()))
-            _set(self._pinned if pinned else self._files, sha256, source, read=True)
-        if pinned:
-            _guarded(self._files.delete, sha256)
+        self.files.commit(sha256, path, pinned=pinned)
         return self._cull()
 
     def pin(self, sha256: str) -> bool:
-        """Move a held file into the pinned cache, where it is never evicted; False if
-        the file is not held."""
-        if self.is_pinned(sha256):
-            return True
-        try:
-            handle = self._open_in(self._files, sha256)
-        except _Vanished:
-            return False
-        if handle is None:
-            return False
-        with handle:
-            _set(self._pinned, sha256, handle, read=True)
-        _guarded(self._files.delete, sha256)
-        return True
+        """Keep a held file from eviction; False if the file is not held."""
+        return self.files.pin(sha256)
 
     def _cull(self) -> int:
         """Evict the least recently used unpinned files until files, pages and access
         records together fit max_size; returns how many went."""
         room = self.max_size - int(_guarded(self._pages.volume)) - self.access.volume()
-        excess = int(_guarded(self._files.volume)) - max(0, room)
+        excess = self.files.volume() - max(0, room)
         if excess <= 0:
             return 0
         excess += self.max_size // CULL_SLACK
@@ -284,33 +416,23 @@ class Store:
 
     def remove(self, sha256: str) -> bool:
         """Forget a file, pinned or not; a reader that has it open reads on. False if not held."""
-        removed = [bool(_guarded(cache.delete, sha256)) for cache in (self._files, self._pinned)]
-        _guarded(self._meta.delete, sha256)
-        return any(removed)
+        return self.files.delete(sha256)
 
     def iter_files(self) -> Iterator[StoredFile]:
         """Every held file, least recently used first (a file without a record: as used now)."""
-        pinned = {key for key in _guarded(list, self._pinned) if isinstance(key, str)}
-        unpinned = [key for key in _guarded(list, self._files) if isinstance(key, str)]
-        found = []
-        for sha256 in [*pinned, *(key for key in unpinned if key not in pinned)]:
-            record = self._record(sha256)
-            if record is not None:
-                found.append(StoredFile(sha256, *record, pinned=sha256 in pinned))
-        return iter(sorted(found, key=lambda file: file.last_used))
+        return iter(sorted(self.files.list(), key=lambda file: file.last_used))
 
     def check(self, sha256: str) -> str | None:
         """Re-hash the file: why it cannot be served (it is then dropped), or None.
 
         None also when it is not held. Reading it is not a use.
         """
-        try:
-            handle = self._open(sha256)
-        except _Vanished:
+        if not self.files.has(sha256):
+            return None
+        handle = self.files.open(sha256, use=False)
+        if handle is None:
             self.remove(sha256)
             return "missing from disk"
-        if handle is None:
-            return None
         digest = hashlib.sha256()
         try:
             with handle:
@@ -351,70 +473,21 @@ class Store:
                 files, size = files + 1, size + file.size
                 if on_remove is not None:
                     on_remove(file)
-        # Records whose file is gone (removed by hand, or a crash in put_file) go too.
-        for key in _guarded(list, self._meta):
-            if isinstance(key, str) and not self.has_file(key):
-                _guarded(self._meta.delete, key)
+        self.files.tidy()
         return files, size
 
     def stats(self) -> FileStats:
         """How many files (and of them pinned) and bytes are held, and how many pages."""
-        pinned = len(self._pinned)
+        files, size, pinned = self.files.counts()
         return FileStats(
-            files=len(self._files) + pinned,
-            bytes=int(self._files.volume() + self._pinned.volume()),
+            files=files,
+            bytes=size,
             pages=len(self._pages),
             pinned=pinned,
             page_bytes=int(self._pages.volume()),
             access_records=self.access.count(),
             access_bytes=self.access.volume(),
         )
-
-    # -- internals ---------------------------------------------------------------------
-
-    def _open_cache(self, name: str, **settings: object) -> Any:
-        return diskcache.Cache(str(self.directory / name), disk=_TidyDisk, **settings)
-
-    def _open(self, sha256: str) -> IO[bytes] | None:
-        handle = self._open_in(self._pinned, sha256)
-        return handle if handle is not None else self._open_in(self._files, sha256)
-
-    def _open_in(self, cache: Any, sha256: str) -> IO[bytes] | None:
-        handle: Any = _guarded(cache.get, sha256, read=True)
-        if handle is None and _guarded(cache.__contains__, sha256):
-            # diskcache answers None when the row outlived its file: forget the row.
-            _guarded(cache.delete, sha256)
-            raise _Vanished(sha256)
-        return handle if handle is not None and not isinstance(handle, bytes) else None
-
-    def _record(self, sha256: str) -> tuple[int, float] | None:
-        """(size, last use) of a held file, recording it as used now if it has no record."""
-        record: Any = _guarded(self._meta.get, sha256)
-        if record is None:  # stored by an older version, or its record was lost to a race
-            handle = self.open_file(sha256)  # records it
-            if handle is None:
-                return None
-            handle.close()
-            record = _guarded(self._meta.get, sha256)
-        return None if record is None else (int(record[0]), float(record[1]))
-
-    def _record_use(self, sha256: str, size: int) -> None:
-        now = self._clock()
-        try:
-            known: Any = self._meta.get(sha256)
-            if not (known and known[0] == size and now - known[1] < USE_RESOLUTION):
-                self._meta.set(sha256, (size, now))
-        except _FAILURES as exc:  # bookkeeping must not fail a hit (a full disk refuses it)
-            # Once, not on every hit, until a use is recorded again.
-            log.log(
-                logging.DEBUG if self._use_failing else logging.WARNING,
-                "cannot record the use of %s: %s",
-                sha256,
-                exc,
-            )
-            self._use_failing = True
-        else:
-            self._use_failing = False
 
 
 class Records:
@@ -445,6 +518,10 @@ class Records:
     def set(self, key: str, value: object, *, expire: float | None = None) -> None:
         """Store `value` under `key`, forgotten after `expire` seconds if given."""
         _guarded(self._cache.set, key, value, expire=expire)
+
+    def delete(self, key: str) -> None:
+        """Forget the value under `key`, if any."""
+        _guarded(self._cache.delete, key)
 
     def add(self, key: str, value: object) -> None:
         """Store `value` under `key` unless a value is there already."""
@@ -489,6 +566,10 @@ class Records:
     def close(self) -> None:
         """Close the SQLite connection of this thread."""
         self._cache.close()
+
+
+def _open_cache(directory: Path, name: str, **settings: object) -> Any:
+    return diskcache.Cache(str(directory / name), disk=_TidyDisk, **settings)
 
 
 def is_full(exc: BaseException) -> bool:

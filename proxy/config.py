@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import importlib.util
 import json
 import logging
 import os
@@ -149,6 +150,16 @@ class PagesSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class StorageSettings:
+    """Where verified files live (design 3.9); pages and access records stay in cache.dir."""
+
+    backend: values.StorageBackend = "local"
+    url: str = ""  # s3://bucket/prefix; credentials come the standard AWS way, never here
+    endpoint_url: str = ""  # any S3-compatible endpoint; "" = AWS's
+    redirect: bool = False  # serve held files by 302 to a short-lived presigned URL
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Settings:
     """Everything the proxy reads at start-up; built once by load()."""
 
@@ -158,6 +169,7 @@ class Settings:
     access: AccessSettings = field(default_factory=AccessSettings)
     forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
     pages: PagesSettings = field(default_factory=PagesSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
 
 
 # Every key load() accepts, as "section.key"; server.listen sets host and port.
@@ -190,6 +202,10 @@ _KEYS: dict[str, values.Converter] = {
     "forwarding.never": values.patterns,
     "forwarding.min_age": values.duration,
     "pages.metadata": values.metadata_mode,
+    "storage.backend": values.storage_backend,
+    "storage.url": values.bucket_url,
+    "storage.endpoint_url": partial(values.url, optional=True),
+    "storage.redirect": values.boolean,
 }
 _SECTIONS = tuple(dict.fromkeys(key.partition(".")[0] for key in _KEYS))
 
@@ -331,6 +347,20 @@ def load(
     access["tokens_file"] = (
         str(Path(tokens_file).expanduser()) if tokens_file else str(default_tokens_file(env))
     )
+    storage = StorageSettings(**section("storage"))
+    if storage.backend == "s3" and not storage.url:
+        raise ConfigError(
+            'storage.url: "" is not an S3 URL (expected "s3://bucket/prefix" with backend s3)'
+        )
+    if storage.backend == "s3" and importlib.util.find_spec("boto3") is None:
+        raise ConfigError(
+            'storage.backend: "s3" needs boto3 '
+            "(expected the s3 extra: pip install 'gitlab-pypi-proxy[s3]')"
+        )
+    if storage.redirect and storage.backend != "s3":
+        raise ConfigError(
+            'storage.redirect: true (expected storage.backend = "s3": local files have no URL)'
+        )
     return Settings(
         server=ServerSettings(**server),
         upstream=UpstreamSettings(**upstream),
@@ -338,6 +368,7 @@ def load(
         access=AccessSettings(**access),
         forwarding=ForwardingSettings(**section("forwarding")),
         pages=PagesSettings(**section("pages")),
+        storage=storage,
     )
 
 

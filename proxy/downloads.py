@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 from urllib.parse import quote
 
 from anyio import to_thread
@@ -32,9 +31,9 @@ from proxy.models import CacheStatus, Caller, Reply
 from proxy.ranges import first_byte, partial
 from proxy.upstream import Download, GitLab
 
-HIT_CHUNK = 512 * 1024
-"""Bytes read from a cached file per thread hop (one chunk in flight per client)."""
 UNFIT_REMEMBERED = 1024
+PRESIGNED_FOR = 300
+"""Seconds a redirect's presigned URL is valid (storage.redirect)."""
 _NOT_FOUND = b'{"message":"404 Package Not Found"}'
 
 
@@ -95,7 +94,9 @@ class Downloads:
         on_bypass: Callable[[], None] = lambda: None,
         forwarding: Forwarding | None = None,
         metadata: CoreMetadata | None = None,
+        redirect: bool = False,
     ) -> None:
+        self._redirect = redirect
         self._forwarding = forwarding
         self._metadata = metadata
         self._store = store
@@ -154,6 +155,12 @@ class Downloads:
                 if refusal is not None:
                     return refusal
                 vetted = True
+        if vetted and self._redirect and not asked.head:
+            # A HEAD is answered here: a URL presigned for GET refuses HEAD (S3 signs the method).
+            url = await to_thread.run_sync(self._presign, key, filename)
+            if url is not None:
+                # After the access check, as GitLab does: the bytes never pass through here.
+                return Reply(302, b"", {"location": url, "cache-control": "no-store"}, "HIT")
         if vetted:
             hit = await self._open_cached(key)
             if hit is not None:
@@ -492,26 +499,21 @@ class Downloads:
             with contextlib.suppress(Exception):
                 await task
 
+    def _presign(self, key: str, filename: str) -> str | None:
+        return self._store.files.presign(key, filename=filename, expires=PRESIGNED_FOR)
+
     async def _open_cached(self, key: str) -> FileReply | None:
-        opened = await to_thread.run_sync(self._open_with_size, key)
+        opened = await to_thread.run_sync(self._store.files.open_range, key)
         if opened is None:
             return None
-        handle, size, modified = opened
         return FileReply(
-            size,
+            opened.size,
             "HIT",
-            lambda start, end: Body(_read_handle(handle, start, end), handle.close),
-            handle.close,
+            lambda start, end: Body(opened.read(start, end), opened.close),
+            opened.close,
             sha256=key,
-            modified=modified,
+            modified=opened.modified,
         )
-
-    def _open_with_size(self, key: str) -> tuple[IO[bytes], int, float] | None:
-        handle = self._store.open_file(key)
-        if handle is None:
-            return None
-        status = os.fstat(handle.fileno())
-        return handle, status.st_size, status.st_mtime
 
 
 def _cold(asked: Asked, fill: Fill | None) -> bool:
@@ -551,23 +553,3 @@ async def _exact(
             raise IncompleteBody(f"got {got} of {download.length} bytes")
     finally:
         await stack.aclose()
-
-
-async def _read_handle(
-    handle: IO[bytes], start: int, end: int | None
-) -> AsyncGenerator[bytes, None]:
-    """Bytes [start, end) of an open cached file; closes it when done.
-
-    One thread hop per HIT_CHUNK (`os.pread` at an offset: no seek, no second hop)."""
-    try:
-        fd, position = handle.fileno(), start
-        while end is None or position < end:
-            size = HIT_CHUNK if end is None else min(HIT_CHUNK, end - position)
-            chunk: bytes = await to_thread.run_sync(os.pread, fd, size, position)
-            if not chunk:
-                return
-            position += len(chunk)
-            yield chunk
-            del chunk  # not held while the next one is read
-    finally:
-        await to_thread.run_sync(handle.close)

@@ -8,22 +8,24 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from proxy.cache import Store
-from proxy.config import CacheSettings
+from proxy.config import Settings
 from proxy.errors import ConfigError
 from proxy.grants import Grants
 from proxy.retention import StoredFile
+from proxy.stores import make_store
 from proxy.tally import Counts
 
 DAY = 86_400.0  # seconds
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
 
-def open_store(settings: CacheSettings) -> Store:
-    """The Store in cache.dir; ConfigError when that is not a directory (none is created)."""
-    if not settings.dir.is_dir():
-        shown = json.dumps(str(settings.dir))
+def open_store(settings: Settings) -> Store:
+    """The Store in cache.dir, its files where settings.storage says; ConfigError when
+    cache.dir is not a directory (none is created)."""
+    if not settings.cache.dir.is_dir():
+        shown = json.dumps(str(settings.cache.dir))
         raise ConfigError(f"cache.dir: {shown} is not a directory (expected the proxy's cache)")
-    return Store(settings.dir, max_size=settings.max_size)
+    return make_store(settings)
 
 
 def stats(store: Store, out: TextIO, *, max_size: int, served: Counts) -> int:

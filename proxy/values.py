@@ -18,6 +18,7 @@ from proxy.errors import ConfigError
 AccessMode = Literal["auto", "open", "tokens", "passthrough"]
 ForwardingMode = Literal["follow", "redirect", "deny"]
 MetadataMode = Literal["off", "cached", "always"]
+StorageBackend = Literal["local", "s3"]
 
 
 class Invalid(Exception):
@@ -191,6 +192,25 @@ def metadata_mode(value: object, text: bool) -> MetadataMode:
     if value not in modes:
         raise Invalid(f"is not a core metadata mode (expected one of {', '.join(modes)})")
     return cast(MetadataMode, value)
+
+
+def storage_backend(value: object, text: bool) -> StorageBackend:
+    backends = get_args(StorageBackend)
+    if value not in backends:
+        raise Invalid(f"is not a storage backend (expected one of {', '.join(backends)})")
+    return cast(StorageBackend, value)
+
+
+def bucket_url(value: object, text: bool) -> str:
+    found = string(value, text).strip()
+    if not found:
+        return ""
+    parts = urlsplit(found)
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise Invalid('is not an S3 URL (expected "s3://bucket" or "s3://bucket/prefix")')
+    if "@" in parts.netloc:
+        raise Invalid("holds credentials (expected them the standard AWS way)", hide_value=True)
+    return found.rstrip("/")
 
 
 def _strings(value: object, text: bool) -> list[str] | None:

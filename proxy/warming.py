@@ -28,6 +28,7 @@ from proxy.errors import ConfigError
 from proxy.grants import Grants
 from proxy.maintenance import human_size
 from proxy.models import Scope, valid_scope_id
+from proxy.stores import make_store
 
 _PYTHON_VERSION = re.compile(r"^[0-9]\.[0-9]{1,2}$")
 # pip's and PEP 691's choice of representation, as pip asks for a page.
@@ -158,7 +159,7 @@ def warm(settings: Settings, request: Request, out: TextIO) -> int:
         raise ConfigError(f"warm: {sys.executable} has no pip (warm runs its pip download)")
     from proxy.app import create_app  # only warm and serve need the app
 
-    store = Store(settings.cache.dir, max_size=settings.cache.max_size)
+    store = make_store(settings)
     progress = Progress(out)
     outcomes: list[Outcome] = []
     try:

@@ -15,6 +15,7 @@ from proxy.config import (
     GiB,
     Secret,
     Settings,
+    StorageSettings,
     from_overrides_env,
     load,
     load_for_workers,
@@ -274,6 +275,10 @@ BAD_VALUES = [
     ("forwarding", "min_age", '"a week"'),
     ("forwarding", "min_age", "-1"),
     ("pages", "metadata", '"sometimes"'),
+    ("storage", "backend", '"gcs"'),
+    ("storage", "url", '"https://bucket.example/prefix"'),
+    ("storage", "endpoint_url", '"minio:9000"'),
+    ("storage", "redirect", '"yes"'),
 ]
 
 
@@ -522,3 +527,46 @@ def test_broken_serve_args_are_refused(text: str) -> None:
     """Serialized flags that are not a JSON object raise ConfigError."""
     with pytest.raises(ConfigError, match=SERVE_ARGS_ENV):
         from_overrides_env(text)
+
+
+@pytest.mark.parametrize(
+    ("storage", "key"),
+    [('backend = "s3"', "storage.url"), ("redirect = true", "storage.redirect")],
+)
+def test_storage_settings_that_do_not_fit_together_are_refused(
+    tmp_path: Path, storage: str, key: str
+) -> None:
+    """backend s3 without a url, or redirect without s3, stops start-up naming the key."""
+    message = error_of(config_file=write(tmp_path, f"[storage]\n{storage}\n"))
+    assert message.startswith(f"{key}: ")
+    assert "(expected " in message
+
+
+def test_storage_settings_come_from_the_environment() -> None:
+    """The [storage] keys are read from GITLAB_PYPI_PROXY_STORAGE_* variables."""
+    settings = load(
+        env={
+            "GITLAB_PYPI_PROXY_STORAGE_BACKEND": "s3",
+            "GITLAB_PYPI_PROXY_STORAGE_URL": "s3://files/mirror/",
+            "GITLAB_PYPI_PROXY_STORAGE_ENDPOINT_URL": "http://127.0.0.1:9000",
+            "GITLAB_PYPI_PROXY_STORAGE_REDIRECT": "yes",
+        }
+    )
+    assert settings.storage == StorageSettings(
+        backend="s3", url="s3://files/mirror", endpoint_url="http://127.0.0.1:9000", redirect=True
+    )
+
+
+def test_s3_without_its_extra_says_so_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """backend s3 without boto3 installed stops start-up with a line naming the extra."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "boto3" else real(name, *a)
+    )
+    message = error_of(
+        env={"GITLAB_PYPI_PROXY_STORAGE_BACKEND": "s3", "GITLAB_PYPI_PROXY_STORAGE_URL": "s3://b"}
+    )
+    assert message.startswith("storage.backend: ")
+    assert "gitlab-pypi-proxy[s3]" in message

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from proxy.app import create_app
 from proxy.cache import Store
 from proxy.config import load
-from proxy.downloads import HIT_CHUNK
+from proxy.storage import HIT_CHUNK
 from tests.inproc import (
     GITLAB,
     PROXY,

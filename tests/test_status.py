@@ -187,6 +187,7 @@ async def test_an_outage_shows_with_its_error(serve: Serve, gitlab_api: respx.Mo
         raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
 
     gitlab_api.get(GITLAB + UPSTREAM_PAGE).mock(side_effect=refused)
+    gitlab_api.routes["package_api"].mock(side_effect=refused)  # asked beside a cold page
     async with serve(token=SERVICE) as client:
         assert (await client.get(PAGE)).status_code == 502
         facts = (await client.get("/", headers=JSON)).json()

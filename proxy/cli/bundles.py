@@ -102,14 +102,14 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _bundle_command(
-    name: str, settings: config.CacheSettings, run: Callable[[Store], int], *, create: bool = False
+    name: str, settings: config.Settings, run: Callable[[Store], int], *, create: bool = False
 ) -> int:
     """Run export or import: a refusal lists its bad entries (exit status 1); a failure or
     an interruption (SIGINT, SIGTERM) is one line (exit status 1, 130)."""
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if create:
-            settings.dir.mkdir(parents=True, exist_ok=True)
+            settings.cache.dir.mkdir(parents=True, exist_ok=True)
         return on_store(settings, run)
     except BundleError as exc:
         print(f"{PROG}: {name}: {exc}", file=sys.stderr)

@@ -50,7 +50,10 @@ def _cache_stats(args: argparse.Namespace) -> int:
     return on_store(
         settings,
         lambda store: maintenance.stats(
-            store, sys.stdout, max_size=settings.max_size, served=tally.recorded(settings.dir)
+            store,
+            sys.stdout,
+            max_size=settings.cache.max_size,
+            served=tally.recorded(settings.cache.dir),
         ),
     )
 

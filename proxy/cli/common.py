@@ -32,13 +32,14 @@ def usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def cache_settings(args: argparse.Namespace) -> config.CacheSettings:
-    """The cache settings of --config and --cache-dir, the environment and defaults."""
-    return config.load(config_file=args.config, overrides={"cache.dir": args.cache_dir}).cache
+def cache_settings(args: argparse.Namespace) -> config.Settings:
+    """The settings of --config and --cache-dir, the environment and defaults."""
+    return config.load(config_file=args.config, overrides={"cache.dir": args.cache_dir})
 
 
-def on_store(settings: config.CacheSettings, action: Callable[[Store], int]) -> int:
-    """Run `action` on the Store in cache.dir; a cache that cannot be read is exit status 2."""
+def on_store(settings: config.Settings, action: Callable[[Store], int]) -> int:
+    """Run `action` on the Store in cache.dir (its files where settings.storage says); a
+    cache that cannot be read is exit status 2."""
     try:
         store = maintenance.open_store(settings)
         try:
