@@ -54,6 +54,9 @@ class FileReply:
     """The sha256 of these bytes when it is not the URL's (core metadata): the ETag."""
     modified: float | None = None
     """When the cache committed the file (its mtime): Last-Modified; None while filling."""
+    file: IO[bytes] | None = None
+    """The open file on disk that `chunks` reads (a committed file), for a server that
+    sends files itself; `release` closes it. None for anything else."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,6 +507,7 @@ class Downloads:
             handle.close,
             sha256=key,
             modified=modified,
+            file=handle,
         )
 
     def _open_with_size(self, key: str) -> tuple[IO[bytes], int, float] | None:
