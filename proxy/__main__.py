@@ -114,6 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
         "server_header": False,
         "header_timeout": settings.server.header_timeout,
         "max_connections": settings.server.max_connections,
+        "send_timeout": settings.server.send_timeout,
     }
     if settings.server.workers > 1:
         # Each worker is a fresh process: it rebuilds Settings from the same flags.

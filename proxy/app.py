@@ -142,8 +142,8 @@ class Observed:
                 self.metrics.requests.labels(route, cache.decode("latin-1")).inc()
                 outcome.append((message["status"], cache.decode("latin-1")))
                 body_sizes.append(self.tally.response(route, *outcome[0]))
-            elif body_sizes:
-                body_sizes[0](len(message.get("body", b"")))
+            elif body_sizes:  # a body chunk, or a file sent by the server (its count)
+                body_sizes[0](message.get("count") or len(message.get("body", b"")))
             await send(message)
 
         try:

@@ -89,9 +89,21 @@ class FileStats:
         return self.bytes + self.page_bytes + self.access_bytes
 
 
+@dataclass(frozen=True, slots=True)
+class _Linked:
+    """A file to become a stored value by a hard link rather than a copy."""
+
+    path: Path
+
+
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP})
+"""link() refused: another file system, or one without hard links (then it is copied)."""
+
+
 class _TidyDisk(diskcache.Disk):  # type: ignore[misc]
     """diskcache's Disk, able to take back the file of a failed set: diskcache leaves a
-    partial copy behind when the disk fills up mid-write, or when its transaction fails."""
+    partial copy behind when the disk fills up mid-write, or when its transaction fails.
+    A _Linked value is stored by linking its file (no copy) where the file system allows."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -102,6 +114,27 @@ class _TidyDisk(diskcache.Disk):  # type: ignore[misc]
         name, full_path = super().filename(key, value)
         self._writing.path = full_path
         return name, full_path
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.UNKNOWN) -> Any:
+        """diskcache's (size, mode, filename, value) of a value, a _Linked file linked."""
+        if not isinstance(value, _Linked):
+            return super().store(value, read, key=key)
+        filename, full_path = self.filename(key, value)
+        for attempt in range(10):  # as diskcache's own write: a cull may remove the folder
+            os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            try:
+                os.link(value.path, full_path)
+            except FileNotFoundError:
+                if attempt == 9 or not value.path.exists():
+                    raise
+                continue
+            except OSError as exc:
+                if exc.errno not in _NO_LINK:
+                    raise
+                with open(value.path, "rb") as source:
+                    return super().store(source, True, key=key)
+            return os.stat(full_path).st_size, diskcache.core.MODE_BINARY, filename, None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def begin(self) -> None:
         """Forget the file of this thread's previous set."""
@@ -180,11 +213,10 @@ class DiskFiles:
     def commit(self, sha256: str, path: Path, *, pinned: bool) -> None:
         """Publish a verified file; readers see all of it or nothing."""
         pinned = pinned or self.is_pinned(sha256)
-        with open(path, "rb") as source:
-            # Recorded first: a crash in between leaves a record prune drops, not a file
-            # that prune cannot size.
-            _guarded(self._meta.set, sha256, (os.fstat(source.fileno()).st_size, self._clock()))
-            _set(self._pinned if pinned else self._files, sha256, source, read=True)
+        # Recorded first: a crash in between leaves a record prune drops, not a file
+        # that prune cannot size.
+        _guarded(self._meta.set, sha256, (_guarded(os.stat, path).st_size, self._clock()))
+        _set(self._pinned if pinned else self._files, sha256, _Linked(Path(path)), read=True)
         if pinned:
             _guarded(self._files.delete, sha256)
 
@@ -387,6 +419,8 @@ class Store:
     def put_file(self, sha256: str, path: Path, *, pinned: bool = False) -> int:
         """Publish a verified file (pinned: never evicted); readers see all of it or nothing.
 
+        The file is linked into the cache where the disk allows (no copy): it must not be
+        written after, and the caller removes its own name for it.
         Returns how many least recently used files were evicted to stay under max_size.
         Raises CacheFull when the disk has no room for it.
         """

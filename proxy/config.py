@@ -90,6 +90,7 @@ class ServerSettings:
     workers: int = 1
     header_timeout: float = 5.0  # seconds for a whole request head, from connecting or idling
     max_connections: int = 1000  # per process, and within the open-file limit
+    send_timeout: float = 60.0  # seconds a response may wait on a client that takes nothing
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -181,6 +182,7 @@ _KEYS: dict[str, values.Converter] = {
     "server.workers": values.workers,
     "server.header_timeout": partial(values.number, above_zero=True),
     "server.max_connections": values.connections,
+    "server.send_timeout": partial(values.number, above_zero=True),
     "upstream.url": values.url,
     "upstream.username": values.string,
     "upstream.token_env": values.variable_name,

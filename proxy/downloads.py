@@ -9,7 +9,7 @@ import hashlib
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote
 
 from anyio import to_thread
@@ -53,6 +53,9 @@ class FileReply:
     """The sha256 of these bytes when it is not the URL's (core metadata): the ETag."""
     modified: float | None = None
     """When the cache committed the file (its mtime): Last-Modified; None while filling."""
+    file: IO[bytes] | None = None
+    """The open file on disk that `chunks` reads (a committed file), for a server that
+    sends files itself; `release` closes it. None for anything else."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,6 +516,7 @@ class Downloads:
             opened.close,
             sha256=key,
             modified=opened.modified,
+            file=opened.file,
         )
 
 

@@ -266,8 +266,8 @@ class Filler:
                 fill.ready.set()
                 digest = hashlib.sha256()
                 async for chunk in download.chunks:
-                    await to_thread.run_sync(_write_all, out, chunk)
-                    digest.update(chunk)
+                    # One hop writes and hashes: the event loop's thread does neither.
+                    await to_thread.run_sync(_write_all, out, chunk, digest.update)
                     fill.written += len(chunk)
                     fill.notify()
             if fill.length is not None and fill.written != fill.length:
@@ -388,7 +388,9 @@ class Filler:
             fill.release()
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes, hashing: Callable[[bytes], object]) -> None:
+    """Write all of `data` to `fd`, and hash it."""
+    hashing(data)
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]

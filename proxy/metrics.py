@@ -84,6 +84,11 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.bytes_sendfile = Counter(
+            f"{PREFIX}_bytes_sendfile",
+            "File bytes the server sent from disk itself (os.sendfile, no copy through Python).",
+            registry=r,
+        )
         self.hash_mismatches = Counter(
             f"{PREFIX}_hash_mismatches",
             "Downloads whose bytes did not match their sha256.",

@@ -1,4 +1,5 @@
-"""File responses: the headers of design 3.2, HEAD, conditional GET, byte ranges, aborts."""
+"""File responses: the headers of design 3.2, HEAD, conditional GET, byte ranges, aborts,
+and cached files handed to the server to send itself (zero copy)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,18 @@ import logging
 import re
 from collections.abc import Callable
 from email.utils import formatdate, parsedate_to_datetime
+from typing import IO
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
 from proxy.downloads import FileReply, Passed
 from proxy.errors import ProxyError
 from proxy.fills import Body
 from proxy.metrics import Metrics
 from proxy.ranges import byte_range
+from proxy.zerocopy import EXTENSION as ZERO_COPY
 
 log = logging.getLogger("proxy.responses")
 _ENTITY_TAG = re.compile(r'(?:W/)?"([^"]*)"')
@@ -38,7 +41,9 @@ def serve_file(
     """Headers of design 3.2, HEAD, conditional GET and single byte ranges.
 
     `public`: GitLab serves this file anonymously, so shared caches may keep it too;
-    anything fetched with credentials is `private`.
+    anything fetched with credentials is `private`. A file on disk goes to a server that
+    offers the zero-copy send extension whole (it sends it with os.sendfile); anything
+    else, or to any other server, is streamed.
     """
     etag = f'"{sha256}"'
     suffix = "." + filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
@@ -78,6 +83,11 @@ def serve_file(
         return Response(None, status, headers=headers)
     served: Metrics = request.state.metrics
     counter = served.bytes_served.labels("cache" if reply.cache == "HIT" else "gitlab")
+    offered = ZERO_COPY in (request.scope.get("extensions") or {})
+    if reply.file is not None and size is not None and offered:
+        count = (size if end is None else end) - start
+        counts = (counter.inc, served.bytes_sendfile.inc)
+        return SentFile(reply.file, start, count, counts, reply.release, status, headers)
     return AbortableStream(reply.chunks(start, end), counter.inc, status, headers=headers)
 
 
@@ -132,6 +142,46 @@ class AbortableStream(StreamingResponse):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await self._body.aclose()
+
+
+class SentFile(Response):
+    """Bytes of an open file the server sends itself: one ASGI zero-copy send message
+    (`file`, `offset`, `count`). `close` runs however it ends."""
+
+    def __init__(
+        self,
+        file: IO[bytes],
+        offset: int,
+        count: int,
+        counts: tuple[Callable[[int], None], ...],
+        close: Callable[[], None],
+        status: int,
+        headers: dict[str, str],
+    ) -> None:
+        super().__init__(None, status, headers=headers)
+        self._file = file
+        self._offset = offset
+        self._count = count
+        self._counts = counts
+        self._close = close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            start = {"type": "http.response.start", "status": self.status_code}
+            await send({**start, "headers": self.raw_headers})
+            await send(
+                {
+                    "type": ZERO_COPY,
+                    "file": self._file,
+                    "offset": self._offset,
+                    "count": self._count,
+                    "more_body": False,
+                }
+            )
+            for count in self._counts:
+                count(self._count)
+        finally:
+            self._close()
 
 
 def none_match(header: str | None, etag: str) -> bool:

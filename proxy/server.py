@@ -1,4 +1,5 @@
-"""The HTTP server: uvicorn, with a deadline on request heads and a bound on connections."""
+"""The HTTP server: uvicorn, with deadlines on request heads and stalled sends, a bound on
+connections, and cached files sent by the kernel (the zero-copy send extension)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,21 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import resource
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import uvicorn
 from uvicorn.config import Config
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
+from proxy import zerocopy
 from proxy.errors import ProxyError
 
 log = logging.getLogger("proxy.server")
@@ -28,6 +31,7 @@ log = logging.getLogger("proxy.server")
 ACCEPT_FAILED = "socket.accept() out of system resource"
 LATE_HEAD = "closed a connection whose request head took over"
 OVER_LIMIT = "closed the connection idle longest"
+STALLED = "closed a connection whose client took no bytes for"
 MAX_BACKLOG = 2048  # uvicorn's default
 LISTEN_QUEUE = 2048  # connections the kernel holds for accept(), whatever the batch
 WANTED_DESCRIPTORS = 65536  # the soft limit serve asks for, within the hard limit
@@ -40,9 +44,12 @@ class Limits:
     header_timeout: float  # seconds from connecting, or from the last response, to a whole head
     max_connections: int  # open at once; past it, the one idle longest is closed
     backlog: int  # how many connections asyncio accepts in one go (uvicorn's backlog)
+    send_timeout: float = 60.0  # seconds a response may wait on a client that takes nothing
 
 
-def plan(*, header_timeout: float, max_connections: int, descriptors: int) -> Limits:
+def plan(
+    *, header_timeout: float, max_connections: int, descriptors: int, send_timeout: float = 60.0
+) -> Limits:
     """Limits that keep `descriptors` (the soft RLIMIT_NOFILE) from running out.
 
     Past max_connections the proxy closes connections itself, but only once it has
@@ -52,7 +59,12 @@ def plan(*, header_timeout: float, max_connections: int, descriptors: int) -> Li
     backlog = min(MAX_BACKLOG, max(16, descriptors // 16))
     spare = max(64, descriptors // 8) + 4 * backlog
     room = max(1, min(max_connections, descriptors - spare))
-    return Limits(header_timeout=header_timeout, max_connections=room, backlog=backlog)
+    return Limits(
+        header_timeout=header_timeout,
+        max_connections=room,
+        backlog=backlog,
+        send_timeout=send_timeout,
+    )
 
 
 def raise_descriptor_limit() -> int:
@@ -70,11 +82,21 @@ def raise_descriptor_limit() -> int:
     return wanted
 
 
-def run(app: Any, *, header_timeout: float, max_connections: int, **options: Any) -> None:
+def run(
+    app: Any,
+    *,
+    header_timeout: float,
+    max_connections: int,
+    send_timeout: float = 60.0,
+    **options: Any,
+) -> None:
     """uvicorn.run(app, **options) with Limits from the settings and the descriptor limit."""
     descriptors = raise_descriptor_limit()
     limits = plan(
-        header_timeout=header_timeout, max_connections=max_connections, descriptors=descriptors
+        header_timeout=header_timeout,
+        max_connections=max_connections,
+        descriptors=descriptors,
+        send_timeout=send_timeout,
     )
     if limits.max_connections < max_connections:
         log.warning(
@@ -166,7 +188,9 @@ class Connections:
 
 
 class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, closed when its request head is late or others need room."""
+    """uvicorn's h11 protocol, closed when its request head is late, when others need
+    room, or when its client takes nothing for send_timeout; it offers the app the ASGI
+    zero-copy send extension (zerocopy.EXTENSION)."""
 
     def __init__(
         self,
@@ -180,6 +204,7 @@ class GuardedH11Protocol(H11Protocol):
         super().__init__(config, server_state, app_state, _loop)
         self._connections = connections
         self._deadline: asyncio.TimerHandle | None = None
+        self.app = functools.partial(self._run_app, self.app)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -209,6 +234,53 @@ class GuardedH11Protocol(H11Protocol):
         if not self.transport.is_closing():
             self.transport.close()
 
+    async def _run_app(self, app: Any, scope: Any, receive: Any, send: Any) -> None:
+        """Run `app` for the current request, zero-copy send offered, each send bounded."""
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        cycle = self.cycle  # this request's: the next starts once its response is complete
+        scope["extensions"] = {**(scope.get("extensions") or {}), zerocopy.EXTENSION: {}}
+        limit = self._connections.limits.send_timeout
+
+        async def sending(message: Any) -> None:
+            if cycle.disconnected:
+                return
+            try:
+                if message["type"] == zerocopy.EXTENSION:
+                    await self._send_file(cycle, message)
+                    more = message.get("more_body", False)
+                    message = {"type": "http.response.body", "more_body": more}
+                async with asyncio.timeout(limit):  # uvicorn waits for the client to drain
+                    await send(message)
+            except TimeoutError:
+                log.warning("%s %g s (server.send_timeout)", STALLED, limit)
+                self._drop(cycle)
+            except OSError:  # the client is gone, or the file ended short
+                self._drop(cycle)
+
+        await app(scope, receive, sending)
+
+    async def _send_file(self, cycle: RequestResponseCycle, message: Any) -> None:
+        """Send the file of a zero-copy message as the response's next body bytes."""
+        if not cycle.response_started or cycle.response_complete:
+            raise RuntimeError(f"unexpected ASGI message {zerocopy.EXTENSION!r}")
+        file: IO[bytes] = message["file"]
+        offset = message.get("offset")
+        if offset is None:
+            offset = file.tell()
+        count = message.get("count")
+        if count is None:
+            count = os.fstat(file.fileno()).st_size - offset
+        if count > 0 and cycle.scope["method"] != "HEAD":
+            stall = self._connections.limits.send_timeout
+            await zerocopy.send_file(self.conn, self.transport, file, offset, count, stall=stall)
+
+    def _drop(self, cycle: RequestResponseCycle) -> None:
+        """Abort the connection mid-response: no clean end, later sends are dropped."""
+        cycle.disconnected = True  # uvicorn's own mark of a client gone
+        self.transport.abort()
+
     def _await_head(self) -> None:
         self._head_arrived()
         self._deadline = self.loop.call_later(self._connections.limits.header_timeout, self._late)
@@ -236,7 +308,7 @@ class Throttle(logging.Filter):
 
     def __init__(
         self,
-        prefixes: tuple[str, ...] = (ACCEPT_FAILED, LATE_HEAD, OVER_LIMIT),
+        prefixes: tuple[str, ...] = (ACCEPT_FAILED, LATE_HEAD, OVER_LIMIT, STALLED),
         interval: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -26,6 +26,8 @@ class Opened:
     """read(start, end): the bytes [start, end), end None meaning to the end; closes after."""
     close: Callable[[], None]
     """Frees what `read` would have used (a HEAD reads nothing); safe to call twice."""
+    file: IO[bytes] | None = None
+    """The file itself where it is a local file (a server may send it by zero copy)."""
 
 
 class Files(Protocol):
@@ -117,4 +119,5 @@ def local_opened(handle: IO[bytes]) -> Opened:
         status.st_mtime,
         lambda start, end: pread_chunks(handle, start, end),
         handle.close,
+        handle,
     )

@@ -15,10 +15,13 @@ import httpx
 import pytest
 import respx
 from asgi_lifespan import LifespanManager
-from starlette.types import Message
+from starlette.types import Message, Receive, Scope, Send
 
-from proxy.app import create_app
+from proxy.app import Observed, create_app
 from proxy.config import load
+from proxy.metrics import Metrics
+from proxy.tally import Tally
+from proxy.zerocopy import EXTENSION
 from tests.inproc import GITLAB, PROXY, Serve, call_raw, edge, gitlab_page
 
 pytestmark = pytest.mark.anyio
@@ -523,3 +526,28 @@ async def test_oversized_request_headers_get_431_and_gitlab_is_not_asked(
     assert response.status_code == 431
     assert response.headers["x-cache"] == "BYPASS"
     assert route.call_count == 0
+
+
+@pytest.mark.anyio
+async def test_a_file_the_server_sends_itself_counts_toward_the_bytes_served() -> None:
+    """A zero-copy send message counts its `count` as file bytes served from the cache."""
+    tally = Tally()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"x-cache", b"HIT")]}
+        )
+        await send(
+            {"type": EXTENSION, "file": None, "offset": 0, "count": 1234, "more_body": False}
+        )
+
+    async def receive() -> Message:
+        raise AssertionError("not read")
+
+    async def send(message: Message) -> None:
+        pass
+
+    path = f"/api/v4/projects/42/packages/pypi/files/{'a' * 64}/a-1.0-py3-none-any.whl"
+    scope = {"type": "http", "method": "GET", "path": path, "headers": [], "query_string": b""}
+    await Observed(app, metrics=Metrics(), tally=tally)(scope, receive, send)
+    assert tally.counts().bytes_from_cache == 1234

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -327,3 +329,36 @@ def test_serving_a_cached_file_writes_nothing(tmp_path: Path) -> None:
     for _ in range(3):
         assert _read(store, sha) == b"wheel" * 1000
     assert snapshot() == before
+
+
+def test_a_committed_file_is_linked_not_copied(tmp_path: Path) -> None:
+    """put_file gives the cache the file itself (a hard link): no second write of its bytes."""
+    store = Store(tmp_path / "c", max_size=10**6)
+    sha, path = _file(tmp_path, b"x" * 5000)
+    store.put_file(sha, path)
+    handle = store.open_file(sha)
+    assert handle is not None
+    with handle:
+        assert os.fstat(handle.fileno()).st_ino == path.stat().st_ino
+    path.unlink()
+    assert store.check(sha) is None
+
+
+@pytest.mark.parametrize("refusal", [errno.EXDEV, errno.EPERM])
+def test_a_file_that_cannot_be_linked_is_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: int
+) -> None:
+    """On another file system (or one without links) put_file copies the bytes instead."""
+    store = Store(tmp_path / "c", max_size=10**6)
+    sha, path = _file(tmp_path, b"y" * 5000)
+
+    def refuse(source: object, target: object) -> None:
+        raise OSError(refusal, os.strerror(refusal))
+
+    monkeypatch.setattr(os, "link", refuse)
+    store.put_file(sha, path)
+    handle = store.open_file(sha)
+    assert handle is not None
+    with handle:
+        assert os.fstat(handle.fileno()).st_ino != path.stat().st_ino
+        assert handle.read() == b"y" * 5000

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, MutableMapping
+from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 from starlette.requests import Request
 
@@ -12,6 +15,7 @@ from proxy.downloads import FileReply
 from proxy.fills import Body
 from proxy.metrics import Metrics
 from proxy.responses import serve_file
+from proxy.zerocopy import EXTENSION
 
 CONTENT = bytes(range(256)) * 4
 SIZE = len(CONTENT)
@@ -21,7 +25,7 @@ LONG = "9" * 5000
 """More digits than int() takes from a string."""
 
 
-def _request(method: str = "GET", **headers: str) -> Request:
+def _request(method: str = "GET", extensions: Any = None, **headers: str) -> Request:
     return Request(
         {
             "type": "http",
@@ -30,6 +34,7 @@ def _request(method: str = "GET", **headers: str) -> Request:
             "query_string": b"",
             "headers": [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()],
             "state": {"metrics": Metrics()},
+            "extensions": extensions,
         }
     )
 
@@ -77,3 +82,73 @@ def test_if_none_match_is_a_list_of_entity_tags_or_any(method: str, tags: str, s
     """`*` or a (weakly compared) tag of the file gives 304; anything else gives the file."""
     response = serve_file(_request(method, if_none_match=tags), _file(), NAME, SHA, public=True)
     assert response.status_code == status
+
+
+def _on_disk(tmp_path: Path) -> FileReply:
+    """A cached file: its bytes readable in chunks, and its open file."""
+    path = tmp_path / SHA
+    path.write_bytes(CONTENT)
+    handle = path.open("rb")
+
+    async def chunks(start: int, end: int | None) -> AsyncGenerator[bytes, None]:
+        try:
+            yield CONTENT[start:end]
+        finally:
+            handle.close()
+
+    return FileReply(
+        SIZE,
+        "HIT",
+        lambda start, end: Body(chunks(start, end), handle.close),
+        handle.close,
+        file=handle,
+    )
+
+
+async def _sent(request: Request, reply: FileReply) -> list[MutableMapping[str, Any]]:
+    """The ASGI messages of serve_file's response to `request`."""
+    messages: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> MutableMapping[str, Any]:
+        await anyio.sleep_forever()  # a client that stays
+        raise AssertionError("unreachable")
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        messages.append(message)
+
+    response = serve_file(request, reply, NAME, SHA, public=True)
+    await response(request.scope, receive, send)
+    return messages
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("wanted", "offset", "count"),
+    [("", 0, SIZE), ("bytes=10-19", 10, 10), ("bytes=-4", SIZE - 4, 4)],
+)
+async def test_a_server_offering_zero_copy_is_handed_the_file_and_its_range(
+    tmp_path: Path, wanted: str, offset: int, count: int
+) -> None:
+    """With the extension offered, the body is one zero-copy message of the file's range."""
+    reply = _on_disk(tmp_path)
+    headers = {"range": wanted} if wanted else {}
+    messages = await _sent(_request(extensions={EXTENSION: {}}, **headers), reply)
+    assert messages[1] == {
+        "type": EXTENSION,
+        "file": reply.file,
+        "offset": offset,
+        "count": count,
+        "more_body": False,
+    }
+    assert reply.file is not None
+    assert reply.file.closed
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("extensions", [None, {}, {"http.response.pathsend": {}}])
+async def test_without_zero_copy_the_file_is_streamed(tmp_path: Path, extensions: Any) -> None:
+    """A server that does not offer the extension gets the bytes in body messages."""
+    messages = await _sent(_request(extensions=extensions, range="bytes=10-19"), _on_disk(tmp_path))
+    body = b"".join(m.get("body", b"") for m in messages[1:])
+    assert {m["type"] for m in messages[1:]} == {"http.response.body"}
+    assert body == CONTENT[10:20]

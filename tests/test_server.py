@@ -1,8 +1,12 @@
-"""The server: late request heads are closed, connections bounded, health always answered."""
+"""The server: late request heads and stalled clients are closed, connections bounded,
+health always answered, cached files sent by the kernel."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -12,14 +16,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.server import ACCEPT_FAILED, LATE_HEAD, Limits, Throttle, plan
+from proxy.server import ACCEPT_FAILED, LATE_HEAD, STALLED, Limits, Throttle, plan
 from tests.clients import ProxyProcess
 from tests.fakegitlab import FakeGitLab
-from tests.scenario import Start, serve
+from tests.scenario import SERVICE, Start, acme, serve
 from tests.slowclients import SlowHeads
 
 HEADER_TIMEOUT = "GITLAB_PYPI_PROXY_SERVER_HEADER_TIMEOUT"
 MAX_CONNECTIONS = "GITLAB_PYPI_PROXY_SERVER_MAX_CONNECTIONS"
+SEND_TIMEOUT = "GITLAB_PYPI_PROXY_SERVER_SEND_TIMEOUT"
+SENDFILE_METRIC = "gitlab_pypi_proxy_bytes_sendfile_total"
 
 
 def _until(condition: Callable[[], bool], what: str, deadline: float) -> float:
@@ -145,6 +151,73 @@ def test_past_max_connections_the_idle_longest_is_closed(
     finally:
         for sock in idle:
             sock.close()
+
+
+def _cached(gitlab: FakeGitLab, proxy: ProxyProcess, content: bytes) -> str:
+    """The URL of a file of `content` in project 42, fetched once so that it is cached."""
+    sha256 = gitlab.add_file(42, "big", "1.0", "big-1.0-py3-none-any.whl", content)
+    assert sha256 == hashlib.sha256(content).hexdigest()
+    url = f"{proxy.url}/api/v4/projects/42/packages/pypi/files/{sha256}/big-1.0-py3-none-any.whl"
+    assert httpx.get(url, timeout=30).headers["x-cache"] == "MISS"
+    return url
+
+
+def _sent_by_kernel(proxy: ProxyProcess) -> float:
+    """The proxy's count of file bytes it sent with os.sendfile."""
+    metrics = httpx.get(proxy.url + "/-/metrics", timeout=5).text
+    line = next(line for line in metrics.splitlines() if line.startswith(SENDFILE_METRIC))
+    return float(line.split()[-1])
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("wanted", "start", "end"),
+    [("", 0, None), ("bytes=1000-2999999", 1000, 3_000_000), ("bytes=-10", -10, None)],
+)
+def test_a_cached_file_is_sent_by_the_kernel(
+    gitlab: FakeGitLab,
+    start_proxy: Start,
+    tmp_path: Path,
+    wanted: str,
+    start: int,
+    end: int | None,
+) -> None:
+    """A hit, whole or a range, comes from os.sendfile (zero copy), byte for byte."""
+    acme(gitlab)
+    content = os.urandom(5_000_000)
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE)
+    url = _cached(gitlab, proxy, content)
+    before = _sent_by_kernel(proxy)
+    response = httpx.get(url, headers={"range": wanted} if wanted else {}, timeout=30)
+    assert (response.headers["x-cache"], response.content) == ("HIT", content[start:end])
+    assert _sent_by_kernel(proxy) - before == len(content[start:end])
+
+
+@pytest.mark.e2e
+def test_a_client_that_stops_reading_is_cut_off_after_send_timeout(
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
+) -> None:
+    """A client that takes none of a cached file for send_timeout is disconnected, and
+    the proxy goes on answering."""
+    acme(gitlab)
+    content = os.urandom(8_000_000)
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE, **{SEND_TIMEOUT: "1"})
+    path = _cached(gitlab, proxy, content).removeprefix(proxy.url)
+    with socket.socket() as stalled:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", proxy.port))
+        stalled.sendall(f"GET {path} HTTP/1.1\r\nHost: proxy\r\n\r\n".encode())
+        assert proxy.log is not None
+        log = proxy.log
+        took = _until(lambda: STALLED in log.read_text(), "the stalled client's cut-off", 10)
+        assert took >= 0.8
+        _health_seconds(proxy)
+        stalled.settimeout(10)
+        received = 0
+        with contextlib.suppress(ConnectionResetError):  # closed: what was sent is not all
+            while chunk := stalled.recv(1 << 20):
+                received += len(chunk)
+        assert received < len(content)
 
 
 @pytest.mark.parametrize(
