@@ -149,6 +149,16 @@ class PagesSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class CoordinationSettings:
+    """How replicas share fills, page invalidations and proxy tokens (design 3.9)."""
+
+    # redis://[:password@]host:port/db, rediss://... or unix://path; empty: this machine only.
+    # A Secret: the URL may carry Redis's password.
+    redis_url: Secret = field(default_factory=lambda: Secret(""))
+    lease_ttl: float = 30.0  # seconds a dead replica's fill blocks a file at most
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Settings:
     """Everything the proxy reads at start-up; built once by load()."""
 
@@ -158,6 +168,7 @@ class Settings:
     access: AccessSettings = field(default_factory=AccessSettings)
     forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
     pages: PagesSettings = field(default_factory=PagesSettings)
+    coordination: CoordinationSettings = field(default_factory=CoordinationSettings)
 
 
 # Every key load() accepts, as "section.key"; server.listen sets host and port.
@@ -190,6 +201,8 @@ _KEYS: dict[str, values.Converter] = {
     "forwarding.never": values.patterns,
     "forwarding.min_age": values.duration,
     "pages.metadata": values.metadata_mode,
+    "coordination.redis_url": values.redis_url,
+    "coordination.lease_ttl": partial(values.number, above_zero=True),
 }
 _SECTIONS = tuple(dict.fromkeys(key.partition(".")[0] for key in _KEYS))
 
@@ -331,6 +344,8 @@ def load(
     access["tokens_file"] = (
         str(Path(tokens_file).expanduser()) if tokens_file else str(default_tokens_file(env))
     )
+    coordination = section("coordination")
+    coordination["redis_url"] = Secret(coordination.get("redis_url", ""))
     return Settings(
         server=ServerSettings(**server),
         upstream=UpstreamSettings(**upstream),
@@ -338,6 +353,7 @@ def load(
         access=AccessSettings(**access),
         forwarding=ForwardingSettings(**section("forwarding")),
         pages=PagesSettings(**section("pages")),
+        coordination=CoordinationSettings(**coordination),
     )
 
 
