@@ -116,10 +116,9 @@ class Coordinator:
         which `on_pages(name)` applies; reconnects for as long as it runs."""
         if self._client is None:
             return
-        with contextlib.suppress(RedisError, OSError):
-            await self._load_tokens()
-            self.connected = True
-        self._listener = asyncio.create_task(self._listen(on_pages))
+        tried = asyncio.Event()
+        self._listener = asyncio.create_task(self._listen(on_pages, tried))
+        await tried.wait()  # subscribed and tokens read, or Redis is away for now
 
     async def aclose(self) -> None:
         if self._listener is not None:
@@ -134,7 +133,7 @@ class Coordinator:
         """Hold this file's lease while the block fetches it: waits while another replica
         holds it (at most `wait` seconds, then leads unfenced), renews it while the block
         runs, and lets it go after. None: no lease (alone, Redis away, or waited enough)."""
-        lease = await self._acquire(sha256, wait)
+        lease = await self.acquire(sha256, wait=wait)
         if lease is None:
             yield None
             return
@@ -159,7 +158,9 @@ class Coordinator:
         """Tell every replica (this one too) to drop the pages of `name` ("" for all)."""
         await self._call(lambda c: c.publish(PAGES, name))
 
-    async def _acquire(self, sha256: str, wait: float) -> Lease | None:
+    async def acquire(self, sha256: str, *, wait: float) -> Lease | None:
+        """This file's lease (unrenewed), waiting at most `wait` seconds while another
+        replica holds it; None without one (alone, Redis away, or waited enough)."""
         loop = asyncio.get_running_loop()
         deadline, waited = loop.time() + wait, False
         keys = (_lease(sha256), FENCE, _latest(sha256))
@@ -201,7 +202,9 @@ class Coordinator:
             self._lost(exc)
             return None
 
-    async def _listen(self, on_pages: Callable[[str], Awaitable[None]]) -> None:
+    async def _listen(
+        self, on_pages: Callable[[str], Awaitable[None]], tried: asyncio.Event
+    ) -> None:
         assert self._client is not None
         missed = False
         while True:
@@ -214,6 +217,7 @@ class Coordinator:
                     if not self.connected:
                         log.info("coordinating with the other replicas through Redis")
                     self.connected = missed = True
+                    tried.set()
                     while True:
                         message = await pubsub.get_message(
                             ignore_subscribe_messages=True, timeout=REFRESH
@@ -224,6 +228,7 @@ class Coordinator:
                             await on_pages(_text(message["data"]))
             except (RedisError, OSError) as exc:
                 self._lost(exc)
+            tried.set()
             await asyncio.sleep(REFRESH)
 
     async def _load_tokens(self) -> None:
