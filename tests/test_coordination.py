@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -164,6 +165,10 @@ def _file_gets(gitlab: FakeGitLab) -> int:
     return sum(1 for r in gitlab.requests if r.method == "GET" and "/files/" in r.path)
 
 
+def _accepts(url: str, token: str) -> bool:
+    return httpx.get(url, auth=("ci", token)).status_code == 200
+
+
 def _get(url: str) -> httpx.Response:
     return httpx.get(url, timeout=60)
 
@@ -265,12 +270,7 @@ def test_a_token_added_once_is_accepted_by_every_replica(
     )
     token = added.stdout.strip()
     for replica in replicas:
-        url = replica.url + page
-        wait_until(
-            lambda url=url: httpx.get(url, auth=("ci", token)).status_code == 200,  # type: ignore[misc]
-            "the replica to accept the token",
-            5,
-        )
+        wait_until(partial(_accepts, replica.url + page, token), "the token to count", 5)
     assert not (tmp_path / "config").exists()
 
 
