@@ -127,8 +127,14 @@ async def test_an_invalidation_reaches_every_replica(
 async def test_with_redis_away_fills_lead_alone_until_it_returns(
     coordinators: Callable[..., Awaitable[Coordinator]], redis_server: RedisServer
 ) -> None:
-    """Redis stopped: the state says so and leases are local; restarted: shared again."""
-    coordinator = await coordinators()
+    """Redis stopped: the state says so and leases are local; restarted: shared again,
+    and every page is dropped (an upload elsewhere may have been missed)."""
+    dropped: list[str] = []
+
+    async def on_pages(name: str) -> None:
+        dropped.append(name)
+
+    coordinator = await coordinators(on_pages=on_pages)
     assert coordinator.state == "redis"
     redis_server.stop()
     await _eventually(lambda: coordinator.state == "local (redis unreachable)", "the loss")
@@ -137,6 +143,7 @@ async def test_with_redis_away_fills_lead_alone_until_it_returns(
     redis_server.start()
     await _eventually(lambda: coordinator.state == "redis", "the reconnection")
     assert await coordinator.acquire(SHA, wait=0) is not None
+    assert dropped == [""]
 
 
 # -- replicas as processes -------------------------------------------------------------
