@@ -44,6 +44,9 @@ log = logging.getLogger("proxy.fills")
 READ_CHUNK = 128 * 1024
 FOLLOW_POLL = 0.02
 """Seconds between looks at another worker's growing file."""
+LEASE_WAIT = 10.0
+"""Seconds a fill waits for another replica's fetch of the file before fetching it too: its
+client gets no byte meanwhile, and pip gives up after 15 s without one."""
 RESERVE = 4 * 1024 * 1024
 """Bytes left free on the cache's disk for SQLite and the records: below it, the cache is full."""
 
@@ -223,7 +226,8 @@ class Filler:
             if lock is not None:
                 # Another replica's fill of the file: wait for its lease (its commit, in a
                 # shared store, or its death), then lead here; `_lead` asks the Store first.
-                async with self._coordinator.lead(fill.sha256, wait=self._follow_timeout) as lease:
+                wait = min(self._follow_timeout, LEASE_WAIT)
+                async with self._coordinator.lead(fill.sha256, wait=wait) as lease:
                     await self._lead(fill, path, authorization, lock, lease)
         except ProxyError as exc:
             log.warning("fill of %s failed: %s", fill.sha256, exc)
