@@ -294,9 +294,9 @@ def create_app(
                 "coordinator": coordinator,
             }
         finally:
-            await coordinator.aclose()
             await mirror.aclose()
-            await filler.aclose()
+            await filler.aclose()  # fills cancelled here let go of their leases
+            await coordinator.aclose()
             await downloads.aclose()
             await upstream.aclose()
             await index.aclose()
