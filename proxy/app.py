@@ -6,7 +6,7 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,6 +22,7 @@ from proxy.access import REALM, Gate, Keeper, resolve_mode
 from proxy.bundleimport import sweep_staging
 from proxy.cache import Records, Store
 from proxy.config import Settings, load_for_workers
+from proxy.coordination import Coordinator
 from proxy.coremeta import CoreMetadata, MetadataInjector
 from proxy.downloads import Downloads
 from proxy.errorlog import ErrorLog, within
@@ -176,14 +177,25 @@ def create_app(
     mode = resolve_mode(
         settings.access.mode, host=settings.server.host, service_token=bool(service)
     )
-    tokens = TokensFile(settings.access.tokens_file) if mode == "tokens" else {}
-    if mode == "tokens" and not tokens:
+    metrics = Metrics()
+    coordinator = Coordinator(
+        settings.coordination.redis_url.reveal(),
+        lease_ttl=settings.coordination.lease_ttl,
+        on_wait=metrics.lease_waits.inc,
+    )
+    metrics.watch_coordination(lambda: coordinator.shared, lambda: coordinator.connected)
+    tokens: Mapping[str, str] = {}
+    if mode == "tokens":
+        # With Redis, the replicas' tokens live there (`token add` writes them); else the file.
+        tokens = (
+            coordinator.tokens if coordinator.shared else TokensFile(settings.access.tokens_file)
+        )
+    if mode == "tokens" and not tokens and not coordinator.shared:
         log.warning(
             "access.mode is tokens but %s holds no token: every read gets 401 until "
             "`gitlab-pypi-proxy token add NAME`",
             settings.access.tokens_file,
         )
-    metrics = Metrics()
     tally = Tally()
     heard = Reachability()
     errors = ErrorLog()
@@ -235,6 +247,7 @@ def create_app(
             spool,
             on_mismatch=metrics.hash_mismatches.inc,
             on_evict=metrics.evictions.inc,
+            coordinator=coordinator,
         )
         metrics.watch_cache(lambda: _size(store), filler.disk)
         keeper = Keeper(gate, grants, service=service)
@@ -262,6 +275,7 @@ def create_app(
             times=UploadTimes(
                 api=PackageAPI(upstream=upstream, budget=times_timeout), timeout=times_timeout
             ),
+            on_upload=coordinator.invalidate,
         )
         downloads = Downloads(
             store=store,
@@ -282,6 +296,13 @@ def create_app(
             settings.cache.dir,
             " (offline)" if settings.cache.offline else "",
         )
+
+        async def drop_pages(name: str) -> None:  # an upload through any replica
+            await to_thread.run_sync(
+                lambda: store.drop_pages(name) if name else store.drop_all_pages()
+            )
+
+        await coordinator.start(drop_pages)
         ledger = Ledger(tally, settings.cache.dir)
         await to_thread.run_sync(ledger.start)
         status = Status(
@@ -307,13 +328,15 @@ def create_app(
                 "metrics": metrics,
                 "keeper": keeper,
                 "status": status,
+                "coordinator": coordinator,
             }
         finally:
             for name in LOGGED_ERRORS:
                 logging.getLogger(name).removeHandler(errors)
             await status.aclose()
             await mirror.aclose()
-            await filler.aclose()
+            await filler.aclose()  # fills cancelled here let go of their leases
+            await coordinator.aclose()
             await downloads.aclose()
             await upstream.aclose()
             await index.aclose()

@@ -161,6 +161,16 @@ class StorageSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class CoordinationSettings:
+    """How replicas share fills, page invalidations and proxy tokens (design 3.9)."""
+
+    # redis://[:password@]host:port/db, rediss://... or unix://path; empty: this machine only.
+    # A Secret: the URL may carry Redis's password.
+    redis_url: Secret = field(default_factory=lambda: Secret(""))
+    lease_ttl: float = 30.0  # seconds a dead replica's fill blocks a file at most
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Settings:
     """Everything the proxy reads at start-up; built once by load()."""
 
@@ -171,6 +181,7 @@ class Settings:
     forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
     pages: PagesSettings = field(default_factory=PagesSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    coordination: CoordinationSettings = field(default_factory=CoordinationSettings)
 
 
 # Every key load() accepts, as "section.key"; server.listen sets host and port.
@@ -208,6 +219,8 @@ _KEYS: dict[str, values.Converter] = {
     "storage.url": values.bucket_url,
     "storage.endpoint_url": partial(values.url, optional=True),
     "storage.redirect": values.boolean,
+    "coordination.redis_url": values.redis_url,
+    "coordination.lease_ttl": partial(values.number, above_zero=True),
 }
 _SECTIONS = tuple(dict.fromkeys(key.partition(".")[0] for key in _KEYS))
 
@@ -363,6 +376,8 @@ def load(
         raise ConfigError(
             'storage.redirect: true (expected storage.backend = "s3": local files have no URL)'
         )
+    coordination = section("coordination")
+    coordination["redis_url"] = Secret(coordination.get("redis_url", ""))
     return Settings(
         server=ServerSettings(**server),
         upstream=UpstreamSettings(**upstream),
@@ -371,6 +386,7 @@ def load(
         forwarding=ForwardingSettings(**section("forwarding")),
         pages=PagesSettings(**section("pages")),
         storage=storage,
+        coordination=CoordinationSettings(**coordination),
     )
 
 

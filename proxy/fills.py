@@ -7,6 +7,9 @@ Content-Length, or ENOSPC on the way) fails with CacheFull, leaving nothing behi
 caller then streams it through uncached. Other workers follow the growing file and learn
 the outcome when the lock is released. Locks die with their process, so a SIGKILLed
 leader never blocks a file, and its leftovers are swept at the next start.
+With a Coordinator on Redis, the leader also holds the file's lease across replicas (one
+GitLab fetch among them; a dead replica's lease expires) and commits only with a fence
+no later lease has overtaken.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from anyio import to_thread
 
 from proxy.cache import Store, is_full
+from proxy.coordination import Coordinator, Lease
 from proxy.errors import (
     CacheError,
     CacheFull,
@@ -40,6 +44,9 @@ log = logging.getLogger("proxy.fills")
 READ_CHUNK = 128 * 1024
 FOLLOW_POLL = 0.02
 """Seconds between looks at another worker's growing file."""
+LEASE_WAIT = 10.0
+"""Seconds a fill waits for another replica's fetch of the file before fetching it too: its
+client gets no byte meanwhile, and pip gives up after 15 s without one."""
 RESERVE = 4 * 1024 * 1024
 """Bytes left free on the cache's disk for SQLite and the records: below it, the cache is full."""
 
@@ -142,7 +149,9 @@ class Filler:
         on_mismatch: Callable[[], None] = lambda: None,
         on_evict: Callable[[int], None] = lambda count: None,
         follow_timeout: float = 60.0,
+        coordinator: Coordinator | None = None,
     ) -> None:
+        self._coordinator = coordinator or Coordinator()
         self._store = store
         self._upstream = upstream
         self._spool = spool
@@ -221,7 +230,11 @@ class Filler:
             if lock is None:
                 lock = await self._follow(fill, path, authorization)
             if lock is not None:
-                await self._lead(fill, path, authorization, lock)
+                # Another replica's fill of the file: wait for its lease (its commit, in a
+                # shared store, or its death), then lead here; `_lead` asks the Store first.
+                wait = min(self._follow_timeout, LEASE_WAIT)
+                async with self._coordinator.lead(fill.sha256, wait=wait) as lease:
+                    await self._lead(fill, path, authorization, lock, lease)
         except ProxyError as exc:
             log.warning("fill of %s failed: %s", fill.sha256, exc)
             fill.error = exc
@@ -233,7 +246,9 @@ class Filler:
             self._active.pop((fill.sha256, fill.origin), None)
             fill.finish()
 
-    async def _lead(self, fill: Fill, path: str, authorization: str | None, lock: int) -> None:
+    async def _lead(
+        self, fill: Fill, path: str, authorization: str | None, lock: int, lease: Lease | None
+    ) -> None:
         writer: int | None = None
         try:
             if await to_thread.run_sync(self._store.has_file, fill.sha256):
@@ -276,6 +291,10 @@ class Filler:
                 self._on_mismatch()
                 raise HashMismatch(f"{fill.sha256[:12]}… hashes to {digest.hexdigest()[:12]}…")
             fill.verified = True
+            if not await self._coordinator.may_commit(lease):
+                # A later lease was granted (ours expired): its holder commits, never us.
+                log.warning("not committing %s: its lease expired mid-fill", fill.sha256)
+                return
             evicted = await to_thread.run_sync(
                 self._store.put_file, fill.sha256, self._spool.part(fill.sha256)
             )

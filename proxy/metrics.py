@@ -57,6 +57,22 @@ class _CacheSize:
             yield GaugeMetricFamily(f"{PREFIX}_{name}", _GAUGES[name], value=value)
 
 
+class _Coordination:
+    """Whether this replica coordinates through Redis right now, read at each scrape."""
+
+    NAME = f"{PREFIX}_coordination_redis_up"
+    HELP = "1 while Redis answers; 0 while this replica coordinates alone (Redis unreachable)."
+
+    def __init__(self, connected: Callable[[], bool]) -> None:
+        self._connected = connected
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self.NAME, self.HELP)
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self.NAME, self.HELP, value=int(self._connected()))
+
+
 class Metrics:
     """The proxy's counters; labels are fixed small sets, never a URL, name or credential."""
 
@@ -102,7 +118,13 @@ class Metrics:
             "Files sent from GitLab without caching them (the cache had no room).",
             registry=r,
         )
+        self.lease_waits = Counter(
+            f"{PREFIX}_lease_waits",
+            "Fills that waited for another replica's fetch of the same file.",
+            registry=r,
+        )
         self._cache: _CacheSize | None = None
+        self._coordination: _Coordination | None = None
 
     def watch_cache(
         self,
@@ -113,6 +135,12 @@ class Metrics:
         self._cache = _CacheSize(size, disk)
         self.registry.register(self._cache)
 
+    def watch_coordination(self, shared: Callable[[], bool], connected: Callable[[], bool]) -> None:
+        """With Redis configured (`shared()`), report `connected()` at every scrape."""
+        if shared():
+            self._coordination = _Coordination(connected)
+            self.registry.register(self._coordination)
+
     def render(self) -> bytes:
         """The text exposition format; with workers, every worker's counters summed."""
         shared = os.environ.get(SHARED_DIR_ENV)
@@ -120,6 +148,7 @@ class Metrics:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=shared)  # type: ignore[no-untyped-call]
-        if self._cache is not None:
-            registry.register(self._cache)
+        for collector in (self._cache, self._coordination):
+            if collector is not None:
+                registry.register(collector)
         return generate_latest(registry)

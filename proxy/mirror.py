@@ -6,7 +6,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -93,7 +93,9 @@ class Mirror:
         metadata: MetadataInjector | None = None,
         times: UploadTimes | None = None,
         stale_while_revalidate: float = 0.0,
+        on_upload: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
+        self._on_upload = on_upload
         self._stale_while_revalidate = stale_while_revalidate
         self._flights: Flights[_Outcome | Reply] = Flights()
         self._forwarding = forwarding
@@ -451,7 +453,8 @@ class Mirror:
     async def upload(
         self, scope: Scope, *, headers: Mapping[str, str], body: AsyncIterator[bytes]
     ) -> Reply:
-        """Stream an upload to GitLab; on success drop the cached pages of its name."""
+        """Stream an upload to GitLab; on success drop the cached pages of its name, and
+        tell `on_upload` (the other replicas) the name ("" when it is unknown)."""
         if self.offline:
             raise OfflineRefusal("offline mode: uploads need GitLab")
         headers = {**headers}
@@ -469,11 +472,14 @@ class Mirror:
         answer = await self._upstream.upload(scope.api_path, headers=headers, body=sniffing())
         if 200 <= answer.status < 300:
             found = _NAME_FIELD.search(bytes(head))
+            name: str = ""
             if found:
                 name = normalize(found.group(1).decode("utf-8", "replace").strip())
                 await to_thread.run_sync(self._store.drop_pages, name)
             else:
                 await to_thread.run_sync(self._store.drop_all_pages)
+            if self._on_upload is not None:
+                await self._on_upload(name)
         return Reply(answer.status, answer.body, dict(answer.headers), "BYPASS")
 
 

@@ -238,8 +238,10 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Readiness: 200 when the cache is writable; says whether GitLab answers."""
+    """Readiness: 200 when the cache is writable; says whether GitLab answers and how the
+    replicas coordinate ("redis", "local", "local (redis unreachable)": still ready)."""
     can_serve, parts = await _mirror(request).readiness()
+    parts["coordination"] = request.state.coordinator.state
     return JSONResponse({"ready": can_serve, **parts}, 200 if can_serve else 503)
 
 

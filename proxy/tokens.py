@@ -38,6 +38,17 @@ def token_names(path: str) -> list[str]:
     return [name for name, _ in _entries(path, missing_ok=True)]
 
 
+def check_name(name: str) -> None:
+    """ConfigError unless `name` can name a token."""
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"token add: {name!r} is not a name (letters, digits, _ . @ -)")
+
+
+def new_token() -> str:
+    """A fresh random proxy token."""
+    return "gpp_" + secrets.token_urlsafe(32)
+
+
 def add_token(path: str, name: str) -> str:
     """Make a new proxy token for `name`, store only its hash, and return it (shown once).
 
@@ -45,12 +56,11 @@ def add_token(path: str, name: str) -> str:
     """
     if not path:
         raise ConfigError("access.tokens_file: set it to a file where token hashes are kept")
-    if not _NAME.fullmatch(name):
-        raise ConfigError(f"token add: {name!r} is not a name (letters, digits, _ . @ -)")
+    check_name(name)
     lines = _read(path, missing_ok=True)
     if name in (known for known, _ in _parse(path, lines)):
         raise ConfigError(f"token add: a token named {name!r} exists already")
-    token = "gpp_" + secrets.token_urlsafe(32)
+    token = new_token()
     Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     _replace(path, [*lines, f"{name}:{token_hash(token)}"])
     return token

@@ -145,6 +145,25 @@ def url(value: object, text: bool, *, optional: bool = False) -> str:
     return url.rstrip("/")
 
 
+def redis_url(value: object, text: bool) -> str:
+    """A Redis URL (redis://, rediss:// or unix://), or empty; never shown in a refusal,
+    since it may hold Redis's password."""
+    url = string(value, text).strip()
+    try:
+        parts = urlsplit(url)
+        ok = not url or (
+            parts.scheme in ("redis", "rediss") and bool(parts.hostname) and parts.port != 0
+        )
+        ok = ok or (parts.scheme == "unix" and bool(parts.path))
+    except ValueError:  # a port that is not a number
+        ok = False
+    if not ok or any(c.isspace() for c in url):
+        raise Invalid(
+            'is not a Redis URL (expected e.g. "redis://redis:6379/0", or empty)', hide_value=True
+        )
+    return url
+
+
 def addresses(value: object, text: bool) -> tuple[str, ...]:
     if text and isinstance(value, str):
         value = [item.strip() for item in value.split(",") if item.strip()]

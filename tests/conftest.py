@@ -13,6 +13,7 @@ import respx
 from tests.clients import ProxyProcess, clean_env
 from tests.fakegitlab import FakeGitLab
 from tests.inproc import Serve, in_process, no_package_api
+from tests.services import RedisServer
 
 
 @pytest.fixture(autouse=True)
@@ -83,3 +84,11 @@ async def client(serve: Serve) -> AsyncIterator[httpx.AsyncClient]:
     """A client of a proxy with default settings and no service token."""
     async with serve() as started:
         yield started
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on loopback (skipped without one, failed under CI=true)."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

@@ -281,6 +281,10 @@ BAD_VALUES = [
     ("storage", "url", '"https://bucket.example/prefix"'),
     ("storage", "endpoint_url", '"minio:9000"'),
     ("storage", "redirect", '"yes"'),
+    ("coordination", "redis_url", '"http://redis:6379"'),
+    ("coordination", "redis_url", '"redis://"'),
+    ("coordination", "redis_url", '"redis://redis:port/0"'),
+    ("coordination", "lease_ttl", "0"),
 ]
 
 
@@ -294,6 +298,15 @@ def test_bad_value_in_file_names_key_value_and_expectation(
     assert "\n" not in message
     assert message.startswith(f"{section}.{key}: ")
     assert "(expected " in message
+
+
+def test_redis_password_is_never_shown(tmp_path: Path) -> None:
+    """A Redis URL's password shows neither in the Settings' repr nor in a refusal."""
+    good = load(env={"GITLAB_PYPI_PROXY_COORDINATION_REDIS_URL": "redis://:hunter2@r:6379/0"})
+    assert good.coordination.redis_url.reveal() == "redis://:hunter2@r:6379/0"
+    assert "hunter2" not in repr(good)
+    config = write(tmp_path, '[coordination]\nredis_url = "redis://:hunter2@r:port"\n')
+    assert "hunter2" not in error_of(config_file=config)
 
 
 def test_bad_size_message_reads_as_documented(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ import pytest
 import respx
 
 from proxy.cache import Store
+from proxy.coordination import Coordinator, Lease
 from proxy.errors import CacheFull, HashMismatch
 from proxy.fills import Fill, Filler
 from proxy.spool import Spool
@@ -293,3 +295,29 @@ async def test_a_verified_body_is_read_to_its_end_when_the_store_cannot_keep_it(
     assert await reading == CONTENT
     assert isinstance(fill.error, CacheFull)
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []
+
+
+class Overtaken(Coordinator):
+    """A coordinator whose every lease was overtaken by a later one before the commit."""
+
+    @contextlib.asynccontextmanager
+    async def lead(self, sha256: str, *, wait: float) -> AsyncIterator[Lease | None]:
+        yield Lease(sha256, 1)
+
+    async def may_commit(self, lease: Lease | None) -> bool:
+        return False
+
+
+@respx.mock
+async def test_a_fill_whose_lease_was_overtaken_is_read_but_not_committed(tmp_path: Path) -> None:
+    """A stale writer (its lease expired and was granted again) serves its verified bytes
+    to its readers but never commits them to the Store."""
+    respx.get(BASE + PATH).mock(return_value=httpx.Response(200, content=CONTENT))
+    held = Store(tmp_path / "cache", max_size=10**9)
+    upstream = GitLab(url=BASE, connect_timeout=1, read_timeout=5)
+    filler = Filler(held, upstream, Spool(tmp_path / "cache"), coordinator=Overtaken())
+    fill = filler.start(SHA, PATH, authorization=None, origin="o", vetted=False)
+    await fill.ready.wait()
+    assert await _collect(filler.read(fill)) == CONTENT
+    assert fill.done
+    assert not held.has_file(SHA)

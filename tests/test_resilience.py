@@ -313,6 +313,7 @@ def test_readiness_and_metrics(gitlab: FakeGitLab, start_proxy: Start, tmp_path:
         "ready": True,
         "cache": "writable",
         "gitlab": "reachable",
+        "coordination": "local",
     }
     httpx.get(proxy.url + BIG_PATH, timeout=30)
     httpx.get(proxy.url + BIG_PATH, timeout=30)

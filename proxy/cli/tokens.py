@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from proxy import config, tokens
+from proxy import config, coordination, tokens
 from proxy.cli.common import PROG, options, usage
 
 
@@ -22,8 +22,9 @@ def register(commands: Any) -> None:
     token = commands.add_parser(
         "token",
         help="manage proxy tokens (access.mode = tokens)",
-        description="Proxy tokens, for access.mode = tokens. A running proxy sees changes "
-        "within a second, without a restart.",
+        description="Proxy tokens, for access.mode = tokens, kept in access.tokens_file, or in "
+        "Redis when coordination.redis_url is set (shared by every replica). A running proxy "
+        "sees changes within a second, without a restart.",
     )
     token.set_defaults(run=lambda args: usage(token))
     actions = token.add_subparsers(metavar="ACTION")
@@ -56,17 +57,28 @@ def _tokens_file(args: argparse.Namespace) -> str:
     return config.load(config_file=args.config).access.tokens_file
 
 
+def _redis(args: argparse.Namespace) -> str:
+    """coordination.redis_url when set (and no --tokens-file): the replicas' tokens live there."""
+    if args.tokens_file:
+        return ""
+    return config.load(config_file=args.config).coordination.redis_url.reveal()
+
+
 def _token_add(args: argparse.Namespace) -> int:
-    path = _tokens_file(args)
-    token = tokens.add_token(path, args.name)
+    if url := _redis(args):
+        token, path = coordination.add_token(url, args.name), "Redis"
+    else:
+        path = _tokens_file(args)
+        token = tokens.add_token(path, args.name)
     print(token)
     print(f"{PROG}: stored the hash of {args.name}'s token in {path}", file=sys.stderr)
     return 0
 
 
 def _token_list(args: argparse.Namespace) -> int:
-    path = _tokens_file(args)
-    names = tokens.token_names(path)
+    url = _redis(args)
+    path = "Redis" if url else _tokens_file(args)
+    names = coordination.token_names(url) if url else tokens.token_names(path)
     for name in names:
         print(name)
     if not names:
@@ -75,8 +87,12 @@ def _token_list(args: argparse.Namespace) -> int:
 
 
 def _token_revoke(args: argparse.Namespace) -> int:
-    path = _tokens_file(args)
-    if not tokens.revoke_token(path, args.name):
+    url = _redis(args)
+    path = "Redis" if url else _tokens_file(args)
+    revoked = (
+        coordination.revoke_token(url, args.name) if url else tokens.revoke_token(path, args.name)
+    )
+    if not revoked:
         print(f"{PROG}: token revoke: no token named {args.name!r} in {path}", file=sys.stderr)
         return 1
     print(f"{PROG}: revoked {args.name}'s token in {path}", file=sys.stderr)
