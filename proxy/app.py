@@ -37,6 +37,7 @@ from proxy.errors import (
 from proxy.fills import Filler
 from proxy.forwarding import Forwarding
 from proxy.grants import Grants
+from proxy.hotpages import HotPages
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
 from proxy.rendered import Renderer
@@ -241,6 +242,7 @@ def create_app(
             allow_service_upload=settings.access.allow_service_upload,
             probe_writable=filler.probe_writable,
             renderer=Renderer(),
+            hot=HotPages(store.changes, on_hit=metrics.page_memory_hits.inc),
             forwarding=forwarding,
             metadata=MetadataInjector(metadata),
             times=UploadTimes(upstream=upstream, timeout=min(TIMES_TIMEOUT, up.connect_timeout)),

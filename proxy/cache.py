@@ -22,6 +22,7 @@ from typing import IO, Any, Literal
 
 import diskcache
 
+from proxy.changes import Changes
 from proxy.errors import CacheError, CacheFull
 from proxy.models import Link, Page
 from proxy.retention import StoredFile, to_prune
@@ -141,6 +142,8 @@ class Store:
         self._page_reads = threading.Lock()
         try:
             self.tmp.mkdir(parents=True, exist_ok=True)
+            self.changes = Changes(self.directory / "changes")
+            """Marked after every change a rendered page may depend on (hotpages)."""
             # Pages are stored anew at each revalidation, so the least recently stored go
             # first; reading one writes nothing.
             self._pages = self._open_cache(
@@ -185,6 +188,7 @@ class Store:
     def put_page(self, key: str, stored: StoredPage, *, name: str) -> None:
         """Store a page, tagged with its normalized name so uploads can drop it."""
         _set(self._pages, key, stored, tag=name)
+        self.changes.pages(name)
 
     def iter_pages(self) -> Iterator[tuple[str, StoredPage]]:
         """Every stored page with its key (a page dropped while listing is skipped)."""
@@ -197,11 +201,14 @@ class Store:
         """Drop every page of `name` in every scope, and every index page; returns the count."""
         dropped: int = _guarded(self._pages.evict, name)
         dropped += _guarded(self._pages.evict, "")
+        self.changes.pages(name)
+        self.changes.pages("")
         return dropped
 
     def drop_all_pages(self) -> int:
         """Drop every stored page."""
         dropped: int = _guarded(self._pages.clear)
+        self.changes.all_pages()
         return dropped
 
     # -- files -------------------------------------------------------------------------
@@ -243,6 +250,7 @@ class Store:
             _set(self._pinned if pinned else self._files, sha256, source, read=True)
         if pinned:
             _guarded(self._files.delete, sha256)
+        self.changes.files()
         return self._cull()
 
     def pin(self, sha256: str) -> bool:
@@ -282,6 +290,7 @@ class Store:
         """Forget a file, pinned or not; a reader that has it open reads on. False if not held."""
         removed = [bool(_guarded(cache.delete, sha256)) for cache in (self._files, self._pinned)]
         _guarded(self._meta.delete, sha256)
+        self.changes.files()
         return any(removed)
 
     def iter_files(self) -> Iterator[StoredFile]:

@@ -97,6 +97,11 @@ class Metrics:
             "Files sent from GitLab without caching them (the cache had no room).",
             registry=r,
         )
+        self.page_memory_hits = Counter(
+            f"{PREFIX}_page_memory_hits",
+            "Cache-hit pages sent as rendered before, from memory (no disk read).",
+            registry=r,
+        )
         self._cache: _CacheSize | None = None
 
     def watch_cache(
