@@ -40,6 +40,7 @@ from proxy.errors import (
 from proxy.fills import Filler
 from proxy.forwarding import Forwarding
 from proxy.grants import Grants
+from proxy.hotpages import HotPages
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
 from proxy.packageapi import PackageAPI
@@ -152,16 +153,17 @@ class Observed:
                 await app(scope, receive, sending)
         finally:
             status, cache = outcome[0] if outcome else (0, "-")
-            # The access log: no query string (tokens can travel there), no headers.
-            access_log.info(
-                '%s - "%s %s" %d %s %.3fs',
-                (scope.get("client") or ("-",))[0],
-                scope["method"],
-                _loggable(scope),
-                status,
-                cache,
-                time.monotonic() - started,
-            )
+            if access_log.isEnabledFor(logging.INFO):  # the path's escaping costs on every hit
+                # The access log: no query string (tokens can travel there), no headers.
+                access_log.info(
+                    '%s - "%s %s" %d %s %.3fs',
+                    (scope.get("client") or ("-",))[0],
+                    scope["method"],
+                    _loggable(scope),
+                    status,
+                    cache,
+                    time.monotonic() - started,
+                )
 
 
 def create_app(
@@ -270,6 +272,7 @@ def create_app(
             allow_service_upload=settings.access.allow_service_upload,
             probe_writable=filler.probe_writable,
             renderer=Renderer(),
+            hot=HotPages(store.changes, on_hit=metrics.page_memory_hits.inc),
             forwarding=forwarding,
             metadata=MetadataInjector(metadata),
             times=UploadTimes(

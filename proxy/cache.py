@@ -22,6 +22,7 @@ from typing import IO, Any, Literal
 
 import diskcache
 
+from proxy.changes import Changes
 from proxy.errors import CacheError, CacheFull
 from proxy.models import Link, Page
 from proxy.retention import StoredFile, to_prune
@@ -332,6 +333,8 @@ class Store:
         self._page_reads = threading.Lock()
         try:
             self.tmp.mkdir(parents=True, exist_ok=True)
+            self.changes = Changes(self.directory / "changes")
+            """Marked after every change a rendered page may depend on (hotpages)."""
             # Pages are stored anew at each revalidation, so the least recently stored go
             # first; reading one writes nothing.
             self._pages = _open_cache(
@@ -374,6 +377,7 @@ class Store:
     def put_page(self, key: str, stored: StoredPage, *, name: str) -> None:
         """Store a page, tagged with its normalized name so uploads can drop it."""
         _set(self._pages, key, stored, tag=name)
+        self.changes.pages(name)
 
     def iter_pages(self) -> Iterator[tuple[str, StoredPage]]:
         """Every stored page with its key (a page dropped while listing is skipped)."""
@@ -390,11 +394,14 @@ class Store:
         """Drop every page of `name` in every scope, and every index page; returns the count."""
         dropped: int = _guarded(self._pages.evict, name)
         dropped += _guarded(self._pages.evict, "")
+        self.changes.pages(name)
+        self.changes.pages("")
         return dropped
 
     def drop_all_pages(self) -> int:
         """Drop every stored page."""
         dropped: int = _guarded(self._pages.clear)
+        self.changes.all_pages()
         return dropped
 
     # -- files (through self.files) -----------------------------------------------------
@@ -425,6 +432,7 @@ class Store:
         Raises CacheFull when the disk has no room for it.
         """
         self.files.commit(sha256, path, pinned=pinned)
+        self.changes.files()
         return self._cull()
 
     def pin(self, sha256: str) -> bool:
@@ -450,7 +458,9 @@ class Store:
 
     def remove(self, sha256: str) -> bool:
         """Forget a file, pinned or not; a reader that has it open reads on. False if not held."""
-        return self.files.delete(sha256)
+        removed = self.files.delete(sha256)
+        self.changes.files()
+        return removed
 
     def iter_files(self) -> Iterator[StoredFile]:
         """Every held file, least recently used first (a file without a record: as used now)."""

@@ -127,7 +127,7 @@ class CoreMetadata:
                 data = extract_from(handle, filename)
             except NoMetadata as exc:
                 log.info("no core metadata in %s: %s", filename, exc)
-                self._grants.set_metadata(sha256, "")
+                self._known(sha256, "")
                 return False
         return self._keep(sha256, data, fetched=False)
 
@@ -141,7 +141,7 @@ class CoreMetadata:
             data = await drive(steps(filename), read)
         except NoMetadata as exc:
             log.info("no core metadata in %s: %s", filename, exc)
-            await to_thread.run_sync(self._grants.set_metadata, sha256, "")
+            await to_thread.run_sync(self._known, sha256, "")
             return None
         return await to_thread.run_sync(lambda: self._keep(sha256, data, fetched=True))
 
@@ -170,6 +170,12 @@ class CoreMetadata:
                 raise UpstreamUnavailable(f"GitLab sent {len(data)} of {wanted} bytes asked")
             return Piece(first, bytes(data), size)
 
+    def _known(self, wheel: str, metadata: str) -> None:
+        """(Blocking) record the wheel's metadata ("": none), then mark the pages that
+        advertise it as changed."""
+        self._grants.set_metadata(wheel, metadata)
+        self._store.changes.files()
+
     def _keep(self, wheel: str, data: bytes, *, fetched: bool) -> Found:
         """(Blocking) store the metadata under its own sha256 and record it for the wheel; a
         cache that cannot store it still lets this answer be served."""
@@ -183,7 +189,7 @@ class CoreMetadata:
                     self._store.put_file(digest, Path(name))
                 finally:
                     Path(name).unlink(missing_ok=True)
-            self._grants.set_metadata(wheel, digest)
+            self._known(wheel, digest)
         except (CacheError, OSError) as exc:
             log.warning("cannot keep the core metadata of %s: %s", wheel[:12], exc)
         return Found(digest, data, fetched=fetched)

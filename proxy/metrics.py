@@ -123,6 +123,11 @@ class Metrics:
             "Fills that waited for another replica's fetch of the same file.",
             registry=r,
         )
+        self.page_memory_hits = Counter(
+            f"{PREFIX}_page_memory_hits",
+            "Cache-hit pages sent as rendered before, from memory (no disk read).",
+            registry=r,
+        )
         self._cache: _CacheSize | None = None
         self._coordination: _Coordination | None = None
 

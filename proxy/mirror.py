@@ -28,8 +28,9 @@ from proxy.errors import (
 )
 from proxy.flights import Flights
 from proxy.forwarding import Followed, Forwarding, is_public
+from proxy.hotpages import Hot, HotKey, HotPages
 from proxy.models import CacheStatus, Caller, NormalizedName, Page, Reply, Scope, normalize
-from proxy.rendered import Renderer
+from proxy.rendered import Renderer, Rendering
 from proxy.uploadtimes import Early, UploadTimes, bare
 from proxy.upstream import REDIRECTS, Answer, GitLab, retry_after
 
@@ -94,8 +95,10 @@ class Mirror:
         times: UploadTimes | None = None,
         stale_while_revalidate: float = 0.0,
         on_upload: Callable[[str], Awaitable[None]] | None = None,
+        hot: HotPages | None = None,
     ) -> None:
         self._on_upload = on_upload
+        self._hot = hot
         self._stale_while_revalidate = stale_while_revalidate
         self._flights: Flights[_Outcome | Reply] = Flights()
         self._forwarding = forwarding
@@ -147,11 +150,20 @@ class Mirror:
         ttl = self._keeper.page_ttl(self._page_ttl)
         public = self._keeper.shareable(caller)
         view = _View(base_url, coding, public, ttl)
+        hot_key = HotKey(caller.owner, name or "", representation, base_url, coding)
+        if self._hot is not None and not self.offline:
+            now = self._clock()
+            if (hot := self._hot.get(hot_key, now)) is not None:
+                return _reply(hot.rendering, view, "HIT", fresh=hot.fresh_until - now)
+        stamp = self._hot.stamp(name or "") if self._hot is not None else b""
         stored = await self._stored(caller.owner, name or "", representation)
         now = self._clock()
         if stored is not None and (self.offline or now - stored.fetched_at < ttl):
             fresh = 0.0 if self.offline else ttl - (now - stored.fetched_at)
-            return await self._render(stored.page, view, "HIT", only_held=self.offline, fresh=fresh)
+            rendering = await self._rendering(stored.page, view, only_held=self.offline)
+            if self._hot is not None and not self.offline:
+                self._hot.keep(hot_key, Hot(rendering, stored.fetched_at + ttl, stamp))
+            return _reply(rendering, view, "HIT", fresh=fresh)
         if self.offline:
             fallback = stored or await self._fallback(caller, name or "", representation)
             if fallback is not None:
@@ -415,23 +427,18 @@ class Mirror:
         fresh: float | None = None,
     ) -> Reply:
         """The page as sent; `fresh`: seconds it stays fresh (None: a whole page_ttl)."""
+        return _reply(await self._rendering(page, view, only_held=only_held), view, cache, fresh)
+
+    async def _rendering(self, page: Page, view: _View, *, only_held: bool) -> Rendering:
+        """The page's body for this view: its core metadata advertised, and only its held
+        files when `only_held`."""
         held = self._store.held if only_held and page.kind == "project" else None
         if self._metadata is not None:
             # PEP 658/714, for what can be served: offline or stale, only from the cache.
             page = await self._metadata.inject(page, remote=not only_held)
-        rendering = await self._renderer.render(
+        return await self._renderer.render(
             page, base_url=view.base_url, held=held, coding=view.coding
         )
-        max_age = max(0, int(view.ttl if fresh is None else fresh))
-        headers = {
-            "content-type": rendering.content_type,
-            "vary": _VARY,
-            "etag": rendering.etag,
-            "cache-control": f"{'public' if view.public else 'private'}, max-age={max_age}",
-        }
-        if rendering.coding != "identity":
-            headers["content-encoding"] = rendering.coding
-        return Reply(200, rendering.body, headers, cache)
 
     # -- uploads ----
 
@@ -481,6 +488,21 @@ class Mirror:
             if self._on_upload is not None:
                 await self._on_upload(name)
         return Reply(answer.status, answer.body, dict(answer.headers), "BYPASS")
+
+
+def _reply(rendering: Rendering, view: _View, cache: CacheStatus, fresh: float | None) -> Reply:
+    """A rendering as sent to one request; `fresh`: seconds it stays fresh (None: a whole
+    page_ttl)."""
+    max_age = max(0, int(view.ttl if fresh is None else fresh))
+    headers = {
+        "content-type": rendering.content_type,
+        "vary": _VARY,
+        "etag": rendering.etag,
+        "cache-control": f"{'public' if view.public else 'private'}, max-age={max_age}",
+    }
+    if rendering.coding != "identity":
+        headers["content-encoding"] = rendering.coding
+    return Reply(200, rendering.body, headers, cache)
 
 
 def _unheard(flight: asyncio.Task[_Outcome | Reply]) -> None:

@@ -55,8 +55,9 @@ class Site:
         if self.public_url:
             return self.public_url
         headers = request.headers
-        scheme, host = request.url.scheme, headers.get("host", "")
-        if request.client is not None and self._trusted(request.client.host):
+        # The scope's scheme, not request.url: that builds a whole URL on every page hit.
+        scheme, host = request.scope.get("scheme", "http"), headers.get("host", "")
+        if self.trusted_proxies and request.client and self._trusted(request.client.host):
             scheme = headers.get("x-forwarded-proto", scheme).split(",")[0].strip()
             host = headers.get("x-forwarded-host", host).split(",")[0].strip()
         if scheme not in ("http", "https") or not _HOST.fullmatch(host):

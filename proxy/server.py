@@ -35,6 +35,7 @@ STALLED = "closed a connection whose client took no bytes for"
 MAX_BACKLOG = 2048  # uvicorn's default
 LISTEN_QUEUE = 2048  # connections the kernel holds for accept(), whatever the batch
 WANTED_DESCRIPTORS = 65536  # the soft limit serve asks for, within the hard limit
+_TCP = (socket.AF_INET, socket.AF_INET6)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -150,6 +151,15 @@ class DeepQueueLoop(asyncio.SelectorEventLoop):
     """
 
     async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.Server:
+        given = kwargs.get("sock")
+        if given is not None and given.family in _TCP and given.proto == 0:
+            # uvicorn's --workers socket is made without a protocol number, and asyncio
+            # sets TCP_NODELAY only on connections of an IPPROTO_TCP socket: without it a
+            # page's body waits behind its head for a delayed ACK (40 ms). The same socket
+            # under another descriptor, with its protocol named.
+            kwargs["sock"] = socket.socket(
+                given.family, given.type, socket.IPPROTO_TCP, fileno=given.dup().detach()
+            )
         server = await super().create_server(*args, **kwargs)
         for listening in server.sockets:
             with listening.dup() as sock:  # the same listening socket, another descriptor

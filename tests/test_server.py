@@ -3,6 +3,7 @@ health always answered, cached files sent by the kernel."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -16,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.server import ACCEPT_FAILED, LATE_HEAD, STALLED, Limits, Throttle, plan
+from proxy.server import ACCEPT_FAILED, LATE_HEAD, STALLED, DeepQueueLoop, Limits, Throttle, plan
 from tests.clients import ProxyProcess
 from tests.fakegitlab import FakeGitLab
 from tests.scenario import SERVICE, Start, acme, serve
@@ -261,3 +262,36 @@ def test_throttle_matches_the_formatted_message() -> None:
     throttle = Throttle(interval=60, clock=lambda: 0.0)
     assert throttle.filter(_record("%s after %g s", LATE_HEAD, 5.0))
     assert not throttle.filter(_record("%s after %g s", LATE_HEAD, 5.0))
+
+
+def test_connections_of_a_socket_without_a_protocol_number_get_tcp_nodelay() -> None:
+    """On uvicorn's --workers socket (made without a protocol number) a connection still
+    sends a response's body right behind its head (TCP_NODELAY), not a delayed ACK later."""
+    listening = socket.socket(socket.AF_INET)  # as uvicorn's Config.bind_socket makes it
+    listening.bind(("127.0.0.1", 0))
+    nodelay: list[int] = []
+
+    async def connect() -> None:
+        made = asyncio.Event()
+
+        class Recording(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                sock = transport.get_extra_info("socket")
+                nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+                made.set()
+
+        server = await asyncio.get_running_loop().create_server(Recording, sock=listening)
+        async with server:
+            _, writer = await asyncio.open_connection(*listening.getsockname())
+            await asyncio.wait_for(made.wait(), 10)
+            writer.close()
+            await writer.wait_closed()
+
+    loop = DeepQueueLoop()
+    try:
+        loop.run_until_complete(connect())
+    finally:
+        loop.close()
+        listening.close()
+    assert nodelay == [1]
