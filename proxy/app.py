@@ -338,6 +338,7 @@ def create_app(
                 logging.getLogger(name).removeHandler(errors)
             await status.aclose()
             await mirror.aclose()
+            await metadata.aclose()  # reads ahead of core metadata
             await filler.aclose()  # fills cancelled here let go of their leases
             await coordinator.aclose()
             await downloads.aclose()

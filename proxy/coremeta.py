@@ -13,9 +13,11 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from anyio import to_thread
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+from packaging.version import Version
 
 from proxy.cache import Store
-from proxy.errors import CacheError, UpstreamUnavailable
+from proxy.errors import CacheError, ProxyError, UpstreamUnavailable
 from proxy.grants import Grants
 from proxy.metadata import NoMetadata, Piece, Span, drive, extract_from, steps
 from proxy.models import METADATA_ATTRS, Link, Page
@@ -25,6 +27,10 @@ from proxy.values import MetadataMode
 log = logging.getLogger("proxy.coremeta")
 EXTRACT_PER_PAGE = 32
 """Held wheels whose metadata one page rendering extracts at most (the rest: next time)."""
+READ_AHEAD = 4
+"""Wheels of a page's newest release whose metadata a page from GitLab reads ahead."""
+NO_RANGES_KEPT = 4096
+"""Wheels remembered as refused a Range by GitLab (their metadata comes with the wheel)."""
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19})")
 
 
@@ -56,6 +62,8 @@ class CoreMetadata:
         self._grants = grants
         self._upstream = upstream
         self._running: dict[str, asyncio.Future[Found | None]] = {}
+        self._ahead: set[asyncio.Task[None]] = set()
+        self._no_ranges: dict[str, None] = {}  # insertion-ordered: the oldest goes first
 
     def __repr__(self) -> str:
         return f"CoreMetadata(mode={self.mode!r}, offline={self.offline})"
@@ -80,12 +88,43 @@ class CoreMetadata:
         found = await to_thread.run_sync(self.local, sha256, filename)
         if found is not None or not self.remote:
             return found if isinstance(found, Found) else None
+        if sha256 in self._no_ranges:
+            raise NoRanges("GitLab ignored a Range request for this wheel before")
         running = self._running.get(sha256)
         if running is None:
             running = asyncio.ensure_future(self._remote(sha256, filename, path, authorization))
             self._running[sha256] = running
             running.add_done_callback(lambda _: self._running.pop(sha256, None))
         return await asyncio.shield(running)
+
+    def read_ahead(self, page: Page, *, authorization: str | None) -> None:
+        """Mode "always": start reading the metadata of the newest release's wheels (at most
+        READ_AHEAD, pure-Python first) with the credentials GitLab just gave the page to, so
+        a resolver's request that follows the page finds it read or on its way. A failure
+        is the later request's business (it asks again)."""
+        if not self.remote or page.kind != "project":
+            return
+        for sha256, filename, path in _newest_wheels(page)[:READ_AHEAD]:
+            if sha256 not in self._running:
+                task = asyncio.ensure_future(
+                    self._read_ahead(sha256, filename, path, authorization)
+                )
+                self._ahead.add(task)
+                task.add_done_callback(self._ahead.discard)
+
+    async def _read_ahead(
+        self, sha256: str, filename: str, path: str, authorization: str | None
+    ) -> None:
+        try:
+            await self.find(sha256, filename, path=path, authorization=authorization)
+        except (NoRanges, ProxyError) as exc:
+            log.debug("no metadata read ahead for %s: %s", filename, exc)
+
+    async def aclose(self) -> None:
+        """Stop the reads ahead still running (at shutdown)."""
+        for task in list(self._ahead):
+            task.cancel()
+        await asyncio.gather(*self._ahead, return_exceptions=True)
 
     def local(self, sha256: str, filename: str) -> Found | bool | None:
         """(Blocking) the metadata from the cache; False when the wheel is known to have
@@ -139,6 +178,11 @@ class CoreMetadata:
 
         try:
             data = await drive(steps(filename), read)
+        except NoRanges:
+            self._no_ranges[sha256] = None
+            if len(self._no_ranges) > NO_RANGES_KEPT:
+                del self._no_ranges[next(iter(self._no_ranges))]
+            raise
         except NoMetadata as exc:
             log.info("no core metadata in %s: %s", filename, exc)
             await to_thread.run_sync(self._known, sha256, "")
@@ -206,6 +250,10 @@ class MetadataInjector:
     def __repr__(self) -> str:
         return f"MetadataInjector({self._core!r})"
 
+    def read_ahead(self, page: Page, *, authorization: str | None) -> None:
+        """See CoreMetadata.read_ahead: for a page GitLab just gave."""
+        self._core.read_ahead(page, authorization=authorization)
+
     async def inject(self, page: Page, *, remote: bool) -> Page:
         """`page` with its wheels' metadata advertised; `remote` False when GitLab cannot be
         asked now (only what the cache can serve)."""
@@ -231,6 +279,28 @@ class MetadataInjector:
                     link = replace(link, attrs=attrs)
             links.append(link)
         return replace(page, links=tuple(links))
+
+
+def _newest_wheels(page: Page) -> list[tuple[str, str, str]]:
+    """(sha256, filename, GitLab path) of the wheels of the page's newest release that is
+    not yanked, pure-Python ones first."""
+    wheels: list[tuple[Version, bool, str, str, str]] = []
+    for link in page.links:
+        sha256, filename = link.sha256, unquote(link.filename)
+        if sha256 is None or not _wheel(link) or "/packages/pypi/files/" not in link.path:
+            continue
+        if any(name == "data-yanked" for name, _ in link.attrs):
+            continue
+        try:
+            version = parse_wheel_filename(filename)[1]
+        except InvalidWheelFilename:
+            continue
+        wheels.append((version, filename.endswith("-none-any.whl"), sha256, filename, link.path))
+    if not wheels:
+        return []
+    newest = max(wheel[0] for wheel in wheels)
+    chosen = sorted((w for w in wheels if w[0] == newest), key=lambda w: not w[1])
+    return [(sha256, filename, path) for _, _, sha256, filename, path in chosen]
 
 
 def _wheel(link: Link) -> bool:

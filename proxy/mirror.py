@@ -258,6 +258,8 @@ class Mirror:
                 )
             # A 200 that cannot be parsed (PageError) is a failure like a 5xx: stale wins.
             page = await self._parse(answer, name) if answer.status == 200 else None
+            if page is not None and self._metadata is not None:
+                self._metadata.read_ahead(page, authorization=caller.upstream)
         except UpstreamError as exc:
             # Read only now: a page GitLab answers needs no fallback (one thread hop less).
             fallback = stored or await self._fallback(caller, name or "", representation)

@@ -12,6 +12,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 import respx
@@ -264,11 +265,61 @@ async def test_always_mode_reads_only_ranges_of_a_wheel_not_held(
         assert ("data-core-metadata", "true") in advertised((await client.get(PAGE)).text)
         response = await client.get(meta)
         assert response.content == metadata
-        assert response.headers["x-cache"] == "MISS"
+        assert response.headers["x-cache"] in ("MISS", "HIT")  # HIT: read ahead in time
         digest = hashlib.sha256(metadata).hexdigest()
         assert advertised((await client.get(PAGE)).text)[0][1] == f"sha256={digest}"
         assert (await client.get(meta)).headers["x-cache"] == "HIT"
     assert 0 < sum(sent) <= 64 * 1024
+
+
+@pytest.mark.anyio
+async def test_always_mode_reads_ahead_the_newest_releases_wheels(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """A page from GitLab starts reading the metadata of its newest release's wheels (four
+    at most, pure-Python first, none of an older release); the client's .metadata is then
+    a HIT that asks GitLab nothing more."""
+    tags = ["cp311-cp311-manylinux_2_17_x86_64", "cp312-cp312-win_amd64", "cp311-cp311-win32"]
+    tags += ["cp312-cp312-macosx_11_0_arm64", "cp313-cp313-musllinux_1_2_aarch64"]
+    releases = [("2.0", tag) for tag in tags] + [("2.0", "py3-none-any"), ("1.0", "py3-none-any")]
+    anchors, routes = [], {}
+    for version, tag in releases:
+        metadata = f"Metadata-Version: 2.1\nName: big-pkg\nVersion: {version}\n\n".encode()
+        members = [(f"big_pkg/{tag}.txt", tag.encode())]  # each wheel its own sha256
+        data = wheel_of(
+            [*members, (f"big_pkg-{version}.dist-info/METADATA", metadata)], stored=True
+        )
+        filename = f"big_pkg-{version}-{tag}.whl"
+        sha = hashlib.sha256(data).hexdigest()
+        anchors.append(
+            f'<a href="{GITLAB}{API}/files/{sha}/{filename}#sha256={sha}">{filename}</a>'
+        )
+        wheel, _ = urls(filename, data)
+        routes[filename] = gitlab_api.get(GITLAB + wheel).mock(side_effect=ranged(data, []))
+    page = gitlab_page("big-pkg", "".join(anchors))
+    gitlab_api.get(GITLAB + PAGE.rstrip("/")).respond(200, content=page)
+    pure = "big_pkg-2.0-py3-none-any.whl"
+
+    def read() -> set[str]:
+        return {name for name, route in routes.items() if route.called}
+
+    async with serve({"pages.metadata": "always"}) as client:
+        await client.get(PAGE)
+        with anyio.fail_after(10):  # until the page gives four hashes: four were read
+            while (
+                sum(v.startswith("sha256=") for _, v in advertised((await client.get(PAGE)).text))
+                < 8
+            ):
+                await anyio.sleep(0.01)
+        calls = routes[pure].call_count
+        path = next(a.split('"')[1] for a in anchors if f">{pure}<" in a).removeprefix(GITLAB)
+        response = await client.get(path.partition("#")[0] + ".metadata")
+    assert response.status_code == 200
+    assert response.headers["x-cache"] == "HIT"
+    assert routes[pure].call_count == calls
+    assert len(read()) == 4
+    assert pure in read()
+    assert "big_pkg-1.0-py3-none-any.whl" not in read()
 
 
 @pytest.mark.anyio
@@ -306,6 +357,7 @@ async def test_a_stale_page_promises_only_what_the_cache_holds(
     """mode always with GitLab down: a wheel not held gets no "true" (it could not be read)."""
     filename, data, _ = big_wheel(1024)
     page = gitlab_api.get(GITLAB + PAGE.rstrip("/")).respond(200, content=page_of(filename, data))
+    gitlab_api.get(GITLAB + urls(filename, data)[0]).respond(503)  # not read ahead either
     async with serve({"pages.metadata": "always", "cache.page_ttl": 0}) as client:
         assert advertised((await client.get(PAGE)).text) != []
         page.respond(503)
