@@ -133,7 +133,8 @@ class Guard(_Uvicorn):
         super().data_received(data)
         if self.cycle is not cycle:  # uvicorn starts a cycle for each complete head
             self._head_arrived()
-        elif self._deadline is not None:
+        elif self._deadline is not None and not self.transport.is_closing():
+            # h11 bounds a head itself (h11_max_incomplete_event_size); httptools does not.
             self._head_bytes += len(data)
             if self._head_bytes > self._connections.limits.head_size:
                 self._head_arrived()
