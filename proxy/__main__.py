@@ -109,12 +109,11 @@ def _serve(args: argparse.Namespace) -> int:
         # The app keeps its own access log (proxy.access): uvicorn's would print query
         # strings, where a client may have put a token.
         "access_log": False,
-        # The server's own bound on a request head (the app answers 431 above 64 KiB).
-        "h11_max_incomplete_event_size": 256 * 1024,
         "server_header": False,
         "header_timeout": settings.server.header_timeout,
         "max_connections": settings.server.max_connections,
         "send_timeout": settings.server.send_timeout,
+        "http": settings.server.http,
     }
     if settings.server.workers > 1:
         # Each worker is a fresh process: it rebuilds Settings from the same flags.

@@ -17,7 +17,7 @@ from typing import Any
 
 from proxy import values
 from proxy.errors import ConfigError
-from proxy.values import AccessMode, ForwardingMode, MetadataMode
+from proxy.values import AccessMode, ForwardingMode, HttpMode, MetadataMode
 
 GiB = 1024**3
 ENV_PREFIX = "GITLAB_PYPI_PROXY_"
@@ -91,6 +91,7 @@ class ServerSettings:
     header_timeout: float = 5.0  # seconds for a whole request head, from connecting or idling
     max_connections: int = 1000  # per process, and within the open-file limit
     send_timeout: float = 60.0  # seconds a response may wait on a client that takes nothing
+    http: HttpMode = "auto"  # uvicorn's HTTP/1.1 implementation: httptools if importable, or h11
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -194,6 +195,7 @@ _KEYS: dict[str, values.Converter] = {
     "server.header_timeout": partial(values.number, above_zero=True),
     "server.max_connections": values.connections,
     "server.send_timeout": partial(values.number, above_zero=True),
+    "server.http": values.http_mode,
     "upstream.url": values.url,
     "upstream.username": values.string,
     "upstream.token_env": values.variable_name,

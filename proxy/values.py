@@ -18,6 +18,7 @@ from proxy.errors import ConfigError
 AccessMode = Literal["auto", "open", "tokens", "passthrough"]
 ForwardingMode = Literal["follow", "redirect", "deny"]
 MetadataMode = Literal["off", "cached", "always"]
+HttpMode = Literal["auto", "h11", "httptools"]
 StorageBackend = Literal["local", "s3"]
 
 
@@ -204,6 +205,13 @@ def forwarding_mode(value: object, text: bool) -> ForwardingMode:
     if value not in modes:
         raise Invalid(f"is not a forwarding mode (expected one of {', '.join(modes)})")
     return cast(ForwardingMode, value)
+
+
+def http_mode(value: object, text: bool) -> HttpMode:
+    modes = get_args(HttpMode)
+    if value not in modes:
+        raise Invalid(f"is not an HTTP implementation (expected one of {', '.join(modes)})")
+    return cast(HttpMode, value)
 
 
 def metadata_mode(value: object, text: bool) -> MetadataMode:

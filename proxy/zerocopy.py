@@ -46,20 +46,28 @@ async def send_file(
     client is gone, ShortFile when the file is shorter: the caller must then close the
     connection (h11 counted the bytes as sent), never end the response cleanly.
     """
-    loop = asyncio.get_running_loop()
     placeholder = _Placeholder(count)
     # h11 passes the Data's object through unchanged between its framing (h11's "sendfile"
     # recipe), so a placeholder with a length stands for the bytes.
     pieces: list[Any] = conn.send_with_data_passthrough(h11.Data(data=cast(Any, placeholder))) or []
     for piece in pieces:
-        if piece is not placeholder:
+        if piece is placeholder:
+            await send_slices(transport, file, offset, count, stall=stall)
+        else:
             transport.write(piece)
-            continue
-        sent = 0
-        while sent < count:
-            size = min(SLICE, count - sent)
-            async with asyncio.timeout(stall):
-                done = await loop.sendfile(transport, file, offset + sent, size)
-            if done < size:
-                raise ShortFile(f"the file ended {count - sent - done} bytes short")
-            sent += done
+
+
+async def send_slices(
+    transport: asyncio.Transport, file: IO[bytes], offset: int, count: int, *, stall: float
+) -> None:
+    """Send bytes [offset, offset + count) of `file` on `transport` unframed, by the kernel,
+    SLICE at a time; TimeoutError, OSError and ShortFile as for send_file."""
+    loop = asyncio.get_running_loop()
+    sent = 0
+    while sent < count:
+        size = min(SLICE, count - sent)
+        async with asyncio.timeout(stall):
+            done = await loop.sendfile(transport, file, offset + sent, size)
+        if done < size:
+            raise ShortFile(f"the file ended {count - sent - done} bytes short")
+        sent += done

@@ -9,15 +9,20 @@ import hashlib
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import h11
 import httpx
 import pytest
 
-from proxy.server import ACCEPT_FAILED, LATE_HEAD, STALLED, DeepQueueLoop, Limits, Throttle, plan
+from proxy.errors import ProxyError
+from proxy.guard import LATE_HEAD, STALLED, GuardedH11Protocol, Limits
+from proxy.guardhttptools import GuardedHttpToolsProtocol
+from proxy.server import ACCEPT_FAILED, DeepQueueLoop, Throttle, guarded_protocol, plan
 from tests.clients import ProxyProcess
 from tests.fakegitlab import FakeGitLab
 from tests.scenario import SERVICE, Start, acme, serve
@@ -26,7 +31,14 @@ from tests.slowclients import SlowHeads
 HEADER_TIMEOUT = "GITLAB_PYPI_PROXY_SERVER_HEADER_TIMEOUT"
 MAX_CONNECTIONS = "GITLAB_PYPI_PROXY_SERVER_MAX_CONNECTIONS"
 SEND_TIMEOUT = "GITLAB_PYPI_PROXY_SERVER_SEND_TIMEOUT"
+HTTP = "GITLAB_PYPI_PROXY_SERVER_HTTP"
 SENDFILE_METRIC = "gitlab_pypi_proxy_bytes_sendfile_total"
+
+
+@pytest.fixture(params=["h11", "httptools"])
+def http(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The proxy's environment choosing each HTTP implementation (server.http) in turn."""
+    return {HTTP: request.param}
 
 
 def _until(condition: Callable[[], bool], what: str, deadline: float) -> float:
@@ -59,14 +71,14 @@ def _closed_by_peer(sock: socket.socket) -> bool:
 
 @pytest.mark.e2e
 def test_hundreds_of_slow_heads_leave_health_answered(
-    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path, http: dict[str, str]
 ) -> None:
     """300 slow heads on 256 descriptors: all get in and are closed, health answers in 1 s.
 
     And running short of descriptors is not logged (at most once).
     """
     proxy = serve(
-        start_proxy, gitlab, tmp_path / "cache", nofile_limit=256, **{HEADER_TIMEOUT: "1"}
+        start_proxy, gitlab, tmp_path / "cache", nofile_limit=256, **{HEADER_TIMEOUT: "1"}, **http
     )
     slow = SlowHeads(proxy.port, 300)
     stop = threading.Event()
@@ -102,10 +114,10 @@ def test_hundreds_of_slow_heads_leave_health_answered(
 
 @pytest.mark.e2e
 def test_head_is_closed_after_header_timeout(
-    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path, http: dict[str, str]
 ) -> None:
     """A connection still sending its head a byte at a time is closed after header_timeout."""
-    proxy = serve(start_proxy, gitlab, tmp_path / "cache", **{HEADER_TIMEOUT: "1"})
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", **{HEADER_TIMEOUT: "1"}, **http)
     slow = SlowHeads(proxy.port, 1)
     try:
         slow.fill()
@@ -119,19 +131,20 @@ def test_head_is_closed_after_header_timeout(
 
 @pytest.mark.e2e
 def test_idle_connection_after_a_response_owes_the_next_head(
-    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path, http: dict[str, str]
 ) -> None:
     """After a response, a kept-alive connection trickling its next head is closed too."""
-    proxy = serve(start_proxy, gitlab, tmp_path / "cache", **{HEADER_TIMEOUT: "1"})
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", **{HEADER_TIMEOUT: "1"}, **http)
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
         sock.sendall(b"GET /-/health HTTP/1.1\r\nHost: proxy\r\n\r\n")
         assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
         sock.settimeout(None)
+        sock.sendall(b"GET /-/health HTTP/1.1\r\nX-Slow: ")
 
         def trickled_until_closed() -> bool:
             if _closed_by_peer(sock):
                 return True
-            sock.send(b"G")  # never a whole head: "GGG..." is one long method
+            sock.send(b"a")  # never a whole head: one header value growing
             return False
 
         took = _until(trickled_until_closed, "the close", 5)
@@ -140,10 +153,10 @@ def test_idle_connection_after_a_response_owes_the_next_head(
 
 @pytest.mark.e2e
 def test_past_max_connections_the_idle_longest_is_closed(
-    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path, http: dict[str, str]
 ) -> None:
     """With max_connections open and idle, a new client gets in and the oldest idle one goes."""
-    proxy = serve(start_proxy, gitlab, tmp_path / "cache", **{MAX_CONNECTIONS: "4"})
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", **{MAX_CONNECTIONS: "4"}, **http)
     idle = [socket.create_connection(("127.0.0.1", proxy.port)) for _ in range(4)]
     try:
         _health_seconds(proxy)
@@ -179,6 +192,7 @@ def test_a_cached_file_is_sent_by_the_kernel(
     gitlab: FakeGitLab,
     start_proxy: Start,
     tmp_path: Path,
+    http: dict[str, str],
     wanted: str,
     start: int,
     end: int | None,
@@ -186,7 +200,7 @@ def test_a_cached_file_is_sent_by_the_kernel(
     """A hit, whole or a range, comes from os.sendfile (zero copy), byte for byte."""
     acme(gitlab)
     content = os.urandom(5_000_000)
-    proxy = serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE)
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE, **http)
     url = _cached(gitlab, proxy, content)
     before = _sent_by_kernel(proxy)
     response = httpx.get(url, headers={"range": wanted} if wanted else {}, timeout=30)
@@ -196,13 +210,15 @@ def test_a_cached_file_is_sent_by_the_kernel(
 
 @pytest.mark.e2e
 def test_a_client_that_stops_reading_is_cut_off_after_send_timeout(
-    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path, http: dict[str, str]
 ) -> None:
     """A client that takes none of a cached file for send_timeout is disconnected, and
     the proxy goes on answering."""
     acme(gitlab)
     content = os.urandom(8_000_000)
-    proxy = serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE, **{SEND_TIMEOUT: "1"})
+    proxy = serve(
+        start_proxy, gitlab, tmp_path / "cache", token=SERVICE, **{SEND_TIMEOUT: "1"}, **http
+    )
     path = _cached(gitlab, proxy, content).removeprefix(proxy.url)
     with socket.socket() as stalled:
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -219,6 +235,86 @@ def test_a_client_that_stops_reading_is_cut_off_after_send_timeout(
             while chunk := stalled.recv(1 << 20):
                 received += len(chunk)
         assert received < len(content)
+
+
+@pytest.mark.e2e
+def test_a_head_request_for_a_cached_file_sends_no_body(
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path, http: dict[str, str]
+) -> None:
+    """HEAD of a hit declares the file's length and sends none of it: the next response on
+    the same connection reads clean."""
+    acme(gitlab)
+    content = os.urandom(100_000)
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE, **http)
+    url = _cached(gitlab, proxy, content)
+    with httpx.Client(timeout=10) as client:
+        head = client.head(url)
+        health = client.get(proxy.url + "/-/health")
+    assert (head.headers["x-cache"], head.headers["content-length"]) == ("HIT", "100000")
+    assert (head.content, health.status_code) == (b"", 200)
+
+
+@pytest.mark.e2e
+def test_a_request_head_past_head_size_is_refused(
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path, http: dict[str, str]
+) -> None:
+    """An unfinished head past 256 KiB is answered 400 and closed, not held for
+    header_timeout."""
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", **http)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        with contextlib.suppress(OSError):  # the server may close before it has all
+            sock.sendall(b"GET /-/health HTTP/1.1\r\nX-Big: " + b"a" * 300_000)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(4096):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ")
+
+
+@pytest.mark.e2e
+def test_pipelined_hits_are_answered_in_order(
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path, http: dict[str, str]
+) -> None:
+    """Three requests for a cached file in one packet get the file three times (each sent
+    by the kernel on its own request's response), and the connection then owes a head."""
+    acme(gitlab)
+    content = os.urandom(100_000)
+    proxy = serve(
+        start_proxy, gitlab, tmp_path / "cache", token=SERVICE, **{HEADER_TIMEOUT: "1"}, **http
+    )
+    path = _cached(gitlab, proxy, content).removeprefix(proxy.url)
+    client = h11.Connection(h11.CLIENT)
+    bodies: list[bytes] = []
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: p\r\n\r\n".encode() * 3)
+        while len(bodies) < 3:
+            client.send(h11.Request(method="GET", target=path, headers=[("Host", "p")]))
+            client.send(h11.EndOfMessage())
+            body = b""
+            while not isinstance(event := client.next_event(), h11.EndOfMessage):
+                if event is h11.NEED_DATA:
+                    client.receive_data(sock.recv(1 << 16))
+                elif isinstance(event, h11.Data):
+                    body += event.data
+            bodies.append(body)
+            client.start_next_cycle()
+        took = _until(lambda: _closed_by_peer(sock), "the idle connection's close", 5)
+    assert bodies == [content] * 3
+    assert took >= 0.5
+
+
+def test_auto_is_httptools_when_it_imports() -> None:
+    """server.http: auto and httptools pick httptools' protocol, h11 picks h11's."""
+    chosen = [guarded_protocol(http) for http in ("auto", "httptools", "h11")]
+    assert chosen == [GuardedHttpToolsProtocol, GuardedHttpToolsProtocol, GuardedH11Protocol]
+
+
+def test_without_httptools_auto_falls_back_to_h11(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When httptools cannot be imported, auto serves with h11 and httptools is an error."""
+    monkeypatch.setitem(sys.modules, "proxy.guardhttptools", None)  # import fails
+    assert guarded_protocol("auto") is GuardedH11Protocol
+    with pytest.raises(ProxyError, match="httptools"):
+        guarded_protocol("httptools")
 
 
 @pytest.mark.parametrize(
