@@ -13,6 +13,7 @@ import respx
 from tests.clients import ProxyProcess, clean_env
 from tests.fakegitlab import FakeGitLab
 from tests.inproc import Serve, in_process, no_package_api
+from tests.s3server import S3Server, moto_server
 from tests.services import RedisServer
 
 
@@ -92,3 +93,10 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def s3_server() -> Iterator[S3Server]:
+    """A moto S3 server on loopback with one empty bucket."""
+    with moto_server() as server:
+        yield server
