@@ -204,7 +204,7 @@ def test_an_upload_through_one_replica_is_seen_through_the_others_at_once(
     assert uploaded.returncode == 0, uploaded.stdout + uploaded.stderr
     for replica in others:
         wait_until(
-            lambda: filename in httpx.get(_index(replica.url) + "/fleet-up/").text,
+            lambda url=replica.url: filename in httpx.get(_index(url) + "/fleet-up/").text,
             f"{replica.url} to show the upload",
             deadline=2.0,
         )
@@ -219,7 +219,7 @@ def test_installs_succeed_with_redis_stopped(
     redis_server.stop()
     for replica in fleet.replicas:
         wait_until(
-            lambda: "redis unreachable" in httpx.get(replica.url + "/-/ready").text,
+            lambda url=replica.url: "redis unreachable" in httpx.get(url + "/-/ready").text,
             f"{replica.url} to notice",
         )
     with ThreadPoolExecutor(3) as pool:
