@@ -8,6 +8,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from subprocess import CompletedProcess
 
@@ -112,6 +113,11 @@ def _waits(fleet: Fleet) -> float:
     return total
 
 
+def _says(url: str, text: str) -> bool:
+    """Whether a GET of `url` answers with `text` in its body."""
+    return text in httpx.get(url).text
+
+
 def _filling(replica: ProxyProcess) -> bool:
     return bool(httpx.get(replica.url + "/", headers=JSON).json()["fills"])
 
@@ -204,7 +210,7 @@ def test_an_upload_through_one_replica_is_seen_through_the_others_at_once(
     assert uploaded.returncode == 0, uploaded.stdout + uploaded.stderr
     for replica in others:
         wait_until(
-            lambda url=replica.url: filename in httpx.get(_index(url) + "/fleet-up/").text,
+            partial(_says, _index(replica.url) + "/fleet-up/", filename),
             f"{replica.url} to show the upload",
             deadline=2.0,
         )
@@ -219,7 +225,7 @@ def test_installs_succeed_with_redis_stopped(
     redis_server.stop()
     for replica in fleet.replicas:
         wait_until(
-            lambda url=replica.url: "redis unreachable" in httpx.get(url + "/-/ready").text,
+            partial(_says, replica.url + "/-/ready", "redis unreachable"),
             f"{replica.url} to notice",
         )
     with ThreadPoolExecutor(3) as pool:
