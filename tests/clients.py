@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import resource
 import shutil
@@ -10,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,6 +272,36 @@ class ProxyProcess:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+@contextmanager
+def proxies(logs: Path) -> Iterator[Callable[..., ProxyProcess]]:
+    """A starter of `gitlab-pypi-proxy serve` processes (flags, then token=...,
+    file_size_limit=..., nofile_limit=... or environment variables), their logs in `logs`;
+    all are stopped at the end of the block."""
+    started: list[ProxyProcess] = []
+    numbers = itertools.count()  # next() is atomic: start_fleet starts replicas in threads
+
+    def start(
+        *args: str,
+        token: str | None = None,
+        file_size_limit: int | None = None,
+        nofile_limit: int | None = None,
+        **env: str,
+    ) -> ProxyProcess:
+        extra = {"GITLAB_PYPI_PROXY_TOKEN": token} if token else {}
+        proxy = ProxyProcess(list(args), clean_env(**extra, **env))
+        proxy.file_size_limit = file_size_limit
+        proxy.nofile_limit = nofile_limit
+        proxy.log = logs / f"proxy-{next(numbers)}.log"
+        started.append(proxy)
+        return proxy.start()
+
+    try:
+        yield start
+    finally:
+        for proxy in started:
+            proxy.stop()
 
 
 @contextmanager
