@@ -136,9 +136,11 @@ def pip_install(
 
 
 def uv_install(
-    python: Path, index_url: str, *requirements: str, cache: Path
+    python: Path, index_url: str, *requirements: str, cache: Path, target: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`uv pip install` into the venv of `python`, from `index_url` only, with its own cache."""
+    """`uv pip install` into the venv of `python` (or into the `target` folder, for that
+    python), from `index_url` only, with its own cache."""
+    into = ["--target", str(target)] if target is not None else []
     return run(
         [
             uv(),
@@ -149,6 +151,7 @@ def uv_install(
             str(python),
             "--cache-dir",
             str(cache),
+            *into,
             "--index-url",
             index_url,
             *requirements,

@@ -15,7 +15,7 @@ from subprocess import CompletedProcess
 import httpx
 import pytest
 
-from tests.clients import ProxyProcess, isolated_env, proxies, run, twine_upload, uv
+from tests.clients import ProxyProcess, proxies, twine_upload, uv_install
 from tests.distfactory import make_wheel
 from tests.fakegitlab import FakeGitLab
 from tests.fleet import Fleet, start_fleet
@@ -112,27 +112,9 @@ def _index(base: str) -> str:
 
 
 def _install(base: str, work: Path, *requirements: str) -> CompletedProcess[str]:
-    """`uv pip install --target` from the proxy at `base` only, with its own cache and no
-    configuration of this machine."""
-    env = isolated_env(work / "home")
-    return run(
-        [
-            uv(),
-            "pip",
-            "install",
-            "--no-config",
-            "--python",
-            sys.executable,
-            "--cache-dir",
-            str(work / "cache"),
-            "--target",
-            str(work / "target"),
-            "--index-url",
-            _index(base),
-            *requirements,
-        ],
-        env=env,
-    )
+    """`uv pip install --target` from the proxy at `base` only, with its own cache."""
+    python = Path(sys.executable)
+    return uv_install(python, _index(base), *requirements, cache=work / "cache", target=work / "t")
 
 
 def _gets(gitlab: FakeGitLab, sha256: str) -> int:
