@@ -146,8 +146,11 @@ def _coordinating(replica: ProxyProcess, state: str) -> bool:
     return bool(httpx.get(replica.url + "/-/ready").json()["coordination"] == state)
 
 
-def _filling(replica: ProxyProcess) -> bool:
-    return bool(httpx.get(replica.url + "/", headers=JSON).json()["fills"])
+def _leading(replica: ProxyProcess) -> bool:
+    """Whether the replica is downloading a fill: GitLab answered it (its length known),
+    where a fill waiting for another replica's lease has no answer yet."""
+    fills = httpx.get(replica.url + "/", headers=JSON).json()["fills"]
+    return any(fill["length"] is not None for fill in fills)
 
 
 def test_thirty_installs_through_nginx_make_one_gitlab_download_per_file(
@@ -210,13 +213,15 @@ def test_a_replica_killed_mid_fill_leaves_no_partial_object_and_the_install_succ
     with BucketWatch(s3_server) as watch, ThreadPoolExecutor(1) as pool:
         install = pool.submit(_install, fleet.url, tmp_path / "client", "fleet-solo")
         wait_until(gitlab.stalled.is_set, "the download to stall")
-        leader = next(r for r in fleet.replicas if _filling(r))
+        wait_until(lambda: any(map(_leading, fleet.replicas)), "a replica to fill it")
+        (leader,) = [replica for replica in fleet.replicas if _leading(replica)]
         leader.stop(signal.SIGKILL)
         gitlab.stall_files_after = None
         gitlab.stall_release.set()
         result = install.result()
     leader.start()  # the fleet whole again for the next test
     assert result.returncode == 0, result.stderr
+    assert [_gets(gitlab, sha) for sha in files] == [2]  # the killed fill's, and one more
     whole = {(f"{PREFIX}/files/{sha}", len(content)) for sha, content in files.items()}
     assert {(key, size) for key, size in watch.seen if key in dict(whole)} == whole
     for sha in files:
