@@ -13,7 +13,6 @@ import respx
 from tests.clients import proxies
 from tests.fakegitlab import FakeGitLab
 from tests.inproc import Serve, in_process, no_package_api
-from tests.s3server import S3Server, moto_server
 from tests.scenario import Start
 from tests.services import RedisServer
 
@@ -76,10 +75,3 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def s3_server() -> Iterator[S3Server]:
-    """A moto S3 server on loopback with one empty bucket."""
-    with moto_server() as server:
-        yield server
