@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import resource
 import shutil
@@ -10,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,9 +136,11 @@ def pip_install(
 
 
 def uv_install(
-    python: Path, index_url: str, *requirements: str, cache: Path
+    python: Path, index_url: str, *requirements: str, cache: Path, target: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`uv pip install` into the venv of `python`, from `index_url` only, with its own cache."""
+    """`uv pip install` into the venv of `python` (or into the `target` folder, for that
+    python), from `index_url` only, with its own cache."""
+    into = ["--target", str(target)] if target is not None else []
     return run(
         [
             uv(),
@@ -148,6 +151,7 @@ def uv_install(
             str(python),
             "--cache-dir",
             str(cache),
+            *into,
             "--index-url",
             index_url,
             *requirements,
@@ -271,6 +275,36 @@ class ProxyProcess:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+@contextmanager
+def proxies(logs: Path) -> Iterator[Callable[..., ProxyProcess]]:
+    """A starter of `gitlab-pypi-proxy serve` processes (flags, then token=...,
+    file_size_limit=..., nofile_limit=... or environment variables), their logs in `logs`;
+    all are stopped at the end of the block."""
+    started: list[ProxyProcess] = []
+    numbers = itertools.count()  # next() is atomic: start_fleet starts replicas in threads
+
+    def start(
+        *args: str,
+        token: str | None = None,
+        file_size_limit: int | None = None,
+        nofile_limit: int | None = None,
+        **env: str,
+    ) -> ProxyProcess:
+        extra = {"GITLAB_PYPI_PROXY_TOKEN": token} if token else {}
+        proxy = ProxyProcess(list(args), clean_env(**extra, **env))
+        proxy.file_size_limit = file_size_limit
+        proxy.nofile_limit = nofile_limit
+        proxy.log = logs / f"proxy-{next(numbers)}.log"
+        started.append(proxy)
+        return proxy.start()
+
+    try:
+        yield start
+    finally:
+        for proxy in started:
+            proxy.stop()
 
 
 @contextmanager

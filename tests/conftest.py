@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import respx
 
-from tests.clients import ProxyProcess, clean_env
+from tests.clients import proxies
 from tests.fakegitlab import FakeGitLab
 from tests.inproc import Serve, in_process, no_package_api
+from tests.scenario import Start
 from tests.services import RedisServer
 
 
@@ -40,28 +41,10 @@ def gitlab() -> Iterator[FakeGitLab]:
 
 
 @pytest.fixture
-def start_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
+def start_proxy(tmp_path: Path) -> Iterator[Start]:
     """Start `gitlab-pypi-proxy serve` processes; all are stopped at the end of the test."""
-    started: list[ProxyProcess] = []
-
-    def start(
-        *args: str,
-        token: str | None = None,
-        file_size_limit: int | None = None,
-        nofile_limit: int | None = None,
-        **env: str,
-    ) -> ProxyProcess:
-        extra = {"GITLAB_PYPI_PROXY_TOKEN": token} if token else {}
-        proxy = ProxyProcess(list(args), clean_env(**extra, **env))
-        proxy.file_size_limit = file_size_limit
-        proxy.nofile_limit = nofile_limit
-        proxy.log = tmp_path / f"proxy-{len(started)}.log"
-        started.append(proxy)
-        return proxy.start()
-
-    yield start
-    for proxy in started:
-        proxy.stop()
+    with proxies(tmp_path) as start:
+        yield start
 
 
 @pytest.fixture

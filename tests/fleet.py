@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,6 +135,11 @@ def start_fleet(
     same for each, e.g. token=..., GITLAB_PYPI_PROXY_COORDINATION_REDIS_URL=...), caches in
     work/replica-N, behind nginx in work/nginx. Call `fleet.balancer.stop()` at the end;
     start_proxy stops the replicas."""
-    replicas = [serve(start, gitlab, work / f"replica-{n}", *args, **env) for n in range(count)]
+    with ThreadPoolExecutor(count) as pool:  # each waits for its own readiness: start all at once
+        starting = [
+            pool.submit(serve, start, gitlab, work / f"replica-{n}", *args, **env)
+            for n in range(count)
+        ]
+        replicas = [replica.result() for replica in starting]
     balancer = Nginx(work / "nginx", [f"127.0.0.1:{r.port}" for r in replicas]).start()
     return Fleet(replicas, balancer)

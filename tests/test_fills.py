@@ -16,7 +16,7 @@ import respx
 from proxy.cache import Store
 from proxy.coordination import Coordinator, Lease
 from proxy.errors import CacheFull, HashMismatch
-from proxy.fills import Fill, Filler
+from proxy.fills import LEASE_WAIT, Fill, Filler
 from proxy.spool import Spool
 from proxy.upstream import GitLab
 
@@ -321,3 +321,71 @@ async def test_a_fill_whose_lease_was_overtaken_is_read_but_not_committed(tmp_pa
     assert await _collect(filler.read(fill)) == CONTENT
     assert fill.done
     assert not held.has_file(SHA)
+
+
+class HeldElsewhere(Coordinator):
+    """A coordinator whose leases another replica holds until the test sets `free`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.free = asyncio.Event()
+        self.waits: list[float] = []
+
+    @contextlib.asynccontextmanager
+    async def lead(self, sha256: str, *, wait: float) -> AsyncIterator[Lease | None]:
+        self.waits.append(wait)
+        await self.free.wait()
+        yield Lease(sha256, 2)
+
+
+@respx.mock
+@pytest.mark.parametrize(
+    ("vetted", "head", "status", "heads"),
+    [
+        (True, 200, 200, 0),  # GitLab let this caller read it here: served at once
+        (False, 200, 200, 1),  # anyone else: GitLab is asked (HEAD) first
+        (False, 403, 403, 1),  # and its refusal is the answer, never the bytes
+    ],
+)
+async def test_a_fill_that_waited_for_another_replicas_lease_takes_its_commit(
+    tmp_path: Path, vetted: bool, head: int, status: int, heads: int
+) -> None:
+    """A replica that waited for another's lease finds the file committed to the shared
+    store and never downloads it again; it serves it under its caller's own access."""
+    download = respx.get(BASE + PATH).respond(200, content=CONTENT)
+    other = PATH.replace("/projects/1/", "/projects/2/")
+    check = respx.head(BASE + other).respond(head)
+    shared = Store(tmp_path / "bucket", max_size=10**9)
+    upstream = GitLab(url=BASE, connect_timeout=1, read_timeout=5)
+    elsewhere = HeldElsewhere()
+    one = Filler(shared, upstream, Spool(tmp_path / "one"))
+    two = Filler(shared, upstream, Spool(tmp_path / "two"), coordinator=elsewhere)
+    waiting = two.start(SHA, other, authorization=None, origin="b", vetted=vetted)
+    led = await _ended(one.start(SHA, PATH, authorization=None, origin="a", vetted=False))
+    assert led.ok
+    assert shared.has_file(SHA)
+    elsewhere.free.set()
+    waited = await asyncio.wait_for(_ended(waiting), timeout=10)
+    assert (waited.ok, waited.status, waited.fd) == (True, status, None)
+    assert (download.call_count, check.call_count) == (1, heads)
+
+
+@respx.mock
+@pytest.mark.parametrize(("follow_timeout", "wait"), [(60.0, LEASE_WAIT), (3.0, 3.0)])
+async def test_another_replicas_lease_is_waited_for_at_most_the_lease_wait(
+    tmp_path: Path, follow_timeout: float, wait: float
+) -> None:
+    """A fill waits for another replica's lease at most LEASE_WAIT seconds (its client gets
+    no byte meanwhile), or the follow timeout when that is shorter."""
+    respx.get(BASE + PATH).respond(200, content=CONTENT)
+    elsewhere = HeldElsewhere()
+    elsewhere.free.set()
+    filler = Filler(
+        Store(tmp_path / "cache", max_size=10**9),
+        GitLab(url=BASE, connect_timeout=1, read_timeout=5),
+        Spool(tmp_path / "cache"),
+        follow_timeout=follow_timeout,
+        coordinator=elsewhere,
+    )
+    await _ended(filler.start(SHA, PATH, authorization=None, origin="o", vetted=False))
+    assert elsewhere.waits == [wait]
