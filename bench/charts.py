@@ -53,7 +53,7 @@ def throughput(data: dict[str, Any], out: Path) -> None:
         ["before any file", *cases],
         [memory.get("baseline", 0) / 1e6, *(memory[case] / 1e6 for case in cases)],
         ["tab:red"] * (len(cases) + 1),
-        "gitlab-pypi-proxy peak RSS, 8 clients streaming, MB",
+        "the proxy's peak RSS, 8 clients, MB",
     )
     fig.tight_layout()
     fig.savefig(out / "throughput.png", dpi=70)

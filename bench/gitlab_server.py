@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import sys
@@ -32,18 +33,21 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     sizes: dict[str, int] = spec["files"]
     largest = max(sizes.values())
-    # 16 MiB of noise repeated, each file its own by its first 8 bytes: distinct sha256s,
-    # made in a moment even for 1 GB (nothing on the way compresses it).
+    # 16 MiB of noise repeated, each file its own by its last 8 bytes: distinct sha256s, and
+    # the noise hashed once per size (made in seconds even for gigabytes; nothing compresses).
     block = random.Random(0).randbytes(16 * 1024 * 1024)
-    noise = block * (largest // len(block) + 1)
+    noise = memoryview(block * (largest // len(block) + 1))
+    prefixes = {size: hashlib.sha256(noise[: size - 8]) for size in set(sizes.values())}
     files: dict[str, dict[str, str]] = {}
     with FakeGitLab(max_file_size=largest + 1) as gitlab:
         gitlab.add_project(PROJECT, "tools", visibility="public")
         for number, (name, size) in enumerate(sizes.items()):
             filename = f"{name.replace('-', '_')}-1.0-py3-none-any.whl"
-            content = number.to_bytes(8, "big") + noise[8:size]
-            sha256 = gitlab.add_file(PROJECT, name, "1.0", filename, content)
-            files[name] = {"filename": filename, "sha256": sha256}
+            digest, suffix = prefixes[size].copy(), number.to_bytes(8, "big")
+            digest.update(suffix)
+            content = b"".join((noise[: size - 8], suffix))
+            gitlab.add_file(PROJECT, name, "1.0", filename, content, sha256=digest.hexdigest())
+            files[name] = {"filename": filename, "sha256": digest.hexdigest()}
         trees = {prefix: add_tree(gitlab, prefix, n) for prefix, n in spec["trees"].items()}
         print(json.dumps({"url": gitlab.url, "files": files, "trees": trees}), flush=True)
         for line in sys.stdin:

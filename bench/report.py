@@ -128,15 +128,20 @@ class Figures:
         return None if mine is None or theirs is None else theirs / mine
 
 
-def ratios(figures: Figures) -> str:
+def ratios(figures: Figures, setup: Setup) -> str:
     """The proxy against nginx, GitLab direct and the best peer, and 2 workers against 1."""
-    head = "| vs | pages | 40 MB, 1 | 40 MB, 8 | 192 MB, 1 | 192 MB, 8 | cold 40 MB | cold 192 MB |"
-    out = ["| gitlab-pypi-proxy " + head[2:], "|---|---|---|---|---|---|---|---|"]
+    small, big = f"{setup.size_mb} MB", f"{setup.big_mb} MB"
+    heads = [f"{small}, 1", f"{small}, 8", f"{big}, 1", f"{big}, 8", f"cold {small}", f"cold {big}"]
+    out = ["| ratio | pages | " + " | ".join(heads) + " |", "|---|---|---|---|---|---|---|---|"]
     rows: list[tuple[str, Callable[[str], float | None], str]] = [
-        ("vs nginx", lambda key: figures.of("nginx", key), "proxy"),
-        ("vs GitLab direct", lambda key: figures.of("gitlab", key), "proxy"),
-        ("vs best peer (proxpi, devpi-server)", figures.best_peer, "proxy"),
-        ("--workers 2 vs 1 worker", lambda key: figures.of("proxy", key), "proxy-2w"),
+        ("gitlab-pypi-proxy / nginx", lambda key: figures.of("nginx", key), "proxy"),
+        ("gitlab-pypi-proxy / GitLab direct", lambda key: figures.of("gitlab", key), "proxy"),
+        ("gitlab-pypi-proxy / best peer (proxpi, devpi-server)", figures.best_peer, "proxy"),
+        (
+            "gitlab-pypi-proxy, --workers 2 / 1 worker",
+            lambda key: figures.of("proxy", key),
+            "proxy-2w",
+        ),
     ]
     for label, other, target in rows:
         cells = [times(figures.ratio(key, other, target)) for key in THROUGHPUT]
@@ -144,8 +149,11 @@ def ratios(figures: Figures) -> str:
     return "\n".join(out)
 
 
-def headline(results: list[Result], memory: dict[str, int], setup: Setup, date: str) -> str:
-    """The README's lines: each target of issue 10 and where this run stands."""
+def headline(
+    results: list[Result], memory: dict[str, int], setup: Setup, date: str, *, page: str
+) -> str:
+    """The README's lines (`page`: how they name docs/benchmarks.md): each target of
+    issue 10 and where this run stands."""
     f = Figures({r.target: r for r in results})
     nginx = lambda key: f.of("nginx", key)  # noqa: E731
     gitlab = lambda key: f.of("gitlab", key)  # noqa: E731
@@ -157,8 +165,7 @@ def headline(results: list[Result], memory: dict[str, int], setup: Setup, date: 
         if label + ", cold" in memory
     )
     lines = [
-        f"Run of {date} ([docs/benchmarks.md](docs/benchmarks.md), written by `bench/suite.py`;"
-        " issue 10's targets in brackets):",
+        f"Run of {date} ({page}, written by `bench/suite.py`; issue 10's targets in brackets):",
         "",
         f"- cached files, {setup.size_mb} MB 1 / 8 clients, {setup.big_mb} MB 1 / 8 clients:"
         f" {cached} nginx's throughput (at least 0.8x);",
@@ -166,7 +173,7 @@ def headline(results: list[Result], memory: dict[str, int], setup: Setup, date: 
         " (at least 0.67x, i.e. at most 1.5x its time);",
         f"- cache-hit pages: {times(f.ratio('page_rps', f.best_peer))} the best peer (at least"
         f" 4x); `--workers 2`: {times(f.ratio('page_rps', lambda k: f.of('proxy', k), 'proxy-2w'))}"
-        " one worker (more than 1x);",
+        " one worker (above 1x);",
         f"- peak RSS while 8 clients stream a file, cold / warm: {big or 'n/a'} (under 100 MB,"
         " flat in file size);",
     ]
@@ -175,7 +182,7 @@ def headline(results: list[Result], memory: dict[str, int], setup: Setup, date: 
             f"- `{command}` of a {setup.packages}-package tree, GitLab {setup.delay_ms} ms away:"
             f" cold {times(f.speedup(client + ', cold', 'gitlab'))} GitLab direct's speed (at"
             f" least 1x); warm {times(f.speedup(client + ', warm', 'gitlab'))} GitLab direct's,"
-            f" {times(f.speedup(client + ', warm', 'best peer'))} the best peer's (above 1x)."
+            f" {times(f.speedup(client + ', warm', 'best peer'))} the best peer's (above 1x);"
         )
     return "\n".join(lines)
 
@@ -228,7 +235,7 @@ def write_page(
         )
     for target, reason in skipped.items():
         lines.append(f"| {LABELS.get(target, target)} | not measured: {reason} | | | | |")
-    lines += ["", ratios(figures), ""]
+    lines += ["", ratios(figures, setup), ""]
     if memory:
         lines += [
             "Peak RSS of gitlab-pypi-proxy (one worker, a new process) while 8 clients stream one",
@@ -261,7 +268,7 @@ def write_page(
     lines += [
         "## Against issue 10's targets",
         "",
-        headline(results, memory, setup, meta["date"]).replace("docs/benchmarks.md", "below"),
+        headline(results, memory, setup, meta["date"], page="this page"),
         "",
         "## How each figure is taken",
         "",

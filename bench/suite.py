@@ -184,7 +184,9 @@ def main() -> None:
     subprocess.run(
         [str(peers_python), str(HERE / "charts.py"), str(raw), str(args.out)], check=True
     )
-    block = headline(results, memory, setup, meta["date"])
+    block = headline(
+        results, memory, setup, meta["date"], page="[docs/benchmarks.md](docs/benchmarks.md)"
+    )
     if args.out.resolve() == DOCS.resolve():
         update_readme(ROOT / "README.md", block)
     else:
