@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +185,8 @@ def headline(
             f" least 1x); warm {times(f.speedup(client + ', warm', 'gitlab'))} GitLab direct's,"
             f" {times(f.speedup(client + ', warm', 'best peer'))} the best peer's (above 1x);"
         )
-    return "\n".join(lines)
+    lines[-1] = lines[-1].removesuffix(";") + "."
+    return "\n".join(textwrap.fill(line, 90, subsequent_indent="  ") for line in lines)
 
 
 def update_readme(readme: Path, block: str) -> None:
