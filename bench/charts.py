@@ -81,7 +81,7 @@ def installs(data: dict[str, Any], out: Path) -> None:
 
 def memory_over_time(data: dict[str, Any], out: Path) -> None:
     """rss.png: each target's resident memory over its life."""
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(11, 4))
     for r in data["results"]:
         if r["rss"]:
             seconds, rss = zip(*r["rss"], strict=True)
@@ -89,7 +89,7 @@ def memory_over_time(data: dict[str, Any], out: Path) -> None:
     ax.set_xlabel("seconds since the target started (pages, wheels, cold fills, installs)")
     ax.set_ylabel("resident memory, MB")
     ax.set_yscale("log")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(out / "rss.png", dpi=70)
 
