@@ -28,6 +28,7 @@ from typing import BinaryIO, Generic, Self, TypeVar
 
 from anyio import to_thread
 
+from proxy.bodywriter import BodyWriter
 from proxy.cache import Store, is_full
 from proxy.coordination import Coordinator, Lease
 from proxy.errors import (
@@ -78,6 +79,11 @@ class Fill:
     readers: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wrote(self, count: int) -> None:
+        """`count` more bytes are in the file: wake the readers."""
+        self.written += count
+        self.notify()
 
     def notify(self) -> None:
         """Wake every reader waiting for more bytes or the end."""
@@ -299,17 +305,16 @@ class Filler:
                     )
                 )
                 fill.ready.set()
-                digest = hashlib.sha256()
-                async for chunk in download.chunks:
-                    # One hop writes and hashes: the event loop's thread does neither.
-                    await to_thread.run_sync(_write_all, out, chunk, digest.update)
-                    fill.written += len(chunk)
-                    fill.notify()
+                # A thread writes and hashes while the loop fetches the next bytes.
+                async with BodyWriter(out, on_written=fill.wrote) as body:
+                    async for chunk in download.chunks:
+                        await body.write(chunk)
+                    digest = await body.hexdigest()
             if fill.length is not None and fill.written != fill.length:
                 raise IncompleteBody(f"got {fill.written} of {fill.length} bytes")
-            if digest.hexdigest() != fill.sha256:
+            if digest != fill.sha256:
                 self._on_mismatch()
-                raise HashMismatch(f"{fill.sha256[:12]}… hashes to {digest.hexdigest()[:12]}…")
+                raise HashMismatch(f"{fill.sha256[:12]}… hashes to {digest[:12]}…")
             fill.verified = True
             if not await self._coordinator.may_commit(lease):
                 # A later lease was granted (ours expired): its holder commits, never us.
@@ -463,14 +468,6 @@ async def _spans(fill: Fill, start: int, end: int | None) -> AsyncGenerator[tupl
             return
         else:
             await fill.changed()
-
-
-def _write_all(fd: int, data: bytes, hashing: Callable[[bytes], object]) -> None:
-    """Write all of `data` to `fd`, and hash it."""
-    hashing(data)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _open_read(path: Path) -> int | None:
