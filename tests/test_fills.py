@@ -325,6 +325,15 @@ async def test_a_fill_whose_lease_was_overtaken_is_read_but_not_committed(tmp_pa
     assert not held.has_file(SHA)
 
 
+async def _gated(tmp_path: Path, gate: Gate) -> tuple[Filler, Fill]:
+    """A fill of PATH whose body GitLab (mocked) sends through `gate`, started."""
+    respx.get(BASE + PATH).mock(return_value=httpx.Response(200, stream=gate))
+    filler, _ = _filler(tmp_path)
+    fill = filler.start(SHA, PATH, authorization=None, origin="o", vetted=False)
+    await fill.ready.wait()
+    return filler, fill
+
+
 @respx.mock
 async def test_followers_get_spans_of_the_growing_file_as_they_are_written(
     tmp_path: Path,
@@ -332,12 +341,7 @@ async def test_followers_get_spans_of_the_growing_file_as_they_are_written(
     """follow() names where the written bytes are in the fill's file, span after span,
     the last byte only once the file is verified."""
     gate = Gate(CONTENT)
-    respx.get(BASE + PATH).mock(
-        return_value=httpx.Response(200, headers={"Content-Length": str(len(CONTENT))}, stream=gate)
-    )
-    filler, _ = _filler(tmp_path)
-    fill = filler.start(SHA, PATH, authorization=None, origin="o", vetted=False)
-    await fill.ready.wait()
+    filler, fill = await _gated(tmp_path, gate)
     spans = filler.follow(fill)
     at, count = await asyncio.wait_for(anext(spans), timeout=10)
     got = [(at, os.pread(spans.file.fileno(), count, at))]
@@ -355,10 +359,7 @@ async def test_a_follower_of_a_fill_that_fails_its_hash_gets_the_error_not_the_e
 ) -> None:
     """A fill with wrong bytes raises in its followers before the last byte's span."""
     gate = Gate(b"x" + CONTENT[1:])
-    respx.get(BASE + PATH).mock(return_value=httpx.Response(200, stream=gate))
-    filler, _ = _filler(tmp_path)
-    fill = filler.start(SHA, PATH, authorization=None, origin="o", vetted=False)
-    await fill.ready.wait()
+    filler, fill = await _gated(tmp_path, gate)
     spans = filler.follow(fill)
     seen = [await asyncio.wait_for(anext(spans), timeout=10)]
     gate.release.set()
@@ -371,10 +372,7 @@ async def test_a_follower_of_a_fill_that_fails_its_hash_gets_the_error_not_the_e
 async def test_a_follower_that_never_starts_lets_the_fill_close_its_file(tmp_path: Path) -> None:
     """A follow() dropped unread still releases the fill's descriptor when the fill ends."""
     gate = Gate(CONTENT)
-    respx.get(BASE + PATH).mock(return_value=httpx.Response(200, stream=gate))
-    filler, _ = _filler(tmp_path)
-    fill = filler.start(SHA, PATH, authorization=None, origin="o", vetted=False)
-    await fill.ready.wait()
+    filler, fill = await _gated(tmp_path, gate)
     await filler.follow(fill).aclose()
     gate.release.set()
     async with asyncio.timeout(10):
