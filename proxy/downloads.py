@@ -25,7 +25,7 @@ from proxy.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
-from proxy.fills import Body, Fill, Filler
+from proxy.fills import Body, Fill, Filler, Spans
 from proxy.forwarding import Forwarding
 from proxy.models import CacheStatus, Caller, Reply
 from proxy.ranges import first_byte, partial
@@ -56,6 +56,9 @@ class FileReply:
     file: IO[bytes] | None = None
     """The open file on disk that `chunks` reads (a committed file), for a server that
     sends files itself; `release` closes it. None for anything else."""
+    follow: Callable[[int, int | None], Spans] | None = None
+    """follow(start, end): a fill in progress as spans of its growing file, for a server
+    that sends files itself (what `chunks` reads, by zero copy). None for anything else."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +230,7 @@ class Downloads:
                 "MISS",
                 lambda start, end: self._filler.read(fill, start, end),
                 sha256=key,
+                follow=lambda start, end: self._filler.follow(fill, start, end),
             )
         else:
             if fill.error is not None:

@@ -24,9 +24,11 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO, Generic, Self, TypeVar
 
 from anyio import to_thread
 
+from proxy.bodywriter import BodyWriter
 from proxy.cache import Store, is_full
 from proxy.coordination import Coordinator, Lease
 from proxy.errors import (
@@ -41,6 +43,7 @@ from proxy.spool import Spool
 from proxy.upstream import GitLab
 
 log = logging.getLogger("proxy.fills")
+T = TypeVar("T")
 READ_CHUNK = 128 * 1024
 FOLLOW_POLL = 0.02
 """Seconds between looks at another worker's growing file."""
@@ -77,6 +80,11 @@ class Fill:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def wrote(self, count: int) -> None:
+        """`count` more bytes are in the file: wake the readers."""
+        self.written += count
+        self.notify()
+
     def notify(self) -> None:
         """Wake every reader waiting for more bytes or the end."""
         self._changed.set()
@@ -106,25 +114,25 @@ class Fill:
             self.fd = None
 
 
-class Body:
-    """An async iterator over a body whose cleanup runs even if it is never iterated.
+class _Owned(Generic[T]):
+    """An async iterator whose cleanup runs even if it is never iterated.
 
     Starlette may drop a response's iterator before its first step (a client gone
     before the head was sent); a plain generator's `finally` would then never run.
     """
 
-    def __init__(self, chunks: AsyncGenerator[bytes, None], cleanup: Callable[[], None]) -> None:
-        self._chunks = chunks
+    def __init__(self, items: AsyncGenerator[T, None], cleanup: Callable[[], None]) -> None:
+        self._items = items
         self._cleanup = cleanup
         self._started = False
         self._closed = False
 
-    def __aiter__(self) -> Body:
+    def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> bytes:
+    async def __anext__(self) -> T:
         self._started = True
-        return await self._chunks.__anext__()
+        return await self._items.__anext__()
 
     async def aclose(self) -> None:
         """Finish the generator, or run the cleanup it never reached."""
@@ -132,9 +140,27 @@ class Body:
             return
         self._closed = True
         if self._started:
-            await self._chunks.aclose()
+            await self._items.aclose()
         else:
             self._cleanup()
+
+
+class Body(_Owned[bytes]):
+    """The bytes of a body, in chunks."""
+
+
+class Spans(_Owned[tuple[int, int]]):
+    """Where a body's bytes are in `file` (offset, count), span after span as they are
+    written: for a server that sends files itself."""
+
+    def __init__(
+        self,
+        file: BinaryIO,
+        spans: AsyncGenerator[tuple[int, int], None],
+        cleanup: Callable[[], None],
+    ) -> None:
+        super().__init__(spans, cleanup)
+        self.file = file
 
 
 class Filler:
@@ -279,17 +305,16 @@ class Filler:
                     )
                 )
                 fill.ready.set()
-                digest = hashlib.sha256()
-                async for chunk in download.chunks:
-                    # One hop writes and hashes: the event loop's thread does neither.
-                    await to_thread.run_sync(_write_all, out, chunk, digest.update)
-                    fill.written += len(chunk)
-                    fill.notify()
+                # A thread writes and hashes while the loop fetches the next bytes.
+                async with BodyWriter(out, on_written=fill.wrote) as body:
+                    async for chunk in download.chunks:
+                        await body.write(chunk)
+                    digest = await body.hexdigest()
             if fill.length is not None and fill.written != fill.length:
                 raise IncompleteBody(f"got {fill.written} of {fill.length} bytes")
-            if digest.hexdigest() != fill.sha256:
+            if digest != fill.sha256:
                 self._on_mismatch()
-                raise HashMismatch(f"{fill.sha256[:12]}… hashes to {digest.hexdigest()[:12]}…")
+                raise HashMismatch(f"{fill.sha256[:12]}… hashes to {digest[:12]}…")
             fill.verified = True
             if not await self._coordinator.may_commit(lease):
                 # A later lease was granted (ours expired): its holder commits, never us.
@@ -378,41 +403,71 @@ class Filler:
 
         return Body(self._read(fill, fill.fd, start, end), unread)
 
+    def follow(self, fill: Fill, start: int = 0, end: int | None = None) -> Spans:
+        """Where the bytes [start, end) of a fill are in its file, as they arrive: `read`'s
+        rule, for a server that sends them from the file itself (zero copy).
+
+        Each span is the bytes written since the last one (the last byte held back until the
+        file is verified); a fill that fails raises its error instead of the last span.
+        The same call rule as `read`.
+        """
+        assert fill.fd is not None, "follow() needs a fill that started its body"
+        fill.readers += 1
+        file = open(fill.fd, "rb", buffering=0, closefd=False)  # noqa: SIM115 (closed below)
+
+        def unfollow() -> None:
+            file.close()
+            fill.readers -= 1
+            fill.release()
+
+        async def spans() -> AsyncGenerator[tuple[int, int], None]:
+            try:
+                async for span in _spans(fill, start, end):
+                    yield span
+            finally:
+                unfollow()
+
+        return Spans(file, spans(), unfollow)
+
     async def _read(
         self, fill: Fill, fd: int, start: int, end: int | None
     ) -> AsyncGenerator[bytes, None]:
         try:
-            position = start
-            while True:
-                done, written = fill.done, fill.written
-                if done and fill.error is not None and not fill.verified:
-                    raise fill.error
-                limit = written if end is None else min(written, end)
-                if not done:
-                    # The last byte waits for the verdict: a range ends no sooner than the file.
-                    limit = min(limit, (written if end is None else end) - 1)
-                if position < limit:
-                    size = min(READ_CHUNK, limit - position)
-                    chunk: bytes = await to_thread.run_sync(os.pread, fd, size, position)
+            async for offset, count in _spans(fill, start, end):
+                while count > 0:
+                    size = min(READ_CHUNK, count)
+                    chunk: bytes = await to_thread.run_sync(os.pread, fd, size, offset)
                     if not chunk:
                         raise IncompleteBody("the file being filled ended early")
-                    position += len(chunk)
+                    offset, count = offset + len(chunk), count - len(chunk)
                     yield chunk
-                elif done:
-                    return
-                else:
-                    await fill.changed()
         finally:
             fill.readers -= 1
             fill.release()
 
 
-def _write_all(fd: int, data: bytes, hashing: Callable[[bytes], object]) -> None:
-    """Write all of `data` to `fd`, and hash it."""
-    hashing(data)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+async def _spans(fill: Fill, start: int, end: int | None) -> AsyncGenerator[tuple[int, int], None]:
+    """The spans (offset, count) of [start, end) of a fill as they are written.
+
+    The last byte (of the file, or of the range) waits until the file is verified, so a
+    reader never sees a clean end of a body that failed its hash: it gets the error.
+    """
+    position = start
+    while True:
+        done, written = fill.done, fill.written
+        if done and fill.error is not None and not fill.verified:
+            raise fill.error
+        limit = written if end is None else min(written, end)
+        if not done:
+            # The last byte waits for the verdict: a range ends no sooner than the file.
+            limit = min(limit, (written if end is None else end) - 1)
+        if position < limit:
+            yield position, limit - position
+            position = limit
+        elif done:
+            return
+        else:
+            await fill.changed()
 
 
 def _open_read(path: Path) -> int | None:

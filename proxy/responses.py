@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.downloads import FileReply, Passed
 from proxy.errors import ProxyError
-from proxy.fills import Body
+from proxy.fills import Body, Spans
 from proxy.metrics import Metrics
 from proxy.ranges import byte_range
 from proxy.zerocopy import EXTENSION as ZERO_COPY
@@ -88,6 +88,9 @@ def serve_file(
         count = (size if end is None else end) - start
         counts = (counter.inc, served.bytes_sendfile.inc)
         return SentFile(reply.file, start, count, counts, reply.release, status, headers)
+    if reply.follow is not None and offered:
+        counts = (counter.inc, served.bytes_sendfile.inc)
+        return FollowedFile(reply.follow(start, end), counts, status, headers)
     return AbortableStream(reply.chunks(start, end), counter.inc, status, headers=headers)
 
 
@@ -182,6 +185,40 @@ class SentFile(Response):
                 count(self._count)
         finally:
             self._close()
+
+
+class FollowedFile(Response):
+    """A file still being filled, sent by the server from the growing file: one zero-copy
+    message (more_body) per newly written span. When the fill fails, the response is left
+    unfinished, so the server breaks the connection instead of ending it cleanly."""
+
+    def __init__(
+        self,
+        spans: Spans,
+        counts: tuple[Callable[[int], None], ...],
+        status: int,
+        headers: dict[str, str],
+    ) -> None:
+        super().__init__(None, status, headers=headers)
+        self._spans = spans
+        self._counts = counts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            start = {"type": "http.response.start", "status": self.status_code}
+            await send({**start, "headers": self.raw_headers})
+            try:
+                async for offset, count in self._spans:
+                    span = {"type": ZERO_COPY, "offset": offset, "count": count}
+                    await send({**span, "file": self._spans.file, "more_body": True})
+                    for counted in self._counts:
+                        counted(count)
+            except ProxyError as exc:
+                log.warning("aborted a download mid-body: %s", exc)
+                return
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await self._spans.aclose()
 
 
 def none_match(header: str | None, etag: str) -> bool:

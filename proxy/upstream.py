@@ -24,7 +24,6 @@ USER_AGENT = f"gitlab-pypi-proxy/{__version__}"
 MAX_PAGE_BYTES = 20 * 1024 * 1024
 MAX_REDIRECTS = 5
 REDIRECTS = (301, 302, 303, 307, 308)
-CHUNK = 256 * 1024
 READ_SIZE = 256 * 1024
 """Bytes httpcore asks the socket for at a time: what asyncio's transport reads at once.
 httpcore's 64 KiB split each read four ways, a quarter of a cold fill's CPU (py-spy)."""
@@ -530,7 +529,8 @@ async def _empty() -> AsyncIterator[bytes]:
 async def _chunks(response: httpx.Response) -> AsyncIterator[bytes]:
     """The raw body: no decoding, so the bytes hash to what GitLab stored."""
     try:
-        async for chunk in response.aiter_raw(CHUNK):
+        # As httpcore read them: a chunk size would cut and join them again (a copy).
+        async for chunk in response.aiter_raw():
             yield chunk
     except httpx.TimeoutException as exc:
         raise UpstreamUnavailable("GitLab stopped sending in time", timeout=True) from exc

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import errno
 import hashlib
+import itertools
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -389,3 +391,59 @@ async def test_another_replicas_lease_is_waited_for_at_most_the_lease_wait(
     )
     await _ended(filler.start(SHA, PATH, authorization=None, origin="o", vetted=False))
     assert elsewhere.waits == [wait]
+
+
+async def _gated(tmp_path: Path, gate: Gate) -> tuple[Filler, Fill]:
+    """A fill of PATH whose body GitLab (mocked) sends through `gate`, started."""
+    respx.get(BASE + PATH).mock(return_value=httpx.Response(200, stream=gate))
+    filler, _ = _filler(tmp_path)
+    fill = filler.start(SHA, PATH, authorization=None, origin="o", vetted=False)
+    await fill.ready.wait()
+    return filler, fill
+
+
+@respx.mock
+async def test_followers_get_spans_of_the_growing_file_as_they_are_written(
+    tmp_path: Path,
+) -> None:
+    """follow() names where the written bytes are in the fill's file, span after span,
+    the last byte only once the file is verified."""
+    gate = Gate(CONTENT)
+    filler, fill = await _gated(tmp_path, gate)
+    spans = filler.follow(fill)
+    at, count = await asyncio.wait_for(anext(spans), timeout=10)
+    got = [(at, os.pread(spans.file.fileno(), count, at))]
+    assert not fill.done
+    gate.release.set()
+    got += [(at, os.pread(spans.file.fileno(), count, at)) async for at, count in spans]
+    assert [at for at, _ in got] == [0, *itertools.accumulate(len(b) for _, b in got[:-1])]
+    assert b"".join(data for _, data in got) == CONTENT
+    assert spans.file.closed
+
+
+@respx.mock
+async def test_a_follower_of_a_fill_that_fails_its_hash_gets_the_error_not_the_end(
+    tmp_path: Path,
+) -> None:
+    """A fill with wrong bytes raises in its followers before the last byte's span."""
+    gate = Gate(b"x" + CONTENT[1:])
+    filler, fill = await _gated(tmp_path, gate)
+    spans = filler.follow(fill)
+    seen = [await asyncio.wait_for(anext(spans), timeout=10)]
+    gate.release.set()
+    with pytest.raises(HashMismatch):
+        seen.extend([span async for span in spans])
+    assert sum(count for _, count in seen) < len(CONTENT)
+
+
+@respx.mock
+async def test_a_follower_that_never_starts_lets_the_fill_close_its_file(tmp_path: Path) -> None:
+    """A follow() dropped unread still releases the fill's descriptor when the fill ends."""
+    gate = Gate(CONTENT)
+    filler, fill = await _gated(tmp_path, gate)
+    await filler.follow(fill).aclose()
+    gate.release.set()
+    async with asyncio.timeout(10):
+        while not fill.done:
+            await fill.changed()
+    assert fill.fd is None

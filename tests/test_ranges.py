@@ -37,7 +37,7 @@ class Gate(httpx.AsyncByteStream):
 
     def __init__(self) -> None:
         self.waiting = asyncio.Event()
-        """Set once the first half was taken (the fill has written it)."""
+        """Set once the first half was taken (the fill writes it soon after)."""
         self.release = asyncio.Event()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -62,6 +62,17 @@ async def _proxy(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         ) as client,
     ):
         yield client
+
+
+async def _written(client: httpx.AsyncClient, count: int) -> None:
+    """Wait (10 s at most) until the status page shows a fill with `count` bytes on disk:
+    the fill writes in a thread while it takes the next bytes from GitLab."""
+    async with asyncio.timeout(10):
+        while True:
+            status = await client.get("/", headers={"Accept": "application/json"})
+            if any(fill["written"] >= count for fill in status.json()["fills"]):
+                return
+            await asyncio.sleep(0.01)
 
 
 def _gated_whole(router: respx.MockRouter, gate: Gate) -> respx.Route:
@@ -140,6 +151,7 @@ async def test_a_range_the_fill_has_written_is_served_from_the_fill(
         ranged = client.get(FILE, headers={"Range": TAIL, "Authorization": MEMBER})
         await asyncio.wait_for(ranged, timeout=10)
         await asyncio.wait_for(gate.waiting.wait(), timeout=10)
+        await _written(client, SIZE // 2)
         head = client.get(FILE, headers={"Range": "bytes=0-1023", "Authorization": MEMBER})
         reading = asyncio.create_task(head)
         gate.release.set()  # the last byte of the range waits for the verdict

@@ -6,13 +6,15 @@ import hashlib
 from collections.abc import AsyncGenerator, MutableMapping
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import anyio
 import pytest
 from starlette.requests import Request
 
 from proxy.downloads import FileReply
-from proxy.fills import Body
+from proxy.errors import HashMismatch
+from proxy.fills import Body, Spans
 from proxy.metrics import Metrics
 from proxy.responses import serve_file
 from proxy.zerocopy import EXTENSION
@@ -152,3 +154,49 @@ async def test_without_zero_copy_the_file_is_streamed(tmp_path: Path, extensions
     body = b"".join(m.get("body", b"") for m in messages[1:])
     assert {m["type"] for m in messages[1:]} == {"http.response.body"}
     assert body == CONTENT[10:20]
+
+
+def _filling(tmp_path: Path, *, fails: bool = False) -> FileReply:
+    """A file being filled: two spans of its file, or one and then a failed hash."""
+    path = tmp_path / SHA
+    path.write_bytes(CONTENT)
+    handle = path.open("rb")
+
+    async def spans(start: int, end: int | None) -> AsyncGenerator[tuple[int, int], None]:
+        try:
+            yield start, 10
+            if fails:
+                raise HashMismatch("wrong bytes")
+            yield start + 10, (SIZE if end is None else end) - start - 10
+        finally:
+            handle.close()
+
+    return FileReply(
+        SIZE,
+        "MISS",
+        _file().chunks,
+        follow=lambda start, end: Spans(handle, spans(start, end), handle.close),
+    )
+
+
+@pytest.mark.anyio
+async def test_a_fill_goes_to_a_zero_copy_server_span_by_span_then_ends(tmp_path: Path) -> None:
+    """A file being filled is one zero-copy message (more_body) per span, then a clean end."""
+    reply = _filling(tmp_path)
+    messages = await _sent(_request(extensions={EXTENSION: {}}, range="bytes=5-99"), reply)
+    span = {"type": EXTENSION, "file": ANY, "more_body": True}
+    assert messages[1:] == [
+        {**span, "offset": 5, "count": 10},
+        {**span, "offset": 15, "count": 85},
+        {"type": "http.response.body", "body": b"", "more_body": False},
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_fill_that_fails_its_hash_never_ends_its_zero_copy_response(
+    tmp_path: Path,
+) -> None:
+    """When the fill fails, no final body message follows its spans: the server breaks off."""
+    messages = await _sent(_request(extensions={EXTENSION: {}}), _filling(tmp_path, fails=True))
+    assert [m["type"] for m in messages] == ["http.response.start", EXTENSION]
+    assert messages[-1]["more_body"] is True

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h11
@@ -206,6 +207,54 @@ def test_a_cached_file_is_sent_by_the_kernel(
     response = httpx.get(url, headers={"range": wanted} if wanted else {}, timeout=30)
     assert (response.headers["x-cache"], response.content) == ("HIT", content[start:end])
     assert _sent_by_kernel(proxy) - before == len(content[start:end])
+
+
+def _joined_mid_fill(gitlab: FakeGitLab, proxy: ProxyProcess, content: bytes) -> bytes:
+    """Two clients of one cold file, the second joining while GitLab holds the rest back:
+    the first's body (checked to be `content`), and what the second got before it ended
+    (an error raised by httpx, whole or not, as the proxy ended it)."""
+    sha256 = gitlab.add_file(42, "big", "1.0", "big-1.0-py3-none-any.whl", content)
+    url = f"{proxy.url}/api/v4/projects/42/packages/pypi/files/{sha256}/big-1.0-py3-none-any.whl"
+    gitlab.stall_files_after = len(content) // 3
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(httpx.get, url, timeout=30)
+        assert gitlab.stalled.wait(10)
+        with httpx.stream("GET", url, timeout=30) as second:
+            assert second.headers["x-cache"] == "MISS"  # a follower of the running fill
+            gitlab.stall_release.set()
+            got = bytearray()
+            for chunk in second.iter_raw():
+                got.extend(chunk)
+        assert first.result().content == bytes(got)
+    return bytes(got)
+
+
+@pytest.mark.e2e
+def test_clients_of_a_running_fill_are_sent_its_bytes_by_the_kernel(
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
+) -> None:
+    """The fill's first client and one that joins mid-fill both get the file from the
+    growing file by os.sendfile, byte for byte."""
+    acme(gitlab)
+    content = os.urandom(6_000_000)
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE)
+    before = _sent_by_kernel(proxy)
+    assert _joined_mid_fill(gitlab, proxy, content) == content
+    assert _sent_by_kernel(proxy) - before == 2 * len(content)
+
+
+@pytest.mark.e2e
+def test_a_follower_of_a_fill_with_wrong_bytes_never_gets_a_clean_end(
+    gitlab: FakeGitLab, start_proxy: Start, tmp_path: Path
+) -> None:
+    """A fill that fails its hash breaks its zero-copy followers' connections short of
+    the file's length."""
+    acme(gitlab)
+    content = os.urandom(6_000_000)
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE)
+    gitlab.corrupt_files = True
+    with pytest.raises(httpx.RemoteProtocolError):
+        _joined_mid_fill(gitlab, proxy, content)
 
 
 @pytest.mark.e2e

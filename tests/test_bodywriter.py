@@ -1,0 +1,90 @@
+"""BodyWriter: a fill's body written and hashed in a thread, batched, bounded, pipelined."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from proxy.bodywriter import BodyWriter
+
+pytestmark = pytest.mark.anyio
+CHUNKS = [bytes([n]) * 100_000 for n in range(10)]
+
+
+async def test_the_file_gets_every_chunk_in_order_and_the_digest_is_theirs(
+    tmp_path: Path,
+) -> None:
+    """What was written is the chunks in order, and hexdigest is their sha256."""
+    path = tmp_path / "body"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        async with BodyWriter(fd, on_written=lambda count: None) as body:
+            for chunk in CHUNKS:
+                await body.write(chunk)
+            digest = await body.hexdigest()
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(CHUNKS)
+    assert digest == hashlib.sha256(b"".join(CHUNKS)).hexdigest()
+
+
+async def test_chunks_that_arrive_while_the_thread_writes_go_in_one_hop(tmp_path: Path) -> None:
+    """The first chunk goes at once; the nine queued behind it go to disk together."""
+    written: list[int] = []
+    fd = os.open(tmp_path / "body", os.O_WRONLY | os.O_CREAT)
+    try:
+        async with BodyWriter(fd, on_written=written.append) as body:
+            for chunk in CHUNKS:
+                await body.write(chunk)
+            await body.hexdigest()
+    finally:
+        os.close(fd)
+    assert written == [100_000, 900_000]
+
+
+async def test_write_waits_for_the_thread_once_limit_bytes_wait() -> None:
+    """Memory is bounded: with `limit` bytes queued behind a stuck write, write waits."""
+    reader, writer = os.pipe()
+    try:
+        async with BodyWriter(writer, on_written=lambda count: None, limit=200_000) as body:
+            await body.write(CHUNKS[0])  # more than a pipe holds: the thread blocks
+            await body.write(CHUNKS[1])
+            third = asyncio.ensure_future(body.write(CHUNKS[2]))
+            done, _ = await asyncio.wait({third}, timeout=0.3)
+            assert not done
+            drained = threading.Thread(target=_drain, args=(reader, 300_000))
+            drained.start()
+            await third
+            await body.hexdigest()
+            drained.join()
+    finally:
+        os.close(reader)
+        os.close(writer)
+
+
+async def test_a_failed_write_raises_from_the_next_call() -> None:
+    """An OSError in the thread (a full disk) comes back from write or hexdigest."""
+    reader, writer = os.pipe()
+    try:
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            await _write_through(reader)  # a pipe's read end takes no writes
+    finally:
+        os.close(reader)
+        os.close(writer)
+
+
+async def _write_through(fd: int) -> str:
+    async with BodyWriter(fd, on_written=lambda count: None) as body:
+        for chunk in CHUNKS:
+            await body.write(chunk)
+        return await body.hexdigest()
+
+
+def _drain(fd: int, count: int) -> None:
+    while count > 0:
+        count -= len(os.read(fd, count))
