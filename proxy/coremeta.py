@@ -9,10 +9,12 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass, replace
+from email.parser import BytesParser
 from pathlib import Path
 from urllib.parse import unquote
 
 from anyio import to_thread
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import Version
 
@@ -20,7 +22,7 @@ from proxy.cache import Store
 from proxy.errors import CacheError, ProxyError, UpstreamUnavailable
 from proxy.grants import Grants
 from proxy.metadata import NoMetadata, Piece, Span, drive, extract_from, steps
-from proxy.models import METADATA_ATTRS, Link, Page
+from proxy.models import METADATA_ATTRS, Link, NormalizedName, Page, normalize
 from proxy.upstream import GitLab
 from proxy.values import MetadataMode
 
@@ -29,6 +31,8 @@ EXTRACT_PER_PAGE = 32
 """Held wheels whose metadata one page rendering extracts at most (the rest: next time)."""
 READ_AHEAD = 4
 """Wheels of a page's newest release whose metadata a page from GitLab reads ahead."""
+WARM_PER_METADATA = 16
+"""Dependencies of metadata just read from GitLab whose pages are fetched ahead."""
 NO_RANGES_KEPT = 4096
 """Wheels remembered as refused a Range by GitLab (their metadata comes with the wheel)."""
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19})")
@@ -279,6 +283,21 @@ class MetadataInjector:
                     link = replace(link, attrs=attrs)
             links.append(link)
         return replace(page, links=tuple(links))
+
+
+def dependencies(metadata: bytes) -> list[NormalizedName]:
+    """The names a resolver asks for next: Requires-Dist without an environment marker
+    (markers are the client's to evaluate), at most WARM_PER_METADATA, in order."""
+    names: dict[NormalizedName, None] = {}
+    message = BytesParser().parsebytes(metadata, headersonly=True)
+    for line in message.get_all("Requires-Dist") or []:
+        try:
+            requirement = Requirement(str(line))
+        except InvalidRequirement:
+            continue
+        if requirement.marker is None:
+            names[normalize(requirement.name)] = None
+    return list(names)[:WARM_PER_METADATA]
 
 
 def _newest_wheels(page: Page) -> list[tuple[str, str, str]]:

@@ -34,6 +34,8 @@ from proxy.upstream import Download, GitLab
 UNFIT_REMEMBERED = 1024
 PRESIGNED_FOR = 300
 """Seconds a redirect's presigned URL is valid (storage.redirect)."""
+WARMED_KEPT = 4096
+"""Wheels remembered as having had their dependencies' pages fetched ahead."""
 _NOT_FOUND = b'{"message":"404 Package Not Found"}'
 
 
@@ -101,8 +103,11 @@ class Downloads:
         forwarding: Forwarding | None = None,
         metadata: CoreMetadata | None = None,
         redirect: bool = False,
+        on_metadata: Callable[[Caller, bytes], None] = lambda caller, data: None,
     ) -> None:
         self._redirect = redirect
+        self._on_metadata = on_metadata
+        self._warmed: dict[str, None] = {}  # wheels whose metadata was served, oldest first
         self._forwarding = forwarding
         self._metadata = metadata
         self._store = store
@@ -281,6 +286,13 @@ class Downloads:
         if found is None:
             return Reply(404, _NOT_FOUND, {"content-type": "application/json"}, "BYPASS")
         data = found.data
+        if self._metadata.remote and sha256 not in self._warmed:
+            # Mode "always", a wheel's metadata served the first time here: a resolution
+            # goes on from it (its dependencies' pages are fetched ahead when not fresh).
+            self._warmed[sha256] = None
+            if len(self._warmed) > WARMED_KEPT:
+                del self._warmed[next(iter(self._warmed))]
+            self._on_metadata(caller, data)
 
         async def chunks(start: int, end: int | None) -> AsyncGenerator[bytes, None]:
             yield data[start:end]

@@ -6,7 +6,15 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -99,6 +107,7 @@ class Mirror:
     ) -> None:
         self._on_upload = on_upload
         self._hot = hot
+        self._warming: set[asyncio.Task[None]] = set()
         self._stale_while_revalidate = stale_while_revalidate
         self._flights: Flights[_Outcome | Reply] = Flights()
         self._forwarding = forwarding
@@ -185,6 +194,25 @@ class Mirror:
             outcome.page, view, outcome.cache, only_held=outcome.only_held, fresh=outcome.fresh
         )
 
+    def warm(self, caller: Caller, names: Iterable[NormalizedName]) -> None:
+        """Start fetching the pages of `names` that are not held fresh, as the caller's
+        own requests would (one flight each, which the caller's request then joins): a
+        resolver asks for them next. Nothing is rendered; a failure is only logged."""
+        if self.offline:
+            return
+        for name in names:
+            task = asyncio.ensure_future(self._warm(caller, name))
+            self._warming.add(task)
+            task.add_done_callback(self._warming.discard)
+
+    async def _warm(self, caller: Caller, name: NormalizedName) -> None:
+        ttl = self._keeper.page_ttl(self._page_ttl)
+        stored = await self._stored(caller.owner, name, "json")
+        if stored is None or self._clock() - stored.fetched_at >= ttl:
+            self._flights.start(*self._flight(caller, name, "json", ttl)).add_done_callback(
+                _unheard
+            )
+
     def _flight(
         self,
         caller: Caller,
@@ -199,6 +227,9 @@ class Mirror:
 
     async def aclose(self) -> None:
         """Cancel the requests to GitLab still in flight (background revalidations)."""
+        for task in list(self._warming):
+            task.cancel()
+        await asyncio.gather(*self._warming, return_exceptions=True)
         await self._flights.aclose()
 
     async def _fetch(
@@ -508,7 +539,7 @@ def _reply(rendering: Rendering, view: _View, cache: CacheStatus, fresh: float |
 
 
 def _unheard(flight: asyncio.Task[_Outcome | Reply]) -> None:
-    """Log how a revalidation in the background failed: no client waits to hear it."""
+    """Log how a page fetched in the background failed: no client waits to hear it."""
     if not flight.cancelled() and (exc := flight.exception()) is not None:
         log.warning("revalidating a page in the background failed: %r", exc)
 

@@ -323,6 +323,40 @@ async def test_always_mode_reads_ahead_the_newest_releases_wheels(
 
 
 @pytest.mark.anyio
+async def test_metadata_read_from_gitlab_fetches_its_dependencies_pages_ahead(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """.metadata read from GitLab starts fetching the pages of its unconditional
+    Requires-Dist (not those behind a marker): the resolver's next requests are HITs."""
+    requires = ["tiny", "Other.Lib (>=1.0)", "win-only; sys_platform == 'win32'"]
+    metadata = "Metadata-Version: 2.1\nName: big-pkg\nVersion: 1.0\n"
+    metadata += "".join(f"Requires-Dist: {r}\n" for r in requires) + "\n"
+    dist = [("big_pkg-1.0.dist-info/METADATA", metadata.encode())]
+    data = wheel_of([("big_pkg/blob.bin", os.urandom(4096)), *dist], stored=True)
+    filename = "big_pkg-1.0-py3-none-any.whl"
+    wheel, meta = urls(filename, data)
+    gitlab_api.get(GITLAB + PAGE.rstrip("/")).respond(200, content=page_of(filename, data))
+    gitlab_api.get(GITLAB + wheel).mock(side_effect=ranged(data, []))
+    pages = {
+        name: gitlab_api.get(f"{GITLAB}{API}/simple/{name}").respond(
+            200, content=gitlab_page(name, "")
+        )
+        for name in ("tiny", "other-lib", "win-only")
+    }
+    async with serve({"pages.metadata": "always"}) as client:
+        await client.get(PAGE)
+        assert (await client.get(meta)).status_code == 200
+        with anyio.fail_after(10):
+            while not (pages["tiny"].called and pages["other-lib"].called):
+                await anyio.sleep(0.01)
+        for name in ("tiny", "other-lib"):
+            response = await client.get(f"{API}/simple/{name}/", headers={"accept": JSON_TYPE})
+            assert response.headers["x-cache"] == "HIT"
+            assert pages[name].call_count == 1
+    assert not pages["win-only"].called
+
+
+@pytest.mark.anyio
 async def test_always_mode_falls_back_to_the_whole_wheel_when_gitlab_ignores_range(
     serve: Serve, gitlab_api: respx.MockRouter
 ) -> None:
