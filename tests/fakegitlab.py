@@ -289,6 +289,8 @@ class FakeGitLab:
             time.sleep(self.delay)
         if self.fail_status is not None:
             raise self._failure()
+        if route.kind == "rest" and self.api_delay:
+            time.sleep(self.api_delay)  # outside the lock: a slow API stalls nothing else
         with self._model.lock:  # one consistent state per answer
             if route.kind == "rest":
                 return self._rest(route, request.path, request.headers)
@@ -544,8 +546,6 @@ class FakeGitLab:
     # --- the package REST API ------------------------------------------------------------
     def _rest(self, route: _Route, raw: str, headers: Message) -> Response:
         """A package listing, or a package's files, as GitLab's REST API gives them."""
-        if self.api_delay:
-            time.sleep(self.api_delay)
         if self.api_status is not None:
             return json_response(self.api_status, {"message": f"{self.api_status}"})
         try:

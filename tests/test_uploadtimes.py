@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import calendar
+import contextlib
 import hashlib
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -442,3 +444,25 @@ def test_pip_uploaded_prior_to_picks_the_version_uploaded_before_the_date(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert installed_version(python, "demo_pkg") == "1.0"
+
+
+def test_a_slow_package_api_of_the_fake_stalls_no_page(gitlab: FakeGitLab) -> None:
+    """The fake GitLab's slow package API (api_delay) waits outside its model's lock, so a
+    page asked meanwhile is answered at once (the proxy's bound is what tests measure)."""
+    _two_versions(gitlab)
+    gitlab.api_delay = 30.0
+    listing = f"{gitlab.url}/api/v4/projects/42/packages?package_name=demo"
+
+    def ask() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # cut off when the fake stops
+            httpx.get(listing, timeout=60)
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    deadline = time.monotonic() + 10
+    while not any("/packages?" in r.path for r in gitlab.requests):
+        assert time.monotonic() < deadline, "the listing never reached the fake"
+        time.sleep(0.01)
+    page = httpx.get(f"{gitlab.url}/api/v4/projects/42/packages/pypi/simple/demo-pkg", timeout=5)
+    assert page.status_code == 401  # a private project: answered, not stalled
+    gitlab.api_delay = 0.0
