@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from email.parser import BytesParser
 from pathlib import Path
@@ -101,28 +102,39 @@ class CoreMetadata:
             running.add_done_callback(lambda _: self._running.pop(sha256, None))
         return await asyncio.shield(running)
 
-    def read_ahead(self, page: Page, *, authorization: str | None) -> None:
+    def read_ahead(
+        self,
+        page: Page,
+        *,
+        authorization: str | None,
+        then: Callable[[bytes], None] | None = None,
+    ) -> None:
         """Mode "always": start reading the metadata of the newest release's wheels (at most
         READ_AHEAD, pure-Python first) with the credentials GitLab just gave the page to, so
-        a resolver's request that follows the page finds it read or on its way. A failure
-        is the later request's business (it asks again)."""
+        a resolver's request that follows the page finds it read or on its way; `then` is
+        given the first metadata read. A failure is the later request's business (it asks
+        again)."""
         if not self.remote or page.kind != "project":
             return
+        once = _Once(then)
         for sha256, filename, path in _newest_wheels(page)[:READ_AHEAD]:
             if sha256 not in self._running:
                 task = asyncio.ensure_future(
-                    self._read_ahead(sha256, filename, path, authorization)
+                    self._read_ahead(sha256, filename, path, authorization, once)
                 )
                 self._ahead.add(task)
                 task.add_done_callback(self._ahead.discard)
 
     async def _read_ahead(
-        self, sha256: str, filename: str, path: str, authorization: str | None
+        self, sha256: str, filename: str, path: str, authorization: str | None, then: _Once
     ) -> None:
         try:
-            await self.find(sha256, filename, path=path, authorization=authorization)
+            found = await self.find(sha256, filename, path=path, authorization=authorization)
         except (NoRanges, ProxyError) as exc:
             log.debug("no metadata read ahead for %s: %s", filename, exc)
+            return
+        if found is not None:
+            then(found.data)
 
     async def aclose(self) -> None:
         """Stop the reads ahead still running (at shutdown)."""
@@ -254,9 +266,15 @@ class MetadataInjector:
     def __repr__(self) -> str:
         return f"MetadataInjector({self._core!r})"
 
-    def read_ahead(self, page: Page, *, authorization: str | None) -> None:
+    def read_ahead(
+        self,
+        page: Page,
+        *,
+        authorization: str | None,
+        then: Callable[[bytes], None] | None = None,
+    ) -> None:
         """See CoreMetadata.read_ahead: for a page GitLab just gave."""
-        self._core.read_ahead(page, authorization=authorization)
+        self._core.read_ahead(page, authorization=authorization, then=then)
 
     async def inject(self, page: Page, *, remote: bool) -> Page:
         """`page` with its wheels' metadata advertised; `remote` False when GitLab cannot be
@@ -283,6 +301,19 @@ class MetadataInjector:
                     link = replace(link, attrs=attrs)
             links.append(link)
         return replace(page, links=tuple(links))
+
+
+class _Once:
+    """A callback given its first value only (the wheels of one release share their
+    requirements, as a rule)."""
+
+    def __init__(self, callback: Callable[[bytes], None] | None) -> None:
+        self._callback = callback
+
+    def __call__(self, value: bytes) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback(value)
 
 
 def dependencies(metadata: bytes) -> list[NormalizedName]:

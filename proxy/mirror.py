@@ -25,7 +25,7 @@ from proxy import pages
 from proxy.access import Keeper
 from proxy.cache import Store, StoredPage
 from proxy.codings import Coding
-from proxy.coremeta import MetadataInjector
+from proxy.coremeta import MetadataInjector, dependencies
 from proxy.errors import (
     CacheError,
     OfflineMiss,
@@ -205,13 +205,15 @@ class Mirror:
             self._warming.add(task)
             task.add_done_callback(self._warming.discard)
 
+    def _warm_dependencies(self, caller: Caller, metadata: bytes) -> None:
+        self.warm(caller, dependencies(metadata))
+
     async def _warm(self, caller: Caller, name: NormalizedName) -> None:
         ttl = self._keeper.page_ttl(self._page_ttl)
         stored = await self._stored(caller.owner, name, "json")
         if stored is None or self._clock() - stored.fetched_at >= ttl:
-            self._flights.start(*self._flight(caller, name, "json", ttl)).add_done_callback(
-                _unheard
-            )
+            flight = self._flight(caller, name, "json", ttl, asked=False)
+            self._flights.start(*flight).add_done_callback(_unheard)
 
     def _flight(
         self,
@@ -219,11 +221,15 @@ class Mirror:
         name: NormalizedName | None,
         representation: Representation,
         ttl: float,
+        *,
+        asked: bool = True,
     ) -> tuple[_FlightKey, Callable[[], Coroutine[Any, Any, _Outcome | Reply]]]:
         """One request to GitLab per page however many clients ask (issue 10): the key
-        of the caller's page among the flights, and the work to do for it."""
+        of the caller's page among the flights, and the work to do for it. A page a client
+        `asked` for (not one fetched ahead) has its dependencies' pages fetched ahead as
+        soon as its newest wheels' metadata is read ahead: one level, never the closure."""
         key = (caller.origin, Store.page_key(caller.owner, name or "", representation))
-        return key, partial(self._fetch, caller, name, representation, ttl)
+        return key, partial(self._fetch, caller, name, representation, ttl, asked)
 
     async def aclose(self) -> None:
         """Cancel the requests to GitLab still in flight (background revalidations)."""
@@ -238,6 +244,7 @@ class Mirror:
         name: NormalizedName | None,
         representation: Representation,
         ttl: float,
+        asked: bool,
     ) -> _Outcome | Reply:
         """The page from GitLab (or the cache, when a request that just ended stored it),
         stored; the stale page when GitLab fails; GitLab's own answer when it is not a page."""
@@ -249,7 +256,7 @@ class Mirror:
         # can make GitLab's answer a 304, and every file will need a time).
         early = self._early(caller, name) if stored is None else None
         try:
-            return await self._refresh(caller, name, representation, stored, early)
+            return await self._refresh(caller, name, representation, stored, early, asked)
         finally:
             if early is not None:
                 early.cancel()
@@ -261,6 +268,7 @@ class Mirror:
         representation: Representation,
         stored: StoredPage | None,
         early: Early | None,
+        asked: bool,
     ) -> _Outcome | Reply:
         key = Store.page_key(caller.owner, name or "", representation)
         now = self._clock()
@@ -290,7 +298,8 @@ class Mirror:
             # A 200 that cannot be parsed (PageError) is a failure like a 5xx: stale wins.
             page = await self._parse(answer, name) if answer.status == 200 else None
             if page is not None and self._metadata is not None:
-                self._metadata.read_ahead(page, authorization=caller.upstream)
+                then = partial(self._warm_dependencies, caller) if asked else None
+                self._metadata.read_ahead(page, authorization=caller.upstream, then=then)
         except UpstreamError as exc:
             # Read only now: a page GitLab answers needs no fallback (one thread hop less).
             fallback = stored or await self._fallback(caller, name or "", representation)

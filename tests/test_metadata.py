@@ -361,6 +361,46 @@ async def test_metadata_read_from_gitlab_fetches_its_dependencies_pages_ahead(
     assert not pages["win-only"].called
 
 
+def _small_wheel(name: str, requires: list[str]) -> tuple[str, bytes]:
+    stem = name.replace("-", "_")
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n"
+    metadata += "".join(f"Requires-Dist: {r}\n" for r in requires) + "\n"
+    data = wheel_of(
+        [(f"{stem}/__init__.py", b""), (f"{stem}-1.0.dist-info/METADATA", metadata.encode())]
+    )
+    return f"{stem}-1.0-py3-none-any.whl", data
+
+
+@pytest.mark.anyio
+async def test_a_page_asked_for_has_its_dependencies_pages_fetched_ahead_one_level(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """A page a client asks for, in mode always: once its newest wheel's metadata is read
+    ahead, its dependencies' pages are fetched, before any .metadata request (the resolver
+    asks for them next). Pages fetched ahead do not fetch their own dependencies ahead."""
+    files = {"big-pkg": _small_wheel("big-pkg", ["tiny"]), "tiny": _small_wheel("tiny", ["deeper"])}
+    routes = {}
+    for name, (filename, data) in files.items():
+        sha = hashlib.sha256(data).hexdigest()
+        href = f"{GITLAB}{API}/files/{sha}/{filename}#sha256={sha}"
+        gitlab_api.get(f"{GITLAB}{API}/simple/{name}").respond(
+            200, content=gitlab_page(name, f'<a href="{href}">{filename}</a>')
+        )
+        routes[name] = gitlab_api.get(GITLAB + urls(filename, data)[0])
+        routes[name].mock(side_effect=ranged(data, []))
+    deeper = gitlab_api.get(f"{GITLAB}{API}/simple/deeper").respond(
+        200, content=gitlab_page("deeper", "")
+    )
+    async with serve({"pages.metadata": "always"}) as client:
+        assert (await client.get(PAGE)).status_code == 200
+        with anyio.fail_after(10):  # tiny's page, and then its wheel's metadata, read ahead
+            while not routes["tiny"].called:
+                await anyio.sleep(0.01)
+        for _ in range(20):  # a client's round trips let a wrongly chained fetch show
+            assert (await client.get(PAGE)).headers["x-cache"] == "HIT"
+    assert not deeper.called
+
+
 @pytest.mark.anyio
 async def test_always_mode_falls_back_to_the_whole_wheel_when_gitlab_ignores_range(
     serve: Serve, gitlab_api: respx.MockRouter
