@@ -12,16 +12,15 @@ per-process figures show how the connections spread over the workers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-import suite
+from harness import MB
+from measures import settled, tree, wrk
+from targets import HOT, fake_gitlab, file_url, start
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -29,7 +28,7 @@ _TICK = os.sysconf("SC_CLK_TCK")
 def cpu_seconds(pid: int) -> dict[int, float]:
     """User plus system CPU seconds of a process and each of its descendants."""
     used = {}
-    for each in suite.tree(pid):
+    for each in tree(pid):
         try:
             fields = Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
         except OSError:
@@ -44,46 +43,27 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5, help="wrk duration (default: 5)")
     parser.add_argument("--runs", type=int, default=2, help="wrk runs (default: 2)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-pages-") as tmp:
-        gitlab = subprocess.Popen(
-            [sys.executable, str(suite.HERE / "gitlab_server.py"), "2", suite.HOT],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert gitlab.stdin is not None
-        assert gitlab.stdout is not None
-        try:
-            ready = json.loads(gitlab.stdout.readline())
-            fx = suite.Fixture(
-                ready["url"],
-                gitlab.pid,
-                ready["files"],
-                Path(tmp),
-                Path(tmp),
-                2 * suite.MB,
-                args.workers,
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-pages-") as tmp,
+        fake_gitlab({HOT: 2 * MB}, {}, Path(tmp), Path(tmp), args.workers) as fx,
+        start("proxy", fx) as running,
+    ):
+        page = running.page.format(HOT)
+        settled(file_url(page, fx.files[HOT]["filename"]), fx.files[HOT]["sha256"])
+        for _ in range(3):
+            httpx.get(page, timeout=60).raise_for_status()
+        for _ in range(args.runs):
+            before, started = cpu_seconds(running.pid), time.monotonic()
+            rps = wrk(page, args.seconds)
+            after, elapsed = cpu_seconds(running.pid), time.monotonic() - started
+            used = {pid: after[pid] - before.get(pid, 0.0) for pid in after}
+            busy = [f"{seconds / elapsed:.2f}" for seconds in used.values() if seconds]
+            per_request = 1000 * sum(used.values()) / (rps * elapsed)
+            print(
+                f"workers={args.workers}: {rps:.0f} req/s, {per_request:.3f} ms CPU per "
+                f"request, CPU s/s by process: {' '.join(busy)}",
+                flush=True,
             )
-            with suite.start("proxy", fx) as running:
-                hot = fx.files[suite.HOT]
-                suite.settled(suite.file_url(running.hot_page, hot["filename"]), hot["sha256"])
-                for _ in range(3):
-                    httpx.get(running.hot_page, timeout=60).raise_for_status()
-                for _ in range(args.runs):
-                    before, started = cpu_seconds(running.pid), time.monotonic()
-                    rps = suite.wrk(running.hot_page, args.seconds)
-                    after, elapsed = cpu_seconds(running.pid), time.monotonic() - started
-                    used = {pid: after[pid] - before.get(pid, 0.0) for pid in after}
-                    busy = [f"{seconds / elapsed:.2f}" for seconds in used.values() if seconds]
-                    per_request = 1000 * sum(used.values()) / (rps * elapsed)
-                    print(
-                        f"workers={args.workers}: {rps:.0f} req/s, {per_request:.3f} ms CPU per "
-                        f"request, CPU s/s by process: {' '.join(busy)}",
-                        flush=True,
-                    )
-        finally:
-            gitlab.stdin.close()
-            gitlab.wait()
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ import asyncio
 import functools
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -62,6 +63,49 @@ class Connections:
     def closed(self, connection: Guard) -> None:
         self._owing.pop(connection, None)
         self._open.discard(connection)
+
+
+class Holding:
+    """A connection's transport that can hold a response head until the response's first
+    body bytes, so the two go to the socket in one write: a small page is one send (one
+    syscall, a quarter of a cache hit's CPU, py-spy) instead of two."""
+
+    __slots__ = ("_held", "raw")
+
+    def __init__(self, raw: asyncio.Transport) -> None:
+        self.raw = raw
+        self._held: list[bytes] | None = None
+
+    def hold(self) -> None:
+        """Keep what is written from now until release()."""
+        self._held = []
+
+    def release(self) -> None:
+        """Write what was held, in one write."""
+        held, self._held = self._held, None
+        if held:
+            self.raw.write(b"".join(held))
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._held is None:
+            self.raw.write(data)
+        else:
+            self._held.append(bytes(data))
+
+    def writelines(self, lines: Iterable[bytes | bytearray | memoryview]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def close(self) -> None:
+        self.release()
+        self.raw.close()
+
+    def abort(self) -> None:
+        self._held = None
+        self.raw.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
 
 
 if TYPE_CHECKING:
@@ -119,7 +163,8 @@ class Guard(_Uvicorn):
         raise NotImplementedError
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        self.holding = Holding(transport)
+        super().connection_made(cast(asyncio.Transport, self.holding))
         self._await_head()
         self._connections.opened(self)
 
@@ -168,11 +213,21 @@ class Guard(_Uvicorn):
                 return
             try:
                 if message["type"] == zerocopy.EXTENSION:
+                    self.holding.release()
                     await self._send_file(cycle, message)
                     more = message.get("more_body", False)
                     message = {"type": "http.response.body", "more_body": more}
-                async with asyncio.timeout(limit):  # uvicorn waits for the client to drain
-                    await send(message)
+                elif message["type"] == "http.response.start":
+                    self.holding.hold()  # until the first body bytes: one write for both
+                try:
+                    if cycle.flow.write_paused:  # uvicorn's send waits for the client
+                        async with asyncio.timeout(limit):
+                            await send(message)
+                    else:  # it will not wait: no timer to arm and cancel (a cache hit)
+                        await send(message)
+                finally:
+                    if message["type"] == "http.response.body":
+                        self.holding.release()
             except TimeoutError:
                 log.warning("%s %g s (server.send_timeout)", STALLED, limit)
                 self._drop(cycle)
@@ -226,4 +281,4 @@ class GuardedH11Protocol(Guard, H11Protocol):
     async def send_file_body(
         self, cycle: Any, file: IO[bytes], offset: int, count: int, *, stall: float
     ) -> None:
-        await zerocopy.send_file(self.conn, self.transport, file, offset, count, stall=stall)
+        await zerocopy.send_file(self.conn, self.holding.raw, file, offset, count, stall=stall)

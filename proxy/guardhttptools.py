@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import IO, Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -16,20 +17,26 @@ class GuardedHttpToolsProtocol(Guard, HttpToolsProtocol):
     async def send_file_body(
         self, cycle: Any, file: IO[bytes], offset: int, count: int, *, stall: float
     ) -> None:
-        await send_file(cycle, file, offset, count, stall=stall)
+        await send_file(cycle, file, offset, count, stall=stall, transport=self.holding.raw)
 
 
 async def send_file(
-    cycle: RequestResponseCycle, file: IO[bytes], offset: int, count: int, *, stall: float
+    cycle: RequestResponseCycle,
+    file: IO[bytes],
+    offset: int,
+    count: int,
+    *,
+    stall: float,
+    transport: asyncio.Transport | None = None,
 ) -> None:
     """Send bytes [offset, offset + count) of `file` as the next body bytes of `cycle`'s
     response (not a HEAD's), framed as uvicorn frames a body message there: one chunk
     under chunked encoding, else counted against Content-Length.
 
     RuntimeError past Content-Length; else as zerocopy.send_file, after which the caller
-    must close the connection.
+    must close the connection. `transport`: the socket's own, when cycle's wraps it.
     """
-    transport = cycle.transport
+    transport = transport or cycle.transport
     if cycle.chunked_encoding:
         transport.write(b"%x\r\n" % count)
         await zerocopy.send_slices(transport, file, offset, count, stall=stall)
