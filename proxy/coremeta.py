@@ -85,14 +85,24 @@ class CoreMetadata:
         return found if isinstance(found, Found) else None
 
     async def find(
-        self, sha256: str, filename: str, *, path: str, authorization: str | None
+        self,
+        sha256: str,
+        filename: str,
+        *,
+        path: str,
+        authorization: str | None,
+        held: bool | None = None,
     ) -> Found | None:
         """The metadata, from the cache or, when allowed, from GitLab's ranges of the wheel
         at `path` (one read at a time per wheel); None when the wheel has none or it
-        cannot be had. Raises NoRanges when GitLab ignores Range."""
-        found = await to_thread.run_sync(self.local, sha256, filename)
-        if found is not None or not self.remote:
-            return found if isinstance(found, Found) else None
+        cannot be had. Raises NoRanges when GitLab ignores Range. `held=False`: the
+        caller just found the cache without it (local() said None)."""
+        if held is None:
+            found = await to_thread.run_sync(self.local, sha256, filename)
+            if found is not None or not self.remote:
+                return found if isinstance(found, Found) else None
+        elif not self.remote:
+            return None
         if sha256 in self._no_ranges:
             raise NoRanges("GitLab ignored a Range request for this wheel before")
         running = self._running.get(sha256)

@@ -16,7 +16,7 @@ from anyio import to_thread
 
 from proxy.access import Keeper
 from proxy.cache import Store
-from proxy.coremeta import CoreMetadata, NoRanges
+from proxy.coremeta import CoreMetadata, Found, NoRanges
 from proxy.errors import (
     CacheError,
     HashMismatch,
@@ -26,9 +26,10 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.fills import Body, Fill, Filler, Spans
-from proxy.forwarding import Forwarding
+from proxy.forwarding import Forwarding, Source
 from proxy.models import CacheStatus, Caller, Reply
 from proxy.ranges import first_byte, partial
+from proxy.storage import Opened
 from proxy.upstream import Download, GitLab
 
 UNFIT_REMEMBERED = 1024
@@ -141,13 +142,11 @@ class Downloads:
         """
         key = sha256.lower()
         path = f"{caller.scope.api_path}/files/{sha256}/{quote(filename, safe='+')}"
-        vetted, fallback = await self._keeper.vouched(caller, key, filename)
-        source = None
-        if vetted and self._forwarding is not None:
-            source = await self._forwarding.source(key, filename)
+        known = await to_thread.run_sync(self._known, caller, key, filename)
+        vetted, fallback, source = known.vetted, known.fallback, known.source
+        if known.wheel is not None:
+            return await self._core_metadata(caller, key, known.wheel, known)
         if source is None and filename.endswith(".metadata"):
-            if self._metadata is not None and self._metadata.mode != "off":
-                return await self._core_metadata(caller, key, filename.removesuffix(".metadata"))
             # GitLab serves no core metadata: a `.metadata` name is only ever a followed
             # page's, with its own hash. Without that record, never the wheel's bytes.
             vetted = fallback = False
@@ -172,7 +171,11 @@ class Downloads:
             if url is not None:
                 # After the access check, as GitLab does: the bytes never pass through here.
                 return Reply(302, b"", {"location": url, "cache-control": "no-store"}, "HIT")
-        if vetted:
+        if known.opened is not None:
+            return _hit(known.opened, key)
+        # _known tried to open it already when the caller was vouched for GitLab's file.
+        looked = known.vetted and source is None and not self._redirect
+        if vetted and not looked:
             hit = await self._open_cached(key)
             if hit is not None:
                 return hit
@@ -251,26 +254,58 @@ class Downloads:
 
     # -- core metadata (PEP 658/714, design 3.7) ---------------------------------------
 
-    async def _core_metadata(self, caller: Caller, sha256: str, wheel: str) -> FileReply | Reply:
+    def _known(self, caller: Caller, key: str, filename: str) -> _Known:
+        """(Blocking) what the cache says of a file request, read in one thread hop: whether
+        the caller may have it, where a followed page put it, and the cached file opened
+        (or, for a GitLab wheel's `.metadata`, the metadata held) when it may be served."""
+        vetted, fallback = self._keeper.vouched_now(caller, key, filename)
+        forwarding = self._forwarding
+        source = forwarding.source_now(key, filename) if vetted and forwarding else None
+        metadata = self._metadata
+        if (
+            source is None
+            and filename.endswith(".metadata")
+            and metadata
+            and metadata.mode != "off"
+        ):
+            wheel = filename.removesuffix(".metadata")
+            vetted, fallback = self._keeper.vouched_now(caller, key, wheel)
+            source = forwarding.source_now(key, wheel) if forwarding else None
+            held: Found | bool | None = None
+            if wheel.endswith(".whl") and (vetted or fallback) and source is None:
+                held = metadata.local(key, wheel)
+            return _Known(vetted, fallback, source, wheel=wheel, metadata=held)
+        opened = None
+        if vetted and source is None and not self._redirect:
+            opened = self._store.files.open_range(key)
+        return _Known(vetted, fallback, source, opened=opened)
+
+    async def _core_metadata(
+        self, caller: Caller, sha256: str, wheel: str, known: _Known
+    ) -> FileReply | Reply:
         """`<wheel>.metadata` of a wheel this caller may read: from the cache, else (mode
         "always") from GitLab's ranges of the wheel, else from the whole wheel through
         the usual fill. A 404 for anything else: never a guess, never the wheel's bytes."""
         assert self._metadata is not None
         path = f"{caller.scope.api_path}/files/{sha256}/{quote(wheel, safe='+')}"
-        vetted, fallback = await self._keeper.vouched(caller, sha256, wheel)
+        vetted, fallback, source = known.vetted, known.fallback, known.source
         if not wheel.endswith(".whl") or not (vetted or fallback):
             return Reply(404, _NOT_FOUND, {"content-type": "application/json"}, "BYPASS")
         if not vetted:
             refusal = await self._check(caller, path, sha256, wheel, fallback=True)
             if refusal is not None:
                 return refusal
-        source = None if self._forwarding is None else await self._forwarding.source(sha256, wheel)
         try:
             if source is not None:  # a public index's wheel: no ranges through PublicIndex
                 raise NoRanges("a public file")
-            found = await self._metadata.find(
-                sha256, wheel, path=path, authorization=caller.upstream
-            )
+            if isinstance(known.metadata, Found):
+                found: Found | None = known.metadata
+            elif known.metadata is False or not self._metadata.remote:
+                found = None
+            else:
+                found = await self._metadata.find(
+                    sha256, wheel, path=path, authorization=caller.upstream, held=False
+                )
         except NoRanges:
             answer = await self.file(caller, sha256, wheel)
             if isinstance(answer, Reply):
@@ -523,17 +558,34 @@ class Downloads:
 
     async def _open_cached(self, key: str) -> FileReply | None:
         opened = await to_thread.run_sync(self._store.files.open_range, key)
-        if opened is None:
-            return None
-        return FileReply(
-            opened.size,
-            "HIT",
-            lambda start, end: Body(opened.read(start, end), opened.close),
-            opened.close,
-            sha256=key,
-            modified=opened.modified,
-            file=opened.file,
-        )
+        return None if opened is None else _hit(opened, key)
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """What the cache says of a file request (Downloads._known)."""
+
+    vetted: bool
+    fallback: bool
+    source: Source | None
+    wheel: str | None = None
+    """For a GitLab wheel's `<wheel>.metadata`, the wheel's name."""
+    metadata: Found | bool | None = None
+    """Then: CoreMetadata.local's answer (None: not read, or the cache cannot tell)."""
+    opened: Opened | None = None
+    """The cached file, open, when it may be served as it is."""
+
+
+def _hit(opened: Opened, key: str) -> FileReply:
+    return FileReply(
+        opened.size,
+        "HIT",
+        lambda start, end: Body(opened.read(start, end), opened.close),
+        opened.close,
+        sha256=key,
+        modified=opened.modified,
+        file=opened.file,
+    )
 
 
 def _cold(asked: Asked, fill: Fill | None) -> bool:

@@ -238,23 +238,21 @@ class Forwarding:
         except CacheError as exc:
             log.warning("cannot record where public files are: %s", exc)
 
-    def _lookup(self, sha256: str, filename: str) -> tuple[str, bool] | None:
-        url = self._grants.source(sha256, filename)
-        if url is None:
-            return None
-        content = url.partition("#sha256=")[2] or sha256
-        return url, self._grants.seen_public(content)
-
     async def source(self, sha256: str, filename: str) -> Source | None:
         """Where a followed page said this file is; None for a file of GitLab's own."""
+        return await to_thread.run_sync(self.source_now, sha256, filename)
+
+    def source_now(self, sha256: str, filename: str) -> Source | None:
+        """(Blocking) source(), for a thread that reads more of the cache in the same hop."""
         try:
-            found = await to_thread.run_sync(self._lookup, sha256, filename)
+            url = self._grants.source(sha256, filename)
+            if url is None:
+                return None
+            seen = self._grants.seen_public(url.partition("#sha256=")[2] or sha256)
         except CacheError:
             return None
-        if found is None:
-            return None
-        url, _, fragment = found[0].partition("#")
-        return Source(url, fragment.removeprefix("sha256=") or sha256, seen=found[1])
+        address, _, fragment = url.partition("#")
+        return Source(address, fragment.removeprefix("sha256=") or sha256, seen=seen)
 
     async def seen(self, sha256: str) -> None:
         """These bytes were fetched from a public URL and verified: they are public."""
