@@ -199,8 +199,13 @@ class CoreMetadata:
     async def _remote(
         self, sha256: str, filename: str, path: str, authorization: str | None
     ) -> Found | None:
+        whole: list[bytes] = []
+
         async def read(span: Span) -> Piece:
-            return await self._range(path, authorization, span)
+            piece = await self._range(path, authorization, span)
+            if piece.offset == 0 and len(piece.data) == piece.size:
+                whole.append(piece.data)  # a small wheel: the tail read was all of it
+            return piece
 
         try:
             data = await drive(steps(filename), read)
@@ -213,7 +218,32 @@ class CoreMetadata:
             log.info("no core metadata in %s: %s", filename, exc)
             await to_thread.run_sync(self._known, sha256, "")
             return None
-        return await to_thread.run_sync(lambda: self._keep(sha256, data, fetched=True))
+
+        def keep() -> Found:
+            if whole:
+                self._adopt(sha256, whole[0])
+            return self._keep(sha256, data, fetched=True)
+
+        return await to_thread.run_sync(keep)
+
+    def _adopt(self, sha256: str, wheel: bytes) -> None:
+        """(Blocking) keep a wheel a range read brought whole as the cached file, when it
+        hashes to its sha256: its download is then a hit, not a second fetch."""
+        if hashlib.sha256(wheel).hexdigest() != sha256:
+            log.warning("a range read of %s… does not hash to its sha256", sha256[:12])
+            return
+        try:
+            if self._store.has_file(sha256):
+                return
+            fd, name = tempfile.mkstemp(dir=self._store.tmp, suffix=".whl")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(wheel)
+                self._store.put_file(sha256, Path(name))
+            finally:
+                Path(name).unlink(missing_ok=True)
+        except (CacheError, OSError) as exc:
+            log.warning("cannot keep the wheel %s…: %s", sha256[:12], exc)
 
     async def _range(self, path: str, authorization: str | None, span: Span) -> Piece:
         """One ranged GET of the wheel; NoRanges unless GitLab answers with the bytes asked."""

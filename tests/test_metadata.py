@@ -23,7 +23,7 @@ from tests.clients import run
 from tests.distfactory import make_wheel
 from tests.fakegitlab import FakeGitLab
 from tests.fakehttp import Response, byte_range
-from tests.inproc import GITLAB, Serve, gitlab_page
+from tests.inproc import GITLAB, BrokenBody, Serve, gitlab_page
 from tests.scenario import SERVICE, Start, acme, publish
 
 API = "/api/v4/projects/42/packages/pypi"
@@ -399,6 +399,48 @@ async def test_a_page_asked_for_has_its_dependencies_pages_fetched_ahead_one_lev
         for _ in range(20):  # a client's round trips let a wrongly chained fetch show
             assert (await client.get(PAGE)).headers["x-cache"] == "HIT"
     assert not deeper.called
+
+
+@pytest.mark.anyio
+async def test_a_small_wheel_read_whole_for_its_metadata_is_kept_as_the_cached_file(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """Mode always: a wheel smaller than the tail read arrives whole with its metadata; it
+    is kept (its sha256 checked), so its download is a HIT and GitLab sends it once."""
+    filename, data = _small_wheel("big-pkg", ["tiny"])
+    wheel, meta = urls(filename, data)
+    gitlab_api.get(GITLAB + PAGE.rstrip("/")).respond(200, content=page_of(filename, data))
+    sent: list[int] = []
+    route = gitlab_api.get(GITLAB + wheel).mock(side_effect=ranged(data, sent))
+    gitlab_api.get(f"{GITLAB}{API}/simple/tiny").respond(200, content=gitlab_page("tiny", ""))
+    async with serve({"pages.metadata": "always"}) as client:
+        await client.get(PAGE)
+        assert (await client.get(meta)).status_code == 200
+        response = await client.get(wheel)
+        assert response.content == data
+        assert response.headers["x-cache"] == "HIT"
+    assert route.call_count == 1
+    assert sent == [len(data)]
+
+
+@pytest.mark.anyio
+async def test_a_whole_wheel_that_does_not_hash_to_its_sha256_is_not_kept(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """A range read that brings a whole wheel with other bytes than its sha256 names: its
+    metadata is still read, but the download goes to GitLab (a fill, which checks)."""
+    filename, data = _small_wheel("big-pkg", ["tiny"])
+    _, other = _small_wheel("big-pkg", ["other"])
+    wheel, meta = urls(filename, data)
+    gitlab_api.get(GITLAB + PAGE.rstrip("/")).respond(200, content=page_of(filename, data))
+    route = gitlab_api.get(GITLAB + wheel).mock(side_effect=ranged(other, []))
+    gitlab_api.get(f"{GITLAB}{API}/simple/other").respond(200, content=gitlab_page("other", ""))
+    async with serve({"pages.metadata": "always"}) as client:
+        await client.get(PAGE)
+        assert (await client.get(meta)).status_code == 200
+        with pytest.raises(BrokenBody):  # the fill's check: never a clean end on bad bytes
+            await client.get(wheel)
+    assert route.call_count == 2
 
 
 @pytest.mark.anyio
