@@ -233,17 +233,21 @@ class CoreMetadata:
             log.warning("a range read of %s… does not hash to its sha256", sha256[:12])
             return
         try:
-            if self._store.has_file(sha256):
-                return
-            fd, name = tempfile.mkstemp(dir=self._store.tmp, suffix=".whl")
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(wheel)
-                self._store.put_file(sha256, Path(name))
-            finally:
-                Path(name).unlink(missing_ok=True)
+            self._put(sha256, wheel, ".whl")
         except (CacheError, OSError) as exc:
             log.warning("cannot keep the wheel %s…: %s", sha256[:12], exc)
+
+    def _put(self, digest: str, data: bytes, suffix: str) -> None:
+        """(Blocking) store `data` as the cached file `digest`, unless it is held already."""
+        if self._store.has_file(digest):
+            return
+        fd, name = tempfile.mkstemp(dir=self._store.tmp, suffix=suffix)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            self._store.put_file(digest, Path(name))
+        finally:
+            Path(name).unlink(missing_ok=True)
 
     async def _range(self, path: str, authorization: str | None, span: Span) -> Piece:
         """One ranged GET of the wheel; NoRanges unless GitLab answers with the bytes asked."""
@@ -281,14 +285,7 @@ class CoreMetadata:
         cache that cannot store it still lets this answer be served."""
         digest = hashlib.sha256(data).hexdigest()
         try:
-            if not self._store.has_file(digest):
-                fd, name = tempfile.mkstemp(dir=self._store.tmp, suffix=".metadata")
-                try:
-                    with os.fdopen(fd, "wb") as out:
-                        out.write(data)
-                    self._store.put_file(digest, Path(name))
-                finally:
-                    Path(name).unlink(missing_ok=True)
+            self._put(digest, data, ".metadata")
             self._known(wheel, digest)
         except (CacheError, OSError) as exc:
             log.warning("cannot keep the core metadata of %s: %s", wheel[:12], exc)
