@@ -423,8 +423,11 @@ class Store:
         (with `use` False, for prune only in iter_files() order)."""
         return self.files.open(sha256, use=use)
 
-    def put_file(self, sha256: str, path: Path, *, pinned: bool = False) -> int:
+    def put_file(
+        self, sha256: str, path: Path, *, pinned: bool = False, name: str | None = None
+    ) -> int:
         """Publish a verified file (pinned: never evicted); readers see all of it or nothing.
+        `name`: the project it is a file of, whose pages change (None: every page).
 
         The file is linked into the cache where the disk allows (no copy): it must not be
         written after, and the caller removes its own name for it.
@@ -432,7 +435,7 @@ class Store:
         Raises CacheFull when the disk has no room for it.
         """
         self.files.commit(sha256, path, pinned=pinned)
-        self.changes.files()
+        self.changes.files(name)
         return self._cull()
 
     def pin(self, sha256: str) -> bool:

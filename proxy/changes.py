@@ -48,9 +48,10 @@ class Changes:
         """Every page changed."""
         self._mark(_ALL)
 
-    def files(self) -> None:
-        """A file was held, dropped, or its core metadata became known."""
-        self._mark(_FILES)
+    def files(self, name: str | None = None) -> None:
+        """A file was held, dropped, or its core metadata became known: a file of project
+        `name` (the pages of that name change), or of any (every page changes)."""
+        self._mark(_FILES if name is None else _slot(name))
 
     def _mark(self, slot: int) -> None:
         self._map[slot * _WIDTH : (slot + 1) * _WIDTH] = os.urandom(_WIDTH)

@@ -23,7 +23,7 @@ from proxy.cache import Store
 from proxy.errors import CacheError, ProxyError, UpstreamUnavailable
 from proxy.grants import Grants
 from proxy.metadata import NoMetadata, Piece, Span, drive, extract_from, steps
-from proxy.models import METADATA_ATTRS, Link, NormalizedName, Page, normalize
+from proxy.models import METADATA_ATTRS, Link, NormalizedName, Page, normalize, project_of
 from proxy.upstream import GitLab
 from proxy.values import MetadataMode
 
@@ -192,9 +192,9 @@ class CoreMetadata:
                 data = extract_from(handle, filename)
             except NoMetadata as exc:
                 log.info("no core metadata in %s: %s", filename, exc)
-                self._known(sha256, "")
+                self._known(sha256, "", filename)
                 return False
-        return self._keep(sha256, data, fetched=False)
+        return self._keep(sha256, data, filename, fetched=False)
 
     async def _remote(
         self, sha256: str, filename: str, path: str, authorization: str | None
@@ -216,38 +216,39 @@ class CoreMetadata:
             raise
         except NoMetadata as exc:
             log.info("no core metadata in %s: %s", filename, exc)
-            await to_thread.run_sync(self._known, sha256, "")
+            await to_thread.run_sync(self._known, sha256, "", filename)
             return None
 
         def keep() -> Found:
             if whole:
-                self._adopt(sha256, whole[0])
-            return self._keep(sha256, data, fetched=True)
+                self._adopt(sha256, filename, whole[0])
+            return self._keep(sha256, data, filename, fetched=True)
 
         return await to_thread.run_sync(keep)
 
-    def _adopt(self, sha256: str, wheel: bytes) -> None:
+    def _adopt(self, sha256: str, filename: str, wheel: bytes) -> None:
         """(Blocking) keep a wheel a range read brought whole as the cached file, when it
         hashes to its sha256: its download is then a hit, not a second fetch."""
         if hashlib.sha256(wheel).hexdigest() != sha256:
             log.warning("a range read of %s… does not hash to its sha256", sha256[:12])
             return
         try:
-            self._put(sha256, wheel, ".whl")
+            self._put(sha256, wheel, ".whl", project_of(filename))
         except (CacheError, OSError) as exc:
             log.warning("cannot keep the wheel %s…: %s", sha256[:12], exc)
 
-    def _put(self, digest: str, data: bytes, suffix: str) -> None:
-        """(Blocking) store `data` as the cached file `digest`, unless it is held already."""
+    def _put(self, digest: str, data: bytes, suffix: str, name: str) -> None:
+        """(Blocking) store `data` as the cached file `digest` (of project `name`), unless
+        it is held already."""
         if self._store.has_file(digest):
             return
-        fd, name = tempfile.mkstemp(dir=self._store.tmp, suffix=suffix)
+        fd, temporary = tempfile.mkstemp(dir=self._store.tmp, suffix=suffix)
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
-            self._store.put_file(digest, Path(name))
+            self._store.put_file(digest, Path(temporary), name=name)
         finally:
-            Path(name).unlink(missing_ok=True)
+            Path(temporary).unlink(missing_ok=True)
 
     async def _range(self, path: str, authorization: str | None, span: Span) -> Piece:
         """One ranged GET of the wheel; NoRanges unless GitLab answers with the bytes asked."""
@@ -274,19 +275,19 @@ class CoreMetadata:
                 raise UpstreamUnavailable(f"GitLab sent {len(data)} of {wanted} bytes asked")
             return Piece(first, bytes(data), size)
 
-    def _known(self, wheel: str, metadata: str) -> None:
+    def _known(self, wheel: str, metadata: str, filename: str) -> None:
         """(Blocking) record the wheel's metadata ("": none), then mark the pages that
-        advertise it as changed."""
+        advertise it (its project's) as changed."""
         self._grants.set_metadata(wheel, metadata)
-        self._store.changes.files()
+        self._store.changes.files(project_of(filename))
 
-    def _keep(self, wheel: str, data: bytes, *, fetched: bool) -> Found:
+    def _keep(self, wheel: str, data: bytes, filename: str, *, fetched: bool) -> Found:
         """(Blocking) store the metadata under its own sha256 and record it for the wheel; a
         cache that cannot store it still lets this answer be served."""
         digest = hashlib.sha256(data).hexdigest()
         try:
-            self._put(digest, data, ".metadata")
-            self._known(wheel, digest)
+            self._put(digest, data, ".metadata", project_of(filename))
+            self._known(wheel, digest, filename)
         except (CacheError, OSError) as exc:
             log.warning("cannot keep the core metadata of %s: %s", wheel[:12], exc)
         return Found(digest, data, fetched=fetched)

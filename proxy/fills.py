@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Generic, Self, TypeVar
+from urllib.parse import unquote, urlsplit
 
 from anyio import to_thread
 
@@ -39,6 +40,7 @@ from proxy.errors import (
     ProxyError,
     UpstreamUnavailable,
 )
+from proxy.models import project_of
 from proxy.spool import Spool
 from proxy.upstream import GitLab
 
@@ -320,8 +322,10 @@ class Filler:
                 # A later lease was granted (ours expired): its holder commits, never us.
                 log.warning("not committing %s: its lease expired mid-fill", fill.sha256)
                 return
+            part = self._spool.part(fill.sha256)
+            name = project_of(unquote(urlsplit(path).path.rpartition("/")[2]))
             evicted = await to_thread.run_sync(
-                self._store.put_file, fill.sha256, self._spool.part(fill.sha256)
+                partial(self._store.put_file, fill.sha256, part, name=name)
             )
             self._on_evict(evicted)
         finally:

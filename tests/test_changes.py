@@ -38,3 +38,13 @@ def test_a_new_file_starts_unmarked_and_an_existing_one_keeps_its_marks(tmp_path
     Changes(tmp_path / "changes").pages("my-pkg")
     again = Changes(tmp_path / "changes")
     assert again.stamp("my-pkg") != Changes(tmp_path / "fresh").stamp("my-pkg")
+
+
+def test_a_file_of_one_project_moves_only_that_names_stamp(tmp_path: Path) -> None:
+    """A file of a named project held (or its metadata known) changes that name's pages
+    only; other names' renderings stay valid."""
+    changes = Changes(tmp_path / "changes")
+    mine, other = changes.stamp("my-pkg"), changes.stamp("other-pkg")
+    changes.files("my-pkg")
+    assert changes.stamp("my-pkg") != mine
+    assert changes.stamp("other-pkg") == other

@@ -250,7 +250,9 @@ class FullSpool(Spool):
 class ForgetfulStore(Store):
     """A Store whose disk has no room left for a file's copy."""
 
-    def put_file(self, sha256: str, path: Path, *, pinned: bool = False) -> int:
+    def put_file(
+        self, sha256: str, path: Path, *, pinned: bool = False, name: str | None = None
+    ) -> int:
         raise CacheFull("the cache's disk is full")
 
 

@@ -161,6 +161,26 @@ async def test_a_page_shows_core_metadata_as_soon_as_its_wheel_is_held(
 
 
 @pytest.mark.anyio
+async def test_a_wheel_of_another_project_held_leaves_a_page_in_memory(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """A fill of another project's wheel does not end this page's rendering in memory (a
+    resolver's downloads would otherwise send every page back to the store)."""
+    gitlab_api.get(PAGE_URL).respond(200, content=page("my_pkg-1.0-py3-none-any.whl"), headers=HTML)
+    filename, data = make_wheel("other-pkg", "1.0")
+    sha = hashlib.sha256(data).hexdigest()
+    gitlab_api.get(f"{GITLAB}{API}/files/{sha}/{filename}").respond(200, content=data)
+    async with serve() as client:
+        await client.get(PAGE)
+        await client.get(PAGE)  # now in memory
+        assert (await client.get(f"{API}/files/{sha}/{filename}")).content == data
+        before = await memory_hits(client)
+        await client.get(PAGE)
+        after = await memory_hits(client)
+    assert after - before == 1
+
+
+@pytest.mark.anyio
 async def test_a_page_in_memory_never_reaches_another_owner(
     serve: Serve, gitlab_api: respx.MockRouter
 ) -> None:
