@@ -303,6 +303,8 @@ def write_page(
         "  folder each time) into a new venv, from the target's index only; each client has its",
         "  own tree, so its first install (cold) finds the target empty; warm is the next",
         "  install, new client cache again. GitLab direct has no cache: cold and warm alike.",
+        "  gitlab-pypi-proxy with `pages.metadata = always` (GITLAB_PYPI_PROXY_PAGES_METADATA)",
+        "  is measured by its installs alone.",
         "- The client (wrk, curl, pip, uv) shares the machine's CPUs with the target and with",
         "  the fake GitLab, so absolute figures are loopback figures; compare the ratios.",
         "",

@@ -9,8 +9,9 @@ and 8 clients (curl processes, MB/s over all of them); a cold fill of each size 
 for yet (time to last byte); `pip install` and `uv pip install` of a 20-package tree with
 GitLab 100 ms away, cold and warm; the target's resident memory over its whole life (summed
 over its processes, sampled every 20 ms); and, in a new proxy, peak memory while 8 clients
-stream a 192 MB and a 1 GB file, cold and warm. It writes docs/benchmarks.md, docs/*.png and
-the README's headline block (between its markers).
+stream a 192 MB and a 1 GB file, cold and warm. The proxy with pages.metadata = always
+(`proxy-always`) is measured by its installs alone. It writes docs/benchmarks.md,
+docs/*.png and the README's headline block (between its markers).
 """
 
 from __future__ import annotations
