@@ -23,8 +23,8 @@ from tests.fakegitlab import FakeGitLab
 def test_proxy_always_advertises_metadata_of_wheels_it_does_not_hold(
     gitlab: FakeGitLab, tmp_path: Path, target: str, advertised: bool
 ) -> None:
-    """ "proxy-always" runs the proxy with pages.metadata = always: a page advertises the core
-    metadata of a wheel the cache does not hold, which the default proxy does not."""
+    """The "proxy-always" target runs the proxy with pages.metadata = always: the first page
+    of a wheel nobody downloaded advertises its core metadata, the default proxy's does not."""
     gitlab.add_project(PROJECT, "tools", visibility="public")
     filename, content = make_wheel("acme", "1.0")
     gitlab.add_file(PROJECT, "acme", "1.0", filename, content)
@@ -32,4 +32,5 @@ def test_proxy_always_advertises_metadata_of_wheels_it_does_not_hold(
     with start(target, fx) as running:
         page = httpx.get(running.page.format("acme"), timeout=30)
     page.raise_for_status()
-    assert ('data-core-metadata="true"' in page.text) is advertised
+    # "true", or the metadata's hash once the page's read-ahead has fetched this small wheel.
+    assert ("data-core-metadata=" in page.text) is advertised
