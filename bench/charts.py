@@ -26,8 +26,11 @@ def bars(ax: Any, names: list[str], values: list[float], colors: list[str], titl
 
 
 def throughput(data: dict[str, Any], out: Path) -> None:
-    """throughput.png: one panel per figure, every target, and the proxy's flat memory."""
-    results, labels, setup = data["results"], data["labels"], data["setup"]
+    """throughput.png: one panel per figure, every target but the install-only ones, and the
+    proxy's flat memory."""
+    labels, setup = data["labels"], data["setup"]
+    skip = data.get("install_only", [])
+    results = [r for r in data["results"] if r["target"] not in skip]
     size, big, huge = setup["size_mb"], setup["big_mb"], setup["huge_mb"]
     names = [labels[r["target"]].split(" (")[0] for r in results]
     colors = ["tab:red" if r["target"].startswith("proxy") else "tab:gray" for r in results]

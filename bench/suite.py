@@ -9,8 +9,9 @@ and 8 clients (curl processes, MB/s over all of them); a cold fill of each size 
 for yet (time to last byte); `pip install` and `uv pip install` of a 20-package tree with
 GitLab 100 ms away, cold and warm; the target's resident memory over its whole life (summed
 over its processes, sampled every 20 ms); and, in a new proxy, peak memory while 8 clients
-stream a 192 MB and a 1 GB file, cold and warm. It writes docs/benchmarks.md, docs/*.png and
-the README's headline block (between its markers).
+stream a 192 MB and a 1 GB file, cold and warm. The proxy with pages.metadata = always
+(`proxy-always`) is measured by its installs alone. It writes docs/benchmarks.md,
+docs/*.png and the README's headline block (between its markers).
 """
 
 from __future__ import annotations
@@ -32,12 +33,22 @@ from harness import MB, ROOT
 from installs import installs
 from measures import Memory, Result, curls, settled, wrk
 from report import Setup, headline, machine, update_readme, versions, write_page
-from targets import HOT, HOT_BIG, LABELS, TARGETS, Fixture, fake_gitlab, start
+from targets import (
+    HOT,
+    HOT_BIG,
+    INSTALL_ONLY,
+    LABELS,
+    TARGETS,
+    Fixture,
+    Running,
+    fake_gitlab,
+    start,
+)
 
 DOCS = ROOT / "docs"
 HERE = Path(__file__).resolve().parent
 PEER_PACKAGES = ("proxpi", "gunicorn", "devpi-server", "devpi-client", "matplotlib")
-INSTALL_TARGETS = ("gitlab", "proxpi", "devpi", "proxy")
+INSTALL_TARGETS = ("gitlab", "proxpi", "devpi", "proxy", "proxy-always")
 
 
 def ensure_tools(peers: Path) -> Path:
@@ -58,9 +69,21 @@ def ensure_tools(peers: Path) -> Path:
     return python
 
 
+def install_figures(running: Running, fx: Fixture, setup: Setup) -> dict[str, float]:
+    """The install times through a started target (none if clients cannot install from it)."""
+    if running.index is None:
+        return {}
+    runs = 1 if setup.quick else 2
+    return installs(running.index, fx.trees, fx.set_delay, delay=setup.delay_ms / 1000, runs=runs)
+
+
 def measure(target: str, fx: Fixture, setup: Setup) -> Result:
-    """All figures for one target."""
+    """All figures for one target (an install-only target: its installs alone)."""
     result = Result(target)
+    if target in INSTALL_ONLY:
+        with start(target, fx) as running:
+            result.installs = install_figures(running, fx, setup)
+        return result
     # Repetitions per figure: (1 client, 8 clients) for the small and the big wheel.
     small, big = ((3, 1), (1, 1)) if setup.quick else ((8, 3), (2, 1))
     with start(target, fx) as running, Memory(running.pid) as memory:
@@ -79,14 +102,8 @@ def measure(target: str, fx: Fixture, setup: Setup) -> Result:
             started = time.perf_counter()
             curls(url, 1, 1, fx.sizes[name])
             setattr(result, key, fx.sizes[name] / MB / (time.perf_counter() - started))
-        if target in INSTALL_TARGETS and running.index is not None:
-            result.installs = installs(
-                running.index,
-                fx.trees,
-                fx.set_delay,
-                delay=setup.delay_ms / 1000,
-                runs=1 if setup.quick else 2,
-            )
+        if target in INSTALL_TARGETS:
+            result.installs = install_figures(running, fx, setup)
     result.rss = memory.samples
     result.peak_rss = max((rss for _, rss in memory.samples), default=0)
     return result
@@ -94,12 +111,14 @@ def measure(target: str, fx: Fixture, setup: Setup) -> Result:
 
 def report_line(r: Result) -> str:
     """What the terminal shows for one target."""
+    installs_line = ", ".join(f"{case} {seconds:.2f} s" for case, seconds in r.installs.items())
+    if r.target in INSTALL_ONLY:
+        return f"  installs: {installs_line}"
     line = (
         f"  pages {r.page_rps:.0f}/s, hit {r.hit_1:.0f} / {r.hit_8:.0f} MB/s, big "
         f"{r.hit_1_big:.0f} / {r.hit_8_big:.0f} MB/s, cold {r.cold:.0f} / {r.cold_big:.0f} MB/s,"
         f" peak RSS {r.peak_rss / MB:.0f} MB"
     )
-    installs_line = ", ".join(f"{case} {seconds:.2f} s" for case, seconds in r.installs.items())
     return line + (f"\n  installs: {installs_line}" if installs_line else "")
 
 
@@ -159,7 +178,7 @@ def main() -> None:
     began = time.monotonic()
     peers_python = ensure_tools(args.peers)
     sizes = {HOT: args.size_mb * MB, HOT_BIG: args.big_mb * MB}
-    for target in targets:
+    for target in (t for t in targets if t not in INSTALL_ONLY):
         sizes[f"cold-{target}"], sizes[f"cold-big-{target}"] = args.size_mb * MB, args.big_mb * MB
     rss_files = {f"{args.big_mb} MB": "rss-big", f"{args.huge_mb} MB": "rss-huge"}
     if not args.no_memory:
@@ -179,7 +198,12 @@ def main() -> None:
     args.out.mkdir(exist_ok=True)
     (args.out / "benchmarks.md").write_text(write_page(results, skipped, memory, setup, meta))
     raw = Path(tempfile.gettempdir()) / "bench-suite-results.json"
-    everything = {"setup": asdict(setup), "labels": LABELS, "memory": memory}
+    everything = {
+        "setup": asdict(setup),
+        "labels": LABELS,
+        "install_only": INSTALL_ONLY,
+        "memory": memory,
+    }
     raw.write_text(json.dumps({**everything, "results": [asdict(r) for r in results]}))
     subprocess.run(
         [str(peers_python), str(HERE / "charts.py"), str(raw), str(args.out)], check=True

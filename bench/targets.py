@@ -31,7 +31,10 @@ TARGETS = (
     "proxy-2w",
     "proxy-s3",
     "proxy-s3-redirect",
+    "proxy-always",
 )
+# Targets measured by their installs only (no pages, wheels, cold fills or memory figures).
+INSTALL_ONLY = ("proxy-always",)
 LABELS = {
     "gitlab": "GitLab direct (in-memory fake)",
     "proxpi": "proxpi",
@@ -41,6 +44,7 @@ LABELS = {
     "proxy-2w": "gitlab-pypi-proxy, --workers 2",
     "proxy-s3": "gitlab-pypi-proxy, files in S3 (moto server)",
     "proxy-s3-redirect": "gitlab-pypi-proxy, S3 with redirects (moto server)",
+    "proxy-always": "gitlab-pypi-proxy, pages.metadata = always",
 }
 
 
@@ -149,6 +153,8 @@ def start(target: str, fx: Fixture) -> Iterator[Running]:
                 env["GITLAB_PYPI_PROXY_STORAGE_URL"] = f"s3://{s3.bucket}/bench"
                 env["GITLAB_PYPI_PROXY_STORAGE_ENDPOINT_URL"] = s3.endpoint
                 env["GITLAB_PYPI_PROXY_STORAGE_REDIRECT"] = str(target.endswith("redirect"))
+            if target == "proxy-always":
+                env = dict(os.environ, GITLAB_PYPI_PROXY_PAGES_METADATA="always")
             pid = stack.enter_context(process(command, log, env))
             wait_for(base + "/-/health")
             yield Running(pid, f"{base}{SIMPLE}/{{}}/", f"{base}{SIMPLE}/")
