@@ -89,9 +89,13 @@ async def within_deadline(awaitable: Awaitable[object]) -> None:
     await asyncio.wait_for(awaitable, DEADLINE)
 
 
-def client(*, ca_bundle: str = "", max_per_origin: int = MAX_PER_ORIGIN) -> httpx.AsyncClient:
+def client(
+    *, ca_bundle: str = "", max_per_origin: int = MAX_PER_ORIGIN, keepalive_expiry: float = 5.0
+) -> httpx.AsyncClient:
     """An httpx client on a Wire of its own."""
-    transport = Wire(ca_bundle=ca_bundle, max_per_origin=max_per_origin)
+    transport = Wire(
+        ca_bundle=ca_bundle, max_per_origin=max_per_origin, keepalive_expiry=keepalive_expiry
+    )
     return httpx.AsyncClient(transport=transport, trust_env=False)
 
 
@@ -101,6 +105,14 @@ async def test_sequential_requests_share_one_connection() -> None:
         for _ in range(5):
             assert (await http.get(server.url + "/x")).content == b"ok"
     assert server.accepted == 1
+
+
+async def test_an_idle_connection_past_its_expiry_is_not_reused() -> None:
+    """A connection idle longer than keepalive_expiry is closed, not reused."""
+    async with Raw(answering(OK)) as server, client(keepalive_expiry=0.0) as http:
+        for _ in range(2):
+            assert (await http.get(server.url)).content == b"ok"
+    assert server.accepted == 2
 
 
 async def test_parallel_requests_each_get_a_connection_then_reuse_them() -> None:
@@ -449,6 +461,28 @@ async def test_a_server_that_takes_nothing_is_a_write_timeout() -> None:
         with pytest.raises(httpx.WriteTimeout):
             await http.post(server.url, content=_blocks(256), timeout=httpx.Timeout(5, write=0.2))
         release.set()
+
+
+async def test_an_answer_before_the_upload_ends_is_returned() -> None:
+    """A server that answers and closes before taking the whole body (a 413, a 401) gives
+    that answer, not a write error."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 413 Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig")
+        await writer.drain()
+
+    async with Raw(handle) as server, client() as http:
+        answer = await http.post(server.url, content=_blocks(256))
+    assert (answer.status_code, answer.content) == (413, b"big")
+
+
+async def test_a_header_that_would_smuggle_another_is_refused() -> None:
+    """A header value holding CR or LF is refused before anything is sent."""
+    async with Raw(answering(OK)) as server, client() as http:
+        with pytest.raises(httpx.LocalProtocolError):
+            await http.get(server.url, headers={"X-Note": "a\r\nAuthorization: Bearer x"})
+    assert server.accepted == 0
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
