@@ -197,10 +197,11 @@ class Connection(asyncio.Protocol):
         return self.usable() and self._complete and not self._chunks
 
     def close(self) -> None:
-        """Close the connection at once."""
+        """Close the connection at once: nothing it still holds or sends is wanted (a TLS
+        close would wait for the server's close_notify, reading what it still sends)."""
         self.closed = True
         if self._transport is not None:
-            self._transport.close()
+            self._transport.abort()
 
     def begin(self, request: httpx.Request) -> None:
         """Start an exchange for `request` on this (fresh or idle) connection."""
