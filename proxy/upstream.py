@@ -1,4 +1,4 @@
-"""The GitLab client and the public index client: the only module that speaks httpx."""
+"""The GitLab client and the public index client (httpx's home; its transport is `wire`)."""
 
 from __future__ import annotations
 
@@ -12,22 +12,18 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from urllib.parse import urljoin, urlsplit
 
-import httpcore
 import httpx
 
 from proxy import __version__
 from proxy.errors import BadRequest, UpstreamStatus, UpstreamUnavailable
 from proxy.metrics import Metrics
 from proxy.reachability import Reachability
+from proxy.wire import Wire
 
 USER_AGENT = f"gitlab-pypi-proxy/{__version__}"
 MAX_PAGE_BYTES = 20 * 1024 * 1024
 MAX_REDIRECTS = 5
 REDIRECTS = (301, 302, 303, 307, 308)
-READ_SIZE = 256 * 1024
-"""Bytes httpcore asks the socket for at a time: what asyncio's transport reads at once.
-httpcore's 64 KiB split each read four ways, a quarter of a cold fill's CPU (py-spy)."""
-httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = READ_SIZE  # no httpx option sets it
 MAX_RETRY_AFTER = 3600.0
 """The longest Retry-After honoured: a longer one is more likely a mistake than a plan."""
 _DELTA_SECONDS = re.compile(r"[0-9]+")
@@ -163,8 +159,7 @@ class GitLab:
         timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self._client = httpx.AsyncClient(
             timeout=timeout,
-            verify=ca_bundle or True,
-            transport=transport,
+            transport=transport or Wire(ca_bundle=ca_bundle),
             follow_redirects=False,
             trust_env=False,
             headers={"User-Agent": USER_AGENT},
@@ -448,7 +443,7 @@ class PublicIndex:
         self._allowed = frozenset(host.lower() for host in allowed_hosts)
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            transport=transport,
+            transport=transport or Wire(),
             follow_redirects=False,
             trust_env=False,
             headers={"User-Agent": USER_AGENT},
@@ -529,7 +524,7 @@ async def _empty() -> AsyncIterator[bytes]:
 async def _chunks(response: httpx.Response) -> AsyncIterator[bytes]:
     """The raw body: no decoding, so the bytes hash to what GitLab stored."""
     try:
-        # As httpcore read them: a chunk size would cut and join them again (a copy).
+        # As the transport read them: a chunk size would cut and join them again (a copy).
         async for chunk in response.aiter_raw():
             yield chunk
     except httpx.TimeoutException as exc:

@@ -5,16 +5,50 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import httpx
 import pytest
 import respx
+import respx.mocks
 
+from proxy.wire import Wire
 from tests.clients import proxies
 from tests.fakegitlab import FakeGitLab
 from tests.inproc import Serve, in_process, no_package_api
 from tests.scenario import Start
 from tests.services import RedisServer
+
+
+class WireMocker(respx.mocks.HTTPCoreMocker):
+    """respx's default mocker (httpcore's transports) that also mocks proxy.wire.Wire, the
+    upstream clients' transport when none is injected: `@respx.mock` keeps mocking GitLab."""
+
+    name = "httpcore+wire"
+    targets: ClassVar[list[str]] = [*respx.mocks.HTTPCoreMocker.targets, "proxy.wire.Wire"]
+
+    @classmethod
+    def to_httpx_request(cls, **kwargs: Any) -> httpx.Request:
+        request = kwargs["request"]
+        if isinstance(request, httpx.Request):
+            return request
+        return super().to_httpx_request(**kwargs)  # type: ignore[no-any-return]
+
+    @classmethod
+    async def from_async_httpx_response(
+        cls, httpx_response: httpx.Response, target: object, **kwargs: Any
+    ) -> object:
+        if isinstance(target, Wire):  # a fresh response, as a transport gives one
+            return httpx.Response(
+                httpx_response.status_code,
+                headers=httpx_response.headers.raw,
+                stream=httpx_response.stream,
+                extensions=httpx_response.extensions,
+            )
+        return await super().from_async_httpx_response(httpx_response, target, **kwargs)
+
+
+respx.mocks.DEFAULT_MOCKER = WireMocker.name
 
 
 @pytest.fixture(autouse=True)

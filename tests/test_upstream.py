@@ -5,13 +5,12 @@ from __future__ import annotations
 import time
 from email.utils import formatdate
 
-import httpcore
 import httpx
 import pytest
 import respx
 
 from proxy.errors import UpstreamStatus, UpstreamUnavailable
-from proxy.upstream import MAX_RETRY_AFTER, READ_SIZE, GitLab, basic_authorization, retry_after
+from proxy.upstream import MAX_RETRY_AFTER, GitLab, basic_authorization, retry_after
 
 pytestmark = pytest.mark.anyio
 BASE = "https://git.example.com/gitlab"
@@ -144,8 +143,3 @@ async def test_transport_failures_become_upstream_unavailable(
 def test_repr_names_the_url_only() -> None:
     """The client's repr shows where it points and nothing else."""
     assert repr(_gitlab()) == f"GitLab(url={BASE!r})"
-
-
-def test_bodies_are_read_as_much_at_a_time_as_asyncio_reads() -> None:
-    """httpcore asks the socket for READ_SIZE (256 KiB, asyncio's read) at a time, not 64 KiB."""
-    assert httpcore.AsyncHTTP11Connection.READ_NUM_BYTES == READ_SIZE == 256 * 1024
