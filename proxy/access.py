@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 from anyio import to_thread
@@ -175,16 +176,17 @@ class Keeper:
         Bookkeeping: a cache that cannot record it (a full disk) costs a later question
         to GitLab, never the answer at hand.
         """
-        owner = caller.public_owner if public else caller.owner
-        now = self._clock()
+        await to_thread.run_sync(partial(self.vouch_now, caller, files, public=public))
 
-        def record() -> None:
+    def vouch_now(
+        self, caller: Caller, files: Iterable[tuple[str, str]], *, public: bool = False
+    ) -> None:
+        """(Blocking) vouch(), for a thread that writes more to the cache in the same hop."""
+        owner = caller.public_owner if public else caller.owner
+        try:
             self._grants.bind(owner, files)
             if self.passthrough:
-                self._grants.accept(owner, now)
-
-        try:
-            await to_thread.run_sync(record)
+                self._grants.accept(owner, self._clock())
         except CacheError as exc:
             log.warning("cannot record what GitLab allowed: %s", exc)
 

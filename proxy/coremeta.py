@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from email.parser import BytesParser
+from functools import partial
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -67,6 +68,8 @@ class CoreMetadata:
         self._grants = grants
         self._upstream = upstream
         self._running: dict[str, asyncio.Future[Found | None]] = {}
+        self._keeping: dict[str, Found] = {}  # read from GitLab, being stored
+        self._stores: set[asyncio.Future[None]] = set()
         self._ahead: set[asyncio.Task[None]] = set()
         self._no_ranges: dict[str, None] = {}  # insertion-ordered: the oldest goes first
 
@@ -97,6 +100,8 @@ class CoreMetadata:
         at `path` (one read at a time per wheel); None when the wheel has none or it
         cannot be had. Raises NoRanges when GitLab ignores Range. `held=False`: the
         caller just found the cache without it (local() said None)."""
+        if (keeping := self._keeping.get(sha256)) is not None:
+            return replace(keeping, fetched=False)  # read already: held, if in memory
         if held is None:
             found = await to_thread.run_sync(self.local, sha256, filename)
             if found is not None or not self.remote:
@@ -147,10 +152,11 @@ class CoreMetadata:
             then(found.data)
 
     async def aclose(self) -> None:
-        """Stop the reads ahead still running (at shutdown)."""
+        """Stop the reads ahead still running (at shutdown); let the stores end."""
         for task in list(self._ahead):
             task.cancel()
         await asyncio.gather(*self._ahead, return_exceptions=True)
+        await asyncio.gather(*self._stores, return_exceptions=True)
 
     def local(self, sha256: str, filename: str) -> Found | bool | None:
         """(Blocking) the metadata from the cache; False when the wheel is known to have
@@ -171,6 +177,8 @@ class CoreMetadata:
         """(Blocking) what a page may say of this wheel's metadata: "sha256=<hex>", "true"
         (`remote`: GitLab will be asked) or "" (nothing); and whether it was extracted now
         from the held wheel (only when `extract`)."""
+        if (keeping := self._keeping.get(sha256)) is not None:  # read, being stored
+            return "sha256=" + keeping.sha256, False
         known = self._grants.metadata_of(sha256)
         if known == "":
             return "", False
@@ -219,12 +227,21 @@ class CoreMetadata:
             await to_thread.run_sync(self._known, sha256, "", filename)
             return None
 
-        def keep() -> Found:
+        found = Found(hashlib.sha256(data).hexdigest(), data, fetched=True)
+
+        def keep() -> None:
             if whole:
                 self._adopt(sha256, filename, whole[0])
-            return self._keep(sha256, data, filename, fetched=True)
+            self._keep(sha256, data, filename, fetched=True)
 
-        return await to_thread.run_sync(keep)
+        # Served at once; stored meanwhile (find() gives it from memory until it is).
+        self._keeping[sha256] = found
+        task = asyncio.ensure_future(to_thread.run_sync(keep))
+        self._stores.add(task)
+        task.add_done_callback(self._stores.discard)
+        task.add_done_callback(lambda _: self._keeping.pop(sha256, None))
+        task.add_done_callback(_stored)
+        return found
 
     def _adopt(self, sha256: str, filename: str, wheel: bytes) -> None:
         """(Blocking) keep a wheel a range read brought whole as the cached file, when it
@@ -317,12 +334,15 @@ class MetadataInjector:
     async def inject(self, page: Page, *, remote: bool) -> Page:
         """`page` with its wheels' metadata advertised; `remote` False when GitLab cannot be
         asked now (only what the cache can serve)."""
+        return await to_thread.run_sync(partial(self.injected, page, remote=remote))
+
+    def injected(self, page: Page, *, remote: bool) -> Page:
+        """(Blocking) inject(), for a thread that renders the page in the same hop."""
         if self._core.mode == "off" or page.kind != "project":
             return page
         if not any(_wheel(link) for link in page.links):
             return page
-        remote = remote and self._core.remote
-        return await to_thread.run_sync(self._injected, page, remote)
+        return self._injected(page, remote and self._core.remote)
 
     def _injected(self, page: Page, remote: bool) -> Page:
         budget = EXTRACT_PER_PAGE
@@ -339,6 +359,12 @@ class MetadataInjector:
                     link = replace(link, attrs=attrs)
             links.append(link)
         return replace(page, links=tuple(links))
+
+
+def _stored(task: asyncio.Future[None]) -> None:
+    """Log how storing read metadata failed: its reader was answered already."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("cannot keep core metadata read from GitLab: %r", exc)
 
 
 class _Once:

@@ -107,7 +107,6 @@ class Mirror:
     ) -> None:
         self._on_upload = on_upload
         self._hot = hot
-        self._warming: set[asyncio.Task[None]] = set()
         self._stale_while_revalidate = stale_while_revalidate
         self._flights: Flights[_Outcome | Reply] = Flights()
         self._forwarding = forwarding
@@ -200,20 +199,14 @@ class Mirror:
         resolver asks for them next. Nothing is rendered; a failure is only logged."""
         if self.offline:
             return
+        ttl = self._keeper.page_ttl(self._page_ttl)
         for name in names:
-            task = asyncio.ensure_future(self._warm(caller, name))
-            self._warming.add(task)
-            task.add_done_callback(self._warming.discard)
+            # The flight reads the store first: a page held fresh is not asked for again.
+            flight = self._flight(caller, name, "json", ttl, asked=False)
+            self._flights.start(*flight).add_done_callback(_unheard)
 
     def _warm_dependencies(self, caller: Caller, metadata: bytes) -> None:
         self.warm(caller, dependencies(metadata))
-
-    async def _warm(self, caller: Caller, name: NormalizedName) -> None:
-        ttl = self._keeper.page_ttl(self._page_ttl)
-        stored = await self._stored(caller.owner, name, "json")
-        if stored is None or self._clock() - stored.fetched_at >= ttl:
-            flight = self._flight(caller, name, "json", ttl, asked=False)
-            self._flights.start(*flight).add_done_callback(_unheard)
 
     def _flight(
         self,
@@ -233,9 +226,6 @@ class Mirror:
 
     async def aclose(self) -> None:
         """Cancel the requests to GitLab still in flight (background revalidations)."""
-        for task in list(self._warming):
-            task.cancel()
-        await asyncio.gather(*self._warming, return_exceptions=True)
         await self._flights.aclose()
 
     async def _fetch(
@@ -311,14 +301,13 @@ class Mirror:
             return followed
         unchanged = followed.page is None if followed else answer.status == 304
         if unchanged and same is not None:
-            await self._keeper.vouch(caller, _files(same.page))
             kept = same.page if followed else await self._timed(caller, name, same.page, None)
             same = StoredPage(kept, now, followed.etag if followed else same.etag)
-            await self._keep(caller.owner, same, name)
+            await self._keep(caller.owner, same, name, vouch=caller)
             return _Outcome(same.page, "REVALIDATED")
         if followed is not None and followed.page is not None:
-            await self._keeper.vouch(caller, _files(followed.page))
-            await self._keep(caller.owner, StoredPage(followed.page, now, followed.etag), name)
+            stored = StoredPage(followed.page, now, followed.etag)
+            await self._keep(caller.owner, stored, name, vouch=caller)
             return _Outcome(followed.page, "MISS")
         if page is None:
             # 401/403/404 and the 302 that forwards unknown names to pypi.org: the
@@ -330,8 +319,8 @@ class Mirror:
             # GitLab gives this page to anyone: the credential added nothing, and a
             # credential GitLab did not need leaves no record (design 3.4).
             return _Outcome(page, "MISS")
-        await self._keeper.vouch(caller, _files(page))
-        await self._keep(caller.owner, StoredPage(page, now, answer.headers.get("etag", "")), name)
+        stored = StoredPage(page, now, answer.headers.get("etag", ""))
+        await self._keep(caller.owner, stored, name, vouch=caller)
         return _Outcome(page, "MISS")
 
     async def _stored(
@@ -427,14 +416,28 @@ class Mirror:
             page = await self._forwarding.unforward(page)  # GitLab EE's forward/ links
         return page
 
-    async def _keep(self, owner: str, stored: StoredPage, name: NormalizedName | None) -> None:
+    async def _keep(
+        self,
+        owner: str,
+        stored: StoredPage,
+        name: NormalizedName | None,
+        *,
+        vouch: Caller | None = None,
+    ) -> None:
         """Store a page under the representation GitLab gave (HTML for a JSON request
-        stays HTML's); a cache that cannot (a full disk) still lets the page be served."""
+        stays HTML's); a cache that cannot (a full disk) still lets the page be served.
+        `vouch`: GitLab gave the page's files to this caller (recorded in the same hop)."""
         key = Store.page_key(owner, name or "", _representation(stored.page))
-        try:
-            await to_thread.run_sync(lambda: self._store.put_page(key, stored, name=name or ""))
-        except CacheError as exc:
-            log.warning("cannot cache the page %s: %s", key, exc)
+
+        def keep() -> None:
+            if vouch is not None:
+                self._keeper.vouch_now(vouch, _files(stored.page))
+            try:
+                self._store.put_page(key, stored, name=name or "")
+            except CacheError as exc:
+                log.warning("cannot cache the page %s: %s", key, exc)
+
+        await to_thread.run_sync(keep)
 
     async def _ask(
         self,
@@ -475,12 +478,18 @@ class Mirror:
         """The page's body for this view: its core metadata advertised, and only its held
         files when `only_held`."""
         held = self._store.held if only_held and page.kind == "project" else None
-        if self._metadata is not None:
-            # PEP 658/714, for what can be served: offline or stale, only from the cache.
-            page = await self._metadata.inject(page, remote=not only_held)
-        return await self._renderer.render(
-            page, base_url=view.base_url, held=held, coding=view.coding
-        )
+        metadata = self._metadata
+
+        def rendering() -> Rendering:  # one thread hop for both
+            shown = page
+            if metadata is not None:
+                # PEP 658/714, for what can be served: offline or stale, only from the cache.
+                shown = metadata.injected(page, remote=not only_held)
+            return self._renderer.rendered(
+                shown, base_url=view.base_url, held=held, coding=view.coding
+            )
+
+        return await self._renderer.run(rendering)
 
     # -- uploads ----
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from operator import attrgetter
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from anyio import CapacityLimiter, to_thread
 
@@ -24,6 +24,8 @@ THREADS = 2
 """Worker threads parsing or rendering at once: the work holds the GIL, so more threads
 would not go faster, only take turns from the event loop."""
 _FIELDS = attrgetter("path", "text", "fragment", "attrs")  # what render reads of a Link
+
+T = TypeVar("T")
 
 
 def digest(page: Page) -> bytes:
@@ -114,17 +116,23 @@ class Renderer:
         """`page` (or its links to files `held` says are held) rendered and put in `coding`
         (identity for a body under codings.MIN_SIZE); the same bytes for as long as the
         page (and what is held) stays the same, rendered and encoded once."""
-        return await to_thread.run_sync(
-            self._rendered, page, base_url, held, coding, limiter=self._threads
+        return await self.run(
+            partial(self.rendered, page, base_url=base_url, held=held, coding=coding)
         )
 
-    def _rendered(
+    async def run(self, work: Callable[[], T]) -> T:
+        """`work` (which renders) in a thread, within the renderer's bound on threads."""
+        return await to_thread.run_sync(work, limiter=self._threads)
+
+    def rendered(
         self,
         page: Page,
+        *,
         base_url: str,
-        held: Callable[[frozenset[str]], frozenset[str]] | None,
-        coding: Coding,
+        held: Callable[[frozenset[str]], frozenset[str]] | None = None,
+        coding: Coding = "identity",
     ) -> Rendering:
+        """(Blocking) render()."""
         if held is not None:
             page = page.only(held(page.shas()))
         key = digest(page)
