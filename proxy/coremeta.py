@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from email.parser import BytesParser
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote
 
 from anyio import to_thread
@@ -28,6 +29,7 @@ from proxy.models import METADATA_ATTRS, Link, NormalizedName, Page, normalize, 
 from proxy.upstream import GitLab
 from proxy.values import MetadataMode
 
+V = TypeVar("V")
 log = logging.getLogger("proxy.coremeta")
 EXTRACT_PER_PAGE = 32
 """Held wheels whose metadata one page rendering extracts at most (the rest: next time)."""
@@ -36,6 +38,9 @@ READ_AHEAD = 4
 WARM_PER_METADATA = 16
 """Dependencies of metadata just read from GitLab whose pages are fetched ahead."""
 NO_RANGES_KEPT = 4096
+RECENT_KEPT = 256
+"""Metadata read from GitLab lately, kept in memory too (served while it is stored, and
+after): a few KB each."""
 """Wheels remembered as refused a Range by GitLab (their metadata comes with the wheel)."""
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19})")
 
@@ -68,8 +73,9 @@ class CoreMetadata:
         self._grants = grants
         self._upstream = upstream
         self._running: dict[str, asyncio.Future[Found | None]] = {}
-        self._keeping: dict[str, Found] = {}  # read from GitLab, being stored
-        self._stores: set[asyncio.Future[None]] = set()
+        self._recent: dict[str, Found] = {}  # read from GitLab lately, oldest first
+        self._whole: dict[str, None] = {}  # wheels a range read brought whole lately
+        self._stores: dict[str, asyncio.Future[None]] = {}  # by wheel sha256
         self._ahead: set[asyncio.Task[None]] = set()
         self._no_ranges: dict[str, None] = {}  # insertion-ordered: the oldest goes first
 
@@ -100,14 +106,16 @@ class CoreMetadata:
         at `path` (one read at a time per wheel); None when the wheel has none or it
         cannot be had. Raises NoRanges when GitLab ignores Range. `held=False`: the
         caller just found the cache without it (local() said None)."""
-        if (keeping := self._keeping.get(sha256)) is not None:
-            return replace(keeping, fetched=False)  # read already: held, if in memory
+        if (recent := self._recent.get(sha256)) is not None:
+            return replace(recent, fetched=False)  # read already: held, in memory
         if held is None:
             found = await to_thread.run_sync(self.local, sha256, filename)
             if found is not None or not self.remote:
                 return found if isinstance(found, Found) else None
         elif not self.remote:
             return None
+        if (recent := self._recent.get(sha256)) is not None:  # read while we looked
+            return replace(recent, fetched=False)
         if sha256 in self._no_ranges:
             raise NoRanges("GitLab ignored a Range request for this wheel before")
         running = self._running.get(sha256)
@@ -156,7 +164,7 @@ class CoreMetadata:
         for task in list(self._ahead):
             task.cancel()
         await asyncio.gather(*self._ahead, return_exceptions=True)
-        await asyncio.gather(*self._stores, return_exceptions=True)
+        await asyncio.gather(*self._stores.values(), return_exceptions=True)
 
     def local(self, sha256: str, filename: str) -> Found | bool | None:
         """(Blocking) the metadata from the cache; False when the wheel is known to have
@@ -177,8 +185,8 @@ class CoreMetadata:
         """(Blocking) what a page may say of this wheel's metadata: "sha256=<hex>", "true"
         (`remote`: GitLab will be asked) or "" (nothing); and whether it was extracted now
         from the held wheel (only when `extract`)."""
-        if (keeping := self._keeping.get(sha256)) is not None:  # read, being stored
-            return "sha256=" + keeping.sha256, False
+        if (recent := self._recent.get(sha256)) is not None:  # read lately
+            return "sha256=" + recent.sha256, False
         known = self._grants.metadata_of(sha256)
         if known == "":
             return "", False
@@ -234,14 +242,24 @@ class CoreMetadata:
                 self._adopt(sha256, filename, whole[0])
             self._keep(sha256, data, filename, fetched=True)
 
-        # Served at once; stored meanwhile (find() gives it from memory until it is).
-        self._keeping[sha256] = found
+        # Served at once; stored meanwhile (find() gives it from memory, and a download
+        # of the wheel waits for it: settled()).
+        _remember(self._recent, sha256, found)
+        if whole:
+            _remember(self._whole, sha256, None)
         task = asyncio.ensure_future(to_thread.run_sync(keep))
-        self._stores.add(task)
-        task.add_done_callback(self._stores.discard)
-        task.add_done_callback(lambda _: self._keeping.pop(sha256, None))
+        self._stores[sha256] = task
+        task.add_done_callback(lambda _: self._stores.pop(sha256, None))
         task.add_done_callback(_stored)
         return found
+
+    async def settled(self, sha256: str) -> bool:
+        """Wait until what a range read brought of this wheel is stored; whether the read
+        brought the whole wheel lately (it is held now, unless it failed its sha256)."""
+        task = self._stores.get(sha256)
+        if task is not None:
+            await asyncio.wait([task])
+        return sha256 in self._whole
 
     def _adopt(self, sha256: str, filename: str, wheel: bytes) -> None:
         """(Blocking) keep a wheel a range read brought whole as the cached file, when it
@@ -359,6 +377,14 @@ class MetadataInjector:
                     link = replace(link, attrs=attrs)
             links.append(link)
         return replace(page, links=tuple(links))
+
+
+def _remember(kept: dict[str, V], key: str, value: V) -> None:
+    """Keep `value` as the newest of at most RECENT_KEPT."""
+    kept.pop(key, None)
+    kept[key] = value
+    while len(kept) > RECENT_KEPT:
+        del kept[next(iter(kept))]
 
 
 def _stored(task: asyncio.Future[None]) -> None:

@@ -179,6 +179,11 @@ class Downloads:
             hit = await self._open_cached(key)
             if hit is not None:
                 return hit
+        if vetted and self._metadata is not None and await self._metadata.settled(key):
+            # A range read for its metadata brought the whole wheel: it is stored now.
+            hit = await self._open_cached(key)
+            if hit is not None:
+                return hit
         if self.offline:
             raise OfflineMiss(f"offline mode: {filename} is not cached")
         public = source is not None and source.public and vetted
