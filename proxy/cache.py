@@ -216,10 +216,10 @@ class DiskFiles:
         pinned = pinned or self.is_pinned(sha256)
         # Recorded first: a crash in between leaves a record prune drops, not a file
         # that prune cannot size.
-        _guarded(self._meta.set, sha256, (_guarded(os.stat, path).st_size, self._clock()))
+        _written(self._meta.set, sha256, (_guarded(os.stat, path).st_size, self._clock()))
         _set(self._pinned if pinned else self._files, sha256, _Linked(Path(path)), read=True)
         if pinned:
-            _guarded(self._files.delete, sha256)
+            _written(self._files.delete, sha256)
 
     def pin(self, sha256: str) -> bool:
         """Move a held file into the pinned cache; False if the file is not held."""
@@ -233,13 +233,13 @@ class DiskFiles:
             return False
         with handle:
             _set(self._pinned, sha256, handle, read=True)
-        _guarded(self._files.delete, sha256)
+        _written(self._files.delete, sha256)
         return True
 
     def delete(self, sha256: str) -> bool:
         """Forget a file, pinned or not; False if not held."""
-        removed = [bool(_guarded(cache.delete, sha256)) for cache in (self._files, self._pinned)]
-        _guarded(self._meta.delete, sha256)
+        removed = [bool(_written(cache.delete, sha256)) for cache in (self._files, self._pinned)]
+        _written(self._meta.delete, sha256)
         return any(removed)
 
     def list(self) -> Iterator[StoredFile]:
@@ -265,7 +265,7 @@ class DiskFiles:
         """Drop records whose file is gone (removed by hand, or a crash in commit)."""
         for key in _guarded(list, self._meta):
             if isinstance(key, str) and not self.has(key):
-                _guarded(self._meta.delete, key)
+                _written(self._meta.delete, key)
 
     def _open(self, sha256: str) -> IO[bytes] | None:
         handle = self._open_in(self._pinned, sha256)
@@ -275,7 +275,7 @@ class DiskFiles:
         handle: Any = _guarded(cache.get, sha256, read=True)
         if handle is None and _guarded(cache.__contains__, sha256):
             # diskcache answers None when the row outlived its file: forget the row.
-            _guarded(cache.delete, sha256)
+            _written(cache.delete, sha256)
             raise _Vanished(sha256)
         return handle if handle is not None and not isinstance(handle, bytes) else None
 
@@ -392,15 +392,15 @@ class Store:
 
     def drop_pages(self, name: str) -> int:
         """Drop every page of `name` in every scope, and every index page; returns the count."""
-        dropped: int = _guarded(self._pages.evict, name)
-        dropped += _guarded(self._pages.evict, "")
+        dropped: int = _written(self._pages.evict, name)
+        dropped += _written(self._pages.evict, "")
         self.changes.pages(name)
         self.changes.pages("")
         return dropped
 
     def drop_all_pages(self) -> int:
         """Drop every stored page."""
-        dropped: int = _guarded(self._pages.clear)
+        dropped: int = _written(self._pages.clear)
         self.changes.all_pages()
         return dropped
 
@@ -511,7 +511,7 @@ class Store:
             for key in _guarded(list, self._pages):
                 stored = self.get_page(key) if isinstance(key, str) else None
                 if stored is not None and now - stored.fetched_at > older_than:
-                    _guarded(self._pages.delete, key)
+                    _written(self._pages.delete, key)
         if to_size is not None:
             to_size = max(0, to_size - int(_guarded(self._pages.volume)) - self.access.volume())
         held = list(self.iter_files())
@@ -564,15 +564,15 @@ class Records:
 
     def set(self, key: str, value: object, *, expire: float | None = None) -> None:
         """Store `value` under `key`, forgotten after `expire` seconds if given."""
-        _guarded(self._cache.set, key, value, expire=expire)
+        _written(self._cache.set, key, value, expire=expire)
 
     def delete(self, key: str) -> None:
         """Forget the value under `key`, if any."""
-        _guarded(self._cache.delete, key)
+        _written(self._cache.delete, key)
 
     def add(self, key: str, value: object) -> None:
         """Store `value` under `key` unless a value is there already."""
-        _guarded(self._cache.add, key, value)
+        _written(self._cache.add, key, value)
 
     def items(self, prefix: str) -> Iterator[tuple[str, Any]]:
         """Every (key, value) whose key starts with `prefix` (keys listed first)."""
@@ -592,7 +592,7 @@ class Records:
                 if value is not known:
                     self._cache.set(key, value)
 
-        _guarded(run)
+        _written(run)
 
     def volume(self) -> int:
         """Bytes on disk."""
@@ -604,10 +604,10 @@ class Records:
 
     def prune(self, keep: Callable[[str, Any], bool]) -> int:
         """Drop expired records and those `keep` rejects; returns how many went."""
-        dropped = int(_guarded(self._cache.expire))
+        dropped = int(_written(self._cache.expire))
         for key in _guarded(list, self._cache):
             if isinstance(key, str) and not keep(key, self.get(key)):
-                dropped += bool(_guarded(self._cache.delete, key))
+                dropped += bool(_written(self._cache.delete, key))
         return dropped
 
     def close(self) -> None:
@@ -634,10 +634,22 @@ def _set(cache: Any, *args: Any, **kwargs: Any) -> None:
     disk: _TidyDisk = cache.disk
     disk.begin()
     try:
-        _guarded(cache.set, *args, **kwargs)
+        _written(cache.set, *args, **kwargs)
     except CacheError:
         disk.discard()
         raise
+
+
+_WRITES = threading.Lock()
+"""One write to the cache's SQLite files at a time in this process: threads that meet at
+SQLite's write lock wait in its busy handler, which sleeps 1 to 100 ms between tries (a
+burst of cold pages spent most of its time there, py-spy)."""
+
+
+def _written(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """_guarded, for a call that writes: one at a time in this process."""
+    with _WRITES:
+        return _guarded(call, *args, **kwargs)
 
 
 def _guarded(call: Any, *args: Any, **kwargs: Any) -> Any:

@@ -43,6 +43,8 @@ class Package:
 class _Listing:
     packages: tuple[Package, ...]
     fetched_at: float
+    complete: bool = True
+    """False for a scope's whole listing that did not fit in one page."""
 
 
 def search_term(name: NormalizedName) -> str:
@@ -96,7 +98,7 @@ class PackageAPI:
         self._budget = budget
         self._ttl = ttl
         self._clock = clock
-        self._flights: Flights[tuple[Package, ...]] = Flights()
+        self._flights: Flights[_Listing] = Flights()
         self._kept: OrderedDict[tuple[str, ...], _Listing] = OrderedDict()
 
     def __repr__(self) -> str:
@@ -107,30 +109,54 @@ class PackageAPI:
     ) -> list[Package]:
         """The packages of `name` in `scope` that these credentials may see; `fresh`: not
         from a kept listing (it lacked a version the caller knows of)."""
-        term = search_term(name)
         # The credentials only as a digest: equal credentials, equal answers.
         who = hashlib.sha256((authorization or "").encode()).hexdigest()
+        if not fresh:
+            # A scope of at most PER_PAGE packages is listed whole, once for every name:
+            # a resolver's next pages then need only their files (one round trip less).
+            whole = await self._listing(scope, "", who, authorization, fresh=False)
+            if found := [package for package in whole.packages if package.name == name]:
+                return found
+        return await self._named(scope, name, who, authorization, fresh=fresh)
+
+    async def _named(
+        self,
+        scope: Scope,
+        name: NormalizedName,
+        who: str,
+        authorization: str | None,
+        *,
+        fresh: bool = False,
+    ) -> list[Package]:
+        listing = await self._listing(scope, search_term(name), who, authorization, fresh=fresh)
+        return [package for package in listing.packages if package.name == name]
+
+    async def _listing(
+        self, scope: Scope, term: str, who: str, authorization: str | None, *, fresh: bool
+    ) -> _Listing:
+        """The listing of `term` ("": the whole scope, one page) in `scope`, kept or asked."""
         key = (scope.key, term, who)
         kept = self._kept.get(key)
         if fresh or kept is None or self._clock() - kept.fetched_at >= self._ttl:
-            asking = partial(self._list, key, scope, term, authorization)
-            listing = await self._flights.join(key, asking)
-        else:
-            listing = kept.packages
-        return [package for package in listing if package.name == name]
+            return await self._flights.join(
+                key, partial(self._list, key, scope, term, authorization)
+            )
+        return kept
 
     async def _list(
         self, key: tuple[str, ...], scope: Scope, term: str, authorization: str | None
-    ) -> tuple[Package, ...]:
+    ) -> _Listing:
         # GET /projects/:id/packages and /groups/:id/packages (with each package's project_id).
-        query = {"package_type": "pypi", "package_name": term}
-        items = await self._pages(f"/api/v4/{scope.kind}/{scope.id}/packages", query, authorization)
-        listing = _Listing(_packages(scope, items), self._clock())
+        query = {"package_type": "pypi"} | ({"package_name": term} if term else {})
+        path = f"/api/v4/{scope.kind}/{scope.id}/packages"
+        items = await self._pages(path, query, authorization, pages=MAX_PAGES if term else 1)
+        complete = bool(term) or len(items) < PER_PAGE
+        listing = _Listing(_packages(scope, items) if complete else (), self._clock(), complete)
         self._kept[key] = listing
         self._kept.move_to_end(key)
         while len(self._kept) > LISTINGS_KEPT:
             self._kept.popitem(last=False)
-        return listing.packages
+        return listing
 
     async def files(self, package: Package, authorization: str | None) -> list[dict[str, Any]]:
         """GitLab's package files of `package` (file_name, size, file_sha256, created_at)."""
@@ -138,10 +164,10 @@ class PackageAPI:
         return await self._pages(path, {}, authorization)
 
     async def _pages(
-        self, path: str, query: dict[str, str], authorization: str | None
+        self, path: str, query: dict[str, str], authorization: str | None, *, pages: int = MAX_PAGES
     ) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
-        for number in range(1, MAX_PAGES + 1):
+        for number in range(1, pages + 1):
             query = {**query, "per_page": str(PER_PAGE), "page": str(number)}
             answer = await self._upstream.api(
                 f"{path}?{urlencode(query)}", authorization=authorization, budget=self._budget

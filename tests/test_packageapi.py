@@ -8,7 +8,7 @@ import pytest
 import respx
 
 from proxy.models import Scope, normalize
-from proxy.packageapi import PackageAPI, search_term
+from proxy.packageapi import PER_PAGE, PackageAPI, search_term
 from proxy.upstream import GitLab, basic_authorization
 
 pytestmark = pytest.mark.anyio
@@ -109,3 +109,51 @@ async def test_a_refusal_is_not_kept() -> None:
         await api.packages(SCOPE, normalize("pkg"), ALICE)
     assert [p.id for p in await api.packages(SCOPE, normalize("pkg"), ALICE)] == [6]
     assert route.call_count == 2
+
+
+@respx.mock
+async def test_a_scope_that_fits_one_page_is_listed_once_for_every_name() -> None:
+    """Names with different search terms are answered from one listing of the whole scope
+    (no package_name): a resolver's later pages need only their files."""
+    others = [*PACKAGES, {"id": 7, "name": "other-lib", "version": "3.0", "package_type": "pypi"}]
+    route = respx.get(LISTING).respond(200, json=others)
+    api = _api()
+    mine = await api.packages(SCOPE, normalize("my-pkg"), ALICE)
+    theirs = await api.packages(SCOPE, normalize("other-lib"), ALICE)
+    assert [p.id for p in mine] == [5]
+    assert [p.id for p in theirs] == [7]
+    assert route.call_count == 1
+    assert "package_name" not in route.calls[0].request.url.params
+
+
+@respx.mock
+async def test_a_scope_past_one_page_is_searched_by_name() -> None:
+    """A whole listing that fills a page may lack the name: the search term decides, and
+    the scope is not listed again while that answer is kept."""
+    full = [
+        {"id": n, "name": f"p{n}", "version": "1.0", "package_type": "pypi"}
+        for n in range(PER_PAGE)
+    ]
+    whole = respx.get(LISTING, params={"page": "1"}).mock(
+        side_effect=lambda request: httpx.Response(
+            200, json=PACKAGES if "package_name" in request.url.params else full
+        )
+    )
+    api = _api()
+    assert [p.id for p in await api.packages(SCOPE, normalize("my-pkg"), ALICE)] == [5]
+    assert [p.id for p in await api.packages(SCOPE, normalize("pkg"), ALICE)] == [6]
+    asked = [call.request.url.params.get("package_name") for call in whole.calls]
+    assert asked == [None, "pkg"]
+
+
+@respx.mock
+async def test_a_name_missing_from_the_whole_listing_is_searched() -> None:
+    """A package uploaded after the scope was listed is found by its search term."""
+    route = respx.get(LISTING).mock(
+        side_effect=lambda request: httpx.Response(
+            200, json=PACKAGES if "package_name" in request.url.params else PACKAGES[1:]
+        )
+    )
+    api = _api()
+    assert [p.id for p in await api.packages(SCOPE, normalize("my-pkg"), ALICE)] == [5]
+    assert [call.request.url.params.get("package_name") for call in route.calls] == [None, "pkg"]
