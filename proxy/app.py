@@ -23,7 +23,7 @@ from proxy.bundleimport import sweep_staging
 from proxy.cache import Records, Store
 from proxy.config import Settings, load_for_workers
 from proxy.coordination import Coordinator
-from proxy.coremeta import CoreMetadata, MetadataInjector, dependencies
+from proxy.coremeta import CoreMetadata, MetadataInjector
 from proxy.downloads import Downloads
 from proxy.errorlog import ErrorLog, within
 from proxy.errors import (
@@ -292,7 +292,7 @@ def create_app(
             forwarding=forwarding,
             metadata=metadata,
             redirect=settings.storage.redirect,
-            on_metadata=lambda caller, data: mirror.warm(caller, dependencies(data)),
+            on_metadata=mirror.warm_dependencies,
         )
         log.info(
             "proxying %s, cache in %s%s",

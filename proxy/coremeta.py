@@ -11,7 +11,6 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from email.parser import BytesParser
-from functools import partial
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote
@@ -210,7 +209,7 @@ class CoreMetadata:
                 log.info("no core metadata in %s: %s", filename, exc)
                 self._known(sha256, "", filename)
                 return False
-        return self._keep(sha256, data, filename, fetched=False)
+        return self._keep(sha256, _found(data, fetched=False), filename)
 
     async def _remote(
         self, sha256: str, filename: str, path: str, authorization: str | None
@@ -235,12 +234,12 @@ class CoreMetadata:
             await to_thread.run_sync(self._known, sha256, "", filename)
             return None
 
-        found = Found(hashlib.sha256(data).hexdigest(), data, fetched=True)
+        found = _found(data, fetched=True)
 
         def keep() -> None:
             if whole:
                 self._adopt(sha256, filename, whole[0])
-            self._keep(sha256, data, filename, fetched=True)
+            self._keep(sha256, found, filename)
 
         # Served at once; stored meanwhile (find() gives it from memory, and a download
         # of the wheel waits for it: settled()).
@@ -316,16 +315,15 @@ class CoreMetadata:
         self._grants.set_metadata(wheel, metadata)
         self._store.changes.files(project_of(filename))
 
-    def _keep(self, wheel: str, data: bytes, filename: str, *, fetched: bool) -> Found:
+    def _keep(self, wheel: str, found: Found, filename: str) -> Found:
         """(Blocking) store the metadata under its own sha256 and record it for the wheel; a
         cache that cannot store it still lets this answer be served."""
-        digest = hashlib.sha256(data).hexdigest()
         try:
-            self._put(digest, data, ".metadata", project_of(filename))
-            self._known(wheel, digest, filename)
+            self._put(found.sha256, found.data, ".metadata", project_of(filename))
+            self._known(wheel, found.sha256, filename)
         except (CacheError, OSError) as exc:
             log.warning("cannot keep the core metadata of %s: %s", wheel[:12], exc)
-        return Found(digest, data, fetched=fetched)
+        return found
 
 
 class MetadataInjector:
@@ -349,13 +347,9 @@ class MetadataInjector:
         """See CoreMetadata.read_ahead: for a page GitLab just gave."""
         self._core.read_ahead(page, authorization=authorization, then=then)
 
-    async def inject(self, page: Page, *, remote: bool) -> Page:
-        """`page` with its wheels' metadata advertised; `remote` False when GitLab cannot be
-        asked now (only what the cache can serve)."""
-        return await to_thread.run_sync(partial(self.injected, page, remote=remote))
-
     def injected(self, page: Page, *, remote: bool) -> Page:
-        """(Blocking) inject(), for a thread that renders the page in the same hop."""
+        """(Blocking) `page` with its wheels' metadata advertised; `remote` False when GitLab
+        cannot be asked now (only what the cache can serve)."""
         if self._core.mode == "off" or page.kind != "project":
             return page
         if not any(_wheel(link) for link in page.links):
@@ -377,6 +371,10 @@ class MetadataInjector:
                     link = replace(link, attrs=attrs)
             links.append(link)
         return replace(page, links=tuple(links))
+
+
+def _found(data: bytes, *, fetched: bool) -> Found:
+    return Found(hashlib.sha256(data).hexdigest(), data, fetched=fetched)
 
 
 def _remember(kept: dict[str, V], key: str, value: V) -> None:

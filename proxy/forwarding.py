@@ -238,12 +238,9 @@ class Forwarding:
         except CacheError as exc:
             log.warning("cannot record where public files are: %s", exc)
 
-    async def source(self, sha256: str, filename: str) -> Source | None:
-        """Where a followed page said this file is; None for a file of GitLab's own."""
-        return await to_thread.run_sync(self.source_now, sha256, filename)
-
     def source_now(self, sha256: str, filename: str) -> Source | None:
-        """(Blocking) source(), for a thread that reads more of the cache in the same hop."""
+        """(Blocking) where a followed page said this file is; None for a file of GitLab's
+        own (read in the thread hop that reads the rest of a file request's facts)."""
         try:
             url = self._grants.source(sha256, filename)
             if url is None:

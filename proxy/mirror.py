@@ -205,7 +205,8 @@ class Mirror:
             flight = self._flight(caller, name, "json", ttl, asked=False)
             self._flights.start(*flight).add_done_callback(_unheard)
 
-    def _warm_dependencies(self, caller: Caller, metadata: bytes) -> None:
+    def warm_dependencies(self, caller: Caller, metadata: bytes) -> None:
+        """warm() the pages of the unconditional dependencies `metadata` names."""
         self.warm(caller, dependencies(metadata))
 
     def _flight(
@@ -288,7 +289,7 @@ class Mirror:
             # A 200 that cannot be parsed (PageError) is a failure like a 5xx: stale wins.
             page = await self._parse(answer, name) if answer.status == 200 else None
             if page is not None and self._metadata is not None:
-                then = partial(self._warm_dependencies, caller) if asked else None
+                then = partial(self.warm_dependencies, caller) if asked else None
                 self._metadata.read_ahead(page, authorization=caller.upstream, then=then)
         except UpstreamError as exc:
             # Read only now: a page GitLab answers needs no fallback (one thread hop less).
