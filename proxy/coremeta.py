@@ -99,19 +99,19 @@ class CoreMetadata:
         *,
         path: str,
         authorization: str | None,
-        held: bool | None = None,
+        looked: bool = False,
     ) -> Found | None:
         """The metadata, from the cache or, when allowed, from GitLab's ranges of the wheel
         at `path` (one read at a time per wheel); None when the wheel has none or it
-        cannot be had. Raises NoRanges when GitLab ignores Range. `held=False`: the
-        caller just found the cache without it (local() said None)."""
+        cannot be had. Raises NoRanges when GitLab ignores Range. `looked`: the caller
+        has just read the cache for it (local() said None)."""
         if (recent := self._recent.get(sha256)) is not None:
             return replace(recent, fetched=False)  # read already: held, in memory
-        if held is None:
+        if not looked:
             found = await to_thread.run_sync(self.local, sha256, filename)
-            if found is not None or not self.remote:
+            if found is not None:
                 return found if isinstance(found, Found) else None
-        elif not self.remote:
+        if not self.remote:
             return None
         if (recent := self._recent.get(sha256)) is not None:  # read while we looked
             return replace(recent, fetched=False)

@@ -309,7 +309,7 @@ class Downloads:
                 found = None
             else:
                 found = await self._metadata.find(
-                    sha256, wheel, path=path, authorization=caller.upstream, held=False
+                    sha256, wheel, path=path, authorization=caller.upstream, looked=True
                 )
         except NoRanges:
             answer = await self.file(caller, sha256, wheel)

@@ -276,14 +276,20 @@ async def test_a_post_dropped_on_a_reused_connection_is_not_sent_again() -> None
             await http.post(server.url, content=b"2")
 
 
-async def test_no_answer_in_time_is_a_read_timeout() -> None:
-    """A server that never answers fails the request with ReadTimeout after "read" seconds."""
+def _stalling() -> tuple[Handler, asyncio.Event]:
+    """A server that reads the request head and answers nothing until the event is set."""
     release = asyncio.Event()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         await release.wait()
 
+    return handle, release
+
+
+async def test_no_answer_in_time_is_a_read_timeout() -> None:
+    """A server that never answers fails the request with ReadTimeout after "read" seconds."""
+    handle, release = _stalling()
     async with Raw(handle) as server, client() as http:
         with pytest.raises(httpx.ReadTimeout):
             await http.get(server.url, timeout=0.1)
@@ -436,7 +442,9 @@ async def _blocks(count: int) -> AsyncIterator[bytes]:
     [(BLOCK * 16, "length"), (_blocks, "chunked")],
     ids=["content-length", "chunked"],
 )
-async def test_an_upload_arrives_intact(content: object, framing: str) -> None:
+async def test_an_upload_arrives_intact(
+    content: bytes | Callable[[int], AsyncIterator[bytes]], framing: str
+) -> None:
     """16 MiB sent with Content-Length or chunked arrive byte for byte."""
     server = LoopbackServer(0, _hashing, Faults)
     body = content(16) if callable(content) else content
@@ -451,12 +459,7 @@ async def test_an_upload_arrives_intact(content: object, framing: str) -> None:
 
 async def test_a_server_that_takes_nothing_is_a_write_timeout() -> None:
     """An upload the server does not read fails with WriteTimeout after "write" seconds."""
-    release = asyncio.Event()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        await release.wait()
-
+    handle, release = _stalling()
     async with Raw(handle) as server, client() as http:
         with pytest.raises(httpx.WriteTimeout):
             await http.post(server.url, content=_blocks(256), timeout=httpx.Timeout(5, write=0.2))
