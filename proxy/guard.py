@@ -40,6 +40,7 @@ class Connections:
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
+        self.senders = zerocopy.Senders()
         self._open: set[Guard] = set()
         self._owing: dict[Guard, None] = {}  # insertion order: idle longest first
 
@@ -281,4 +282,12 @@ class GuardedH11Protocol(Guard, H11Protocol):
     async def send_file_body(
         self, cycle: Any, file: IO[bytes], offset: int, count: int, *, stall: float
     ) -> None:
-        await zerocopy.send_file(self.conn, self.holding.raw, file, offset, count, stall=stall)
+        await zerocopy.send_file(
+            self.conn,
+            self.holding.raw,
+            file,
+            offset,
+            count,
+            stall=stall,
+            senders=self._connections.senders,
+        )

@@ -17,7 +17,15 @@ class GuardedHttpToolsProtocol(Guard, HttpToolsProtocol):
     async def send_file_body(
         self, cycle: Any, file: IO[bytes], offset: int, count: int, *, stall: float
     ) -> None:
-        await send_file(cycle, file, offset, count, stall=stall, transport=self.holding.raw)
+        await send_file(
+            cycle,
+            file,
+            offset,
+            count,
+            stall=stall,
+            transport=self.holding.raw,
+            senders=self._connections.senders,
+        )
 
 
 async def send_file(
@@ -28,21 +36,23 @@ async def send_file(
     *,
     stall: float,
     transport: asyncio.Transport | None = None,
+    senders: zerocopy.Senders | None = None,
 ) -> None:
     """Send bytes [offset, offset + count) of `file` as the next body bytes of `cycle`'s
     response (not a HEAD's), framed as uvicorn frames a body message there: one chunk
     under chunked encoding, else counted against Content-Length.
 
     RuntimeError past Content-Length; else as zerocopy.send_file, after which the caller
-    must close the connection. `transport`: the socket's own, when cycle's wraps it.
+    must close the connection. `transport`: the socket's own, when cycle's wraps it;
+    `senders`: threads for the bulk of the bytes.
     """
     transport = transport or cycle.transport
     if cycle.chunked_encoding:
         transport.write(b"%x\r\n" % count)
-        await zerocopy.send_slices(transport, file, offset, count, stall=stall)
+        await zerocopy.send_slices(transport, file, offset, count, stall=stall, senders=senders)
         transport.write(b"\r\n")
         return
     if count > cycle.expected_content_length:
         raise RuntimeError("Response content longer than Content-Length")
     cycle.expected_content_length -= count  # uvicorn checks the rest at the body's end
-    await zerocopy.send_slices(transport, file, offset, count, stall=stall)
+    await zerocopy.send_slices(transport, file, offset, count, stall=stall, senders=senders)
