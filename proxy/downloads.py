@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ from proxy.storage import Opened
 from proxy.upstream import Download, GitLab
 
 UNFIT_REMEMBERED = 1024
+SMALL = 64 * 1024
+"""Bytes up to which a cached file is read in the thread that opens it and sent from memory:
+less CPU than the kernel's sendfile with the event loop's waits around it."""
 PRESIGNED_FOR = 300
 """Seconds a redirect's presigned URL is valid (storage.redirect)."""
 WARMED_KEPT = 4096
@@ -62,6 +66,9 @@ class FileReply:
     follow: Callable[[int, int | None], Spans] | None = None
     """follow(start, end): a fill in progress as spans of its growing file, for a server
     that sends files itself (what `chunks` reads, by zero copy). None for anything else."""
+    data: bytes | None = None
+    """All of the bytes, when they are few and already read (a small cached file, core
+    metadata): sent with the response's head in one write."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +289,7 @@ class Downloads:
             return _Known(vetted, fallback, source, wheel=wheel, metadata=held)
         opened = None
         if vetted and source is None and not self._redirect:
-            opened = self._store.files.open_range(key)
+            opened = _read_small(self._store.files.open_range(key))
         return _Known(vetted, fallback, source, opened=opened)
 
     async def _core_metadata(
@@ -334,15 +341,7 @@ class Downloads:
                 del self._warmed[next(iter(self._warmed))]
             self._on_metadata(caller, data)
 
-        async def chunks(start: int, end: int | None) -> AsyncGenerator[bytes, None]:
-            yield data[start:end]
-
-        return FileReply(
-            len(data),
-            "MISS" if found.fetched else "HIT",
-            lambda start, end: Body(chunks(start, end), lambda: None),
-            sha256=found.sha256,
-        )
+        return _in_memory(data, "MISS" if found.fetched else "HIT", sha256=found.sha256)
 
     async def _through(
         self,
@@ -562,8 +561,11 @@ class Downloads:
         return self._store.files.presign(key, filename=filename, expires=PRESIGNED_FOR)
 
     async def _open_cached(self, key: str) -> FileReply | None:
-        opened = await to_thread.run_sync(self._store.files.open_range, key)
+        opened = await to_thread.run_sync(self._open_small, key)
         return None if opened is None else _hit(opened, key)
+
+    def _open_small(self, key: str) -> Opened | Small | None:
+        return _read_small(self._store.files.open_range(key))
 
 
 @dataclass(frozen=True, slots=True)
@@ -577,11 +579,52 @@ class _Known:
     """For a GitLab wheel's `<wheel>.metadata`, the wheel's name."""
     metadata: Found | bool | None = None
     """Then: CoreMetadata.local's answer (None: not read, or the cache cannot tell)."""
-    opened: Opened | None = None
-    """The cached file, open, when it may be served as it is."""
+    opened: Opened | Small | None = None
+    """The cached file, open (or read, when small), when it may be served as it is."""
 
 
-def _hit(opened: Opened, key: str) -> FileReply:
+@dataclass(frozen=True, slots=True)
+class Small:
+    """A cached file small enough to be read whole where it was opened (Downloads._known's
+    thread): sent from memory with its head, in one write, instead of by the kernel."""
+
+    data: bytes
+    modified: float
+
+
+def _read_small(opened: Opened | None) -> Opened | Small | None:
+    """(Blocking) `opened` read whole and closed when it is a local file of at most SMALL
+    bytes; else `opened` as it is."""
+    if opened is None or opened.file is None or opened.size > SMALL:
+        return opened
+    try:
+        data = os.pread(opened.file.fileno(), opened.size, 0)
+    finally:
+        opened.close()
+    if len(data) != opened.size:
+        raise CacheError(f"a cached file is {len(data)} bytes, not {opened.size}")
+    return Small(data, opened.modified)
+
+
+def _in_memory(
+    data: bytes, cache: CacheStatus, *, sha256: str, modified: float | None = None
+) -> FileReply:
+    async def chunks(start: int, end: int | None) -> AsyncGenerator[bytes, None]:
+        yield data[start:end]
+
+    return FileReply(
+        len(data),
+        cache,
+        lambda start, end: Body(chunks(start, end), lambda: None),
+        sha256=sha256,
+        modified=modified,
+        data=data,
+    )
+
+
+def _hit(opened: Opened | Small, key: str) -> FileReply:
+    if isinstance(opened, Small):
+        return _in_memory(opened.data, "HIT", sha256=key, modified=opened.modified)
     return FileReply(
         opened.size,
         "HIT",

@@ -83,6 +83,10 @@ def serve_file(
         return Response(None, status, headers=headers)
     served: Metrics = request.state.metrics
     counter = served.bytes_served.labels("cache" if reply.cache == "HIT" else "gitlab")
+    if reply.data is not None:  # in memory: one write with the head
+        body = reply.data if (start, end) == (0, size) else reply.data[start:end]
+        counter.inc(len(body))
+        return Response(body, status, headers=headers)
     offered = ZERO_COPY in (request.scope.get("extensions") or {})
     if reply.file is not None and size is not None and offered:
         count = (size if end is None else end) - start

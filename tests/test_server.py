@@ -209,6 +209,30 @@ def test_a_cached_file_is_sent_by_the_kernel(
     assert _sent_by_kernel(proxy) - before == len(content[start:end])
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize(("wanted", "start", "end"), [("", 0, None), ("bytes=100-199", 100, 200)])
+def test_a_small_cached_file_is_sent_from_memory(
+    gitlab: FakeGitLab,
+    start_proxy: Start,
+    tmp_path: Path,
+    http: dict[str, str],
+    wanted: str,
+    start: int,
+    end: int | None,
+) -> None:
+    """A hit of a file of at most 64 KiB, whole or a range, is read where it is opened and
+    sent with its head, not by os.sendfile, byte for byte."""
+    acme(gitlab)
+    content = os.urandom(20_000)
+    proxy = serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE, **http)
+    url = _cached(gitlab, proxy, content)
+    before = _sent_by_kernel(proxy)
+    response = httpx.get(url, headers={"range": wanted} if wanted else {}, timeout=30)
+    assert (response.headers["x-cache"], response.content) == ("HIT", content[start:end])
+    assert response.headers["content-length"] == str(len(content[start:end]))
+    assert _sent_by_kernel(proxy) == before
+
+
 def _joined_mid_fill(gitlab: FakeGitLab, proxy: ProxyProcess, content: bytes) -> bytes:
     """Two clients of one cold file, the second joining while GitLab holds the rest back:
     the first's body (checked to be `content`), and what the second got before it ended
