@@ -186,51 +186,37 @@ def _sent_by_kernel(proxy: ProxyProcess) -> float:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize(
-    ("wanted", "start", "end"),
-    [("", 0, None), ("bytes=1000-2999999", 1000, 3_000_000), ("bytes=-10", -10, None)],
+    ("size", "wanted", "start", "end"),
+    [
+        (5_000_000, "", 0, None),
+        (5_000_000, "bytes=1000-2999999", 1000, 3_000_000),
+        (5_000_000, "bytes=-10", -10, None),
+        (20_000, "", 0, None),
+        (20_000, "bytes=100-199", 100, 200),
+    ],
 )
-def test_a_cached_file_is_sent_by_the_kernel(
+def test_a_cached_file_is_sent_by_the_kernel_unless_small(
     gitlab: FakeGitLab,
     start_proxy: Start,
     tmp_path: Path,
     http: dict[str, str],
+    size: int,
     wanted: str,
     start: int,
     end: int | None,
 ) -> None:
-    """A hit, whole or a range, comes from os.sendfile (zero copy), byte for byte."""
+    """A hit, whole or a range, comes byte for byte from os.sendfile (zero copy); a file of
+    at most 64 KiB is read where it is opened and sent with the head instead."""
     acme(gitlab)
-    content = os.urandom(5_000_000)
-    proxy = serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE, **http)
-    url = _cached(gitlab, proxy, content)
-    before = _sent_by_kernel(proxy)
-    response = httpx.get(url, headers={"range": wanted} if wanted else {}, timeout=30)
-    assert (response.headers["x-cache"], response.content) == ("HIT", content[start:end])
-    assert _sent_by_kernel(proxy) - before == len(content[start:end])
-
-
-@pytest.mark.e2e
-@pytest.mark.parametrize(("wanted", "start", "end"), [("", 0, None), ("bytes=100-199", 100, 200)])
-def test_a_small_cached_file_is_sent_from_memory(
-    gitlab: FakeGitLab,
-    start_proxy: Start,
-    tmp_path: Path,
-    http: dict[str, str],
-    wanted: str,
-    start: int,
-    end: int | None,
-) -> None:
-    """A hit of a file of at most 64 KiB, whole or a range, is read where it is opened and
-    sent with its head, not by os.sendfile, byte for byte."""
-    acme(gitlab)
-    content = os.urandom(20_000)
+    content = os.urandom(size)
     proxy = serve(start_proxy, gitlab, tmp_path / "cache", token=SERVICE, **http)
     url = _cached(gitlab, proxy, content)
     before = _sent_by_kernel(proxy)
     response = httpx.get(url, headers={"range": wanted} if wanted else {}, timeout=30)
     assert (response.headers["x-cache"], response.content) == ("HIT", content[start:end])
     assert response.headers["content-length"] == str(len(content[start:end]))
-    assert _sent_by_kernel(proxy) == before
+    by_kernel = len(content[start:end]) if size > 64 * 1024 else 0
+    assert _sent_by_kernel(proxy) - before == by_kernel
 
 
 def _joined_mid_fill(gitlab: FakeGitLab, proxy: ProxyProcess, content: bytes) -> bytes:
