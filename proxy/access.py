@@ -208,6 +208,8 @@ class Keeper:
                 when = self._grants.accepted(owner) if self.passthrough else math.inf
                 if when is not None and (best is None or when > best):
                     best = when
+                if best == math.inf:
+                    break  # nothing vouches more
         except CacheError as exc:
             log.warning("cannot read what GitLab allowed: %s", exc)
             return False, False

@@ -270,16 +270,15 @@ class Downloads:
         """(Blocking) what the cache says of a file request, read in one thread hop: whether
         the caller may have it, where a followed page put it, and the cached file opened
         (or, for a GitLab wheel's `.metadata`, the metadata held) when it may be served."""
-        vetted, fallback = self._keeper.vouched_now(caller, key, filename)
-        forwarding = self._forwarding
-        source = forwarding.source_now(key, filename) if vetted and forwarding else None
-        metadata = self._metadata
-        if (
-            source is None
-            and filename.endswith(".metadata")
-            and metadata
-            and metadata.mode != "off"
-        ):
+        forwarding, metadata = self._forwarding, self._metadata
+        if filename.endswith(".metadata") and metadata and metadata.mode != "off":
+            # A followed page's own record of this name, when the caller may have it;
+            # else (GitLab serves no `.metadata`) the wheel's core metadata.
+            own = forwarding.source_now(key, filename) if forwarding else None
+            if own is not None:
+                vetted, fallback = self._keeper.vouched_now(caller, key, filename)
+                if vetted:
+                    return _Known(vetted, fallback, own)
             wheel = filename.removesuffix(".metadata")
             vetted, fallback = self._keeper.vouched_now(caller, key, wheel)
             source = forwarding.source_now(key, wheel) if forwarding else None
@@ -287,6 +286,8 @@ class Downloads:
             if wheel.endswith(".whl") and (vetted or fallback) and source is None:
                 held = metadata.local(key, wheel)
             return _Known(vetted, fallback, source, wheel=wheel, metadata=held)
+        vetted, fallback = self._keeper.vouched_now(caller, key, filename)
+        source = forwarding.source_now(key, filename) if vetted and forwarding else None
         opened = None
         if vetted and source is None and not self._redirect:
             opened = _read_small(self._store.files.open_range(key))
