@@ -190,16 +190,13 @@ class Keeper:
         except CacheError as exc:
             log.warning("cannot record what GitLab allowed: %s", exc)
 
-    async def vouched(self, caller: Caller, sha256: str, filename: str) -> tuple[bool, bool]:
-        """(may serve it now without asking GitLab, may serve it while GitLab can't be asked).
+    def vouched_now(self, caller: Caller, sha256: str, filename: str) -> tuple[bool, bool]:
+        """(Blocking: call it from a thread that reads more of the cache in the same hop)
+        (may serve it now without asking GitLab, may serve it while GitLab can't be asked).
 
         GitLab must have listed or served the file under this name through this scope, to
         this caller or to anyone; in passthrough, within auth_ttl for "now".
         """
-        return await to_thread.run_sync(self.vouched_now, caller, sha256, filename)
-
-    def vouched_now(self, caller: Caller, sha256: str, filename: str) -> tuple[bool, bool]:
-        """(Blocking) vouched(), for a thread that reads more of the cache in the same hop."""
         best: float | None = None
         try:
             for owner in dict.fromkeys((caller.owner, caller.public_owner)):

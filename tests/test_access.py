@@ -325,11 +325,11 @@ async def test_keeper_vouches_for_a_passthrough_credential_within_auth_ttl(tmp_p
     clock = Clock()
     guard = keeper(tmp_path, "passthrough", clock=clock)
     alice = guard.caller(PROJECT, ALICE)
-    assert await guard.vouched(alice, *FILE) == (False, False)
+    assert guard.vouched_now(alice, *FILE) == (False, False)
     await guard.vouch(alice, [FILE])
-    assert await guard.vouched(alice, *FILE) == (True, True)
+    assert guard.vouched_now(alice, *FILE) == (True, True)
     clock.now += 301
-    assert await guard.vouched(alice, *FILE) == (False, True)
+    assert guard.vouched_now(alice, *FILE) == (False, True)
 
 
 @pytest.mark.anyio
@@ -351,7 +351,7 @@ async def test_keeper_vouches_for_nobody_else(
     for the same sha256: not vouched for."""
     guard = keeper(tmp_path, "passthrough")
     await guard.vouch(guard.caller(PROJECT, ALICE), [FILE])
-    assert await guard.vouched(guard.caller(scope, client), *file) == (False, False)
+    assert guard.vouched_now(guard.caller(scope, client), *file) == (False, False)
 
 
 @pytest.mark.anyio
@@ -362,7 +362,7 @@ async def test_keeper_vouches_for_everyone_what_gitlab_gives_anyone(tmp_path: Pa
     mallory = guard.caller(PROJECT, basic("mallory", "glpat-mallory"))
     await guard.vouch(mallory, [FILE], public=True)
     for client in (None, ALICE):
-        assert await guard.vouched(guard.caller(PROJECT, client), *FILE) == (True, True)
+        assert guard.vouched_now(guard.caller(PROJECT, client), *FILE) == (True, True)
     records, _ = grants(tmp_path).size()
     assert records == 2  # the binding and the anonymous acceptance; nothing of mallory's
 
@@ -372,8 +372,8 @@ async def test_keeper_outside_passthrough_binds_files_to_scopes(tmp_path: Path) 
     """With a service token any client may have a file its scope listed, and only through it."""
     guard = keeper(tmp_path, "open", service=SERVICE)
     await guard.vouch(guard.caller(PROJECT, None), [FILE])
-    assert await guard.vouched(guard.caller(PROJECT, ALICE), *FILE) == (True, True)
-    assert await guard.vouched(guard.caller(OTHER_PROJECT, None), *FILE) == (False, False)
+    assert guard.vouched_now(guard.caller(PROJECT, ALICE), *FILE) == (True, True)
+    assert guard.vouched_now(guard.caller(OTHER_PROJECT, None), *FILE) == (False, False)
 
 
 @pytest.mark.anyio
@@ -400,7 +400,7 @@ async def test_keeper_remembers_across_restarts(tmp_path: Path) -> None:
     again = grants(tmp_path)
     assert again.salt() == gate.salt
     guard = Keeper(Gate("passthrough", {}, again.salt()), again, service=None)
-    assert await guard.vouched(guard.caller(PROJECT, ALICE), *FILE) == (True, True)
+    assert guard.vouched_now(guard.caller(PROJECT, ALICE), *FILE) == (True, True)
 
 
 # -- command line ------------------------------------------------------------------------
