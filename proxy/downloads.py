@@ -202,14 +202,13 @@ class Downloads:
             # GitLab's path, or its EE forward/ route for a file its firewall page gave.
             url = source.url if source is not None and vetted else path
             authorization, origin = caller.upstream, caller.origin
+        fetch = _Fetch(caller, url, authorization, key, filename, asked)
         # --- cold ranges and HEAD (design 3.2): after the access decision, before any fill.
         if asked.head:
-            return await self._head(caller, url, authorization, key, filename, vetted=vetted)
+            return await self._head(fetch, vetted=vetted)
         # A full disk, or a file known not to fit: don't open a fill only to drop it.
         if not await to_thread.run_sync(self._filler.has_room, self._unfit.get(key)):
-            return await self._through(
-                caller, url, authorization, key, filename, asked, vetted=vetted
-            )
+            return await self._through(fetch, vetted=vetted)
         fill = self._filler.start(
             key, url, authorization=authorization, origin=origin, vetted=vetted
         )
@@ -217,9 +216,7 @@ class Downloads:
             self._public[key] = fill
             self._spawn(self._seen(fill))
         if _cold(asked, fill):
-            passed = await self._pass(
-                caller, url, authorization, key, filename, asked, vetted=vetted
-            )
+            passed = await self._pass(fetch, vetted=vetted)
             if passed is not None:
                 return passed
         await fill.ready.wait()
@@ -228,9 +225,7 @@ class Downloads:
                 self._unfit[key] = fill.length
                 while len(self._unfit) > UNFIT_REMEMBERED:
                     del self._unfit[next(iter(self._unfit))]
-            return await self._through(
-                caller, url, authorization, key, filename, asked, vetted=vetted
-            )
+            return await self._through(fetch, vetted=vetted)
         if fill.status == 0 and fill.error is not None:
             raise fill.error
         if fill.status != 200:
@@ -239,7 +234,7 @@ class Downloads:
         if not vetted:
             await self._remember(caller, path, key, filename)
         if not fill.done and _cold(asked, fill):
-            passed = await self._pass(caller, url, authorization, key, filename, asked, vetted=True)
+            passed = await self._pass(fetch, vetted=True)
             if passed is not None:
                 return passed
         if not fill.done:
@@ -257,9 +252,7 @@ class Downloads:
                 raise fill.error
             committed = await self._open_cached(key)
             if committed is None:  # evicted at once: it does not fit the cache
-                return await self._through(
-                    caller, url, authorization, key, filename, asked, vetted=True
-                )
+                return await self._through(fetch, vetted=True)
             committed.cache = "MISS"
             reply = committed
         return reply
@@ -344,29 +337,17 @@ class Downloads:
 
         return _in_memory(data, "MISS" if found.fetched else "HIT", sha256=found.sha256)
 
-    async def _through(
-        self,
-        caller: Caller,
-        url: str,
-        authorization: str | None,
-        sha256: str,
-        filename: str,
-        asked: Asked,
-        *,
-        vetted: bool,
-    ) -> FileReply | Passed | Reply:
+    async def _through(self, fetch: _Fetch, *, vetted: bool) -> FileReply | Passed | Reply:
         """The file straight from its source, not cached (X-Cache BYPASS): hashed on the
         way like a fill, its last chunk held back until the hash matches. The upstream
         response stays open until the body is read, or closed unread (a client gone).
         A partial Range goes through to GitLab as it is (`_pass`)."""
-        if _cold(asked, None):
-            passed = await self._pass(
-                caller, url, authorization, sha256, filename, asked, vetted=vetted
-            )
+        if _cold(fetch.asked, None):
+            passed = await self._pass(fetch, vetted=vetted)
             if passed is not None:
                 return passed
-        opening = self._upstream.download(url, authorization=authorization)
-        opened = await self._open(opening, caller, url, sha256, filename, vetted=vetted, wanted=200)
+        opening = self._upstream.download(fetch.url, authorization=fetch.authorization)
+        opened = await self._open(opening, fetch, vetted=vetted, wanted=200)
         if opened is None:
             raise UpstreamUnavailable("GitLab sent part of a file it was asked for whole")
         if isinstance(opened, Reply):
@@ -380,23 +361,13 @@ class Downloads:
         return FileReply(
             download.length,
             "BYPASS",
-            lambda start, end: Body(self._hashed(download, sha256, stack), close),
+            lambda start, end: Body(self._hashed(download, fetch.sha256, stack), close),
             close,
             ranged=False,
-            sha256=sha256,
+            sha256=fetch.sha256,
         )
 
-    async def _pass(
-        self,
-        caller: Caller,
-        url: str,
-        authorization: str | None,
-        sha256: str,
-        filename: str,
-        asked: Asked,
-        *,
-        vetted: bool,
-    ) -> Passed | Reply | None:
+    async def _pass(self, fetch: _Fetch, *, vetted: bool) -> Passed | Reply | None:
         """GitLab's answer to the caller's own ranged request, as a direct client would get
         it (GitLab's 206 or refusal, X-Cache BYPASS, never cached); None when GitLab sent the
         whole file instead (no ranges there, or its If-Range did not hold): the fill serves.
@@ -404,14 +375,15 @@ class Downloads:
         If-Range naming this file's own ETag holds by definition (the sha256 names the
         bytes) and GitLab does not know that tag, so it is left out; any other goes as is.
         """
-        own = asked.if_range.strip() == f'"{sha256}"'
+        asked = fetch.asked
+        own = asked.if_range.strip() == f'"{fetch.sha256}"'
         opening = self._upstream.ranged(
-            url,
+            fetch.url,
             byte_range=asked.range,
             if_range=None if own else asked.if_range or None,
-            authorization=authorization,
+            authorization=fetch.authorization,
         )
-        opened = await self._open(opening, caller, url, sha256, filename, vetted=vetted, wanted=206)
+        opened = await self._open(opening, fetch, vetted=vetted, wanted=206)
         if not isinstance(opened, tuple):
             return opened
         download, stack = opened
@@ -421,10 +393,7 @@ class Downloads:
     async def _open(
         self,
         opening: AbstractAsyncContextManager[Download],
-        caller: Caller,
-        url: str,
-        sha256: str,
-        filename: str,
+        fetch: _Fetch,
         *,
         vetted: bool,
         wanted: int,
@@ -438,34 +407,25 @@ class Downloads:
                 await stack.aclose()
                 if download.status < 300:
                     return None
-                await self._refused(caller, sha256, filename, download.status)
+                await self._refused(fetch.caller, fetch.sha256, fetch.filename, download.status)
                 return Reply(download.status, download.error_body, dict(download.headers), "BYPASS")
             if not vetted:
-                await self._remember(caller, url, sha256, filename)
+                await self._remember(fetch.caller, fetch.url, fetch.sha256, fetch.filename)
         except BaseException:
             await stack.aclose()
             raise
         return download, stack
 
-    async def _head(
-        self,
-        caller: Caller,
-        url: str,
-        authorization: str | None,
-        sha256: str,
-        filename: str,
-        *,
-        vetted: bool,
-    ) -> FileReply | Reply:
+    async def _head(self, fetch: _Fetch, *, vetted: bool) -> FileReply | Reply:
         """A HEAD of a file not held: what GitLab says of it (its real size; Accept-Ranges
         only when GitLab answers ranges, since a Range is passed through to it), nothing
         downloaded, X-Cache BYPASS."""
-        probe = await self._upstream.head(url, authorization=authorization)
+        probe = await self._upstream.head(fetch.url, authorization=fetch.authorization)
         if probe.status >= 300:
-            await self._refused(caller, sha256, filename, probe.status)
+            await self._refused(fetch.caller, fetch.sha256, fetch.filename, probe.status)
             return Reply(probe.status, probe.body, dict(probe.headers), "BYPASS")
         if not vetted:
-            await self._remember(caller, url, sha256, filename)
+            await self._remember(fetch.caller, fetch.url, fetch.sha256, fetch.filename)
         return FileReply(probe.size, "BYPASS", _unread, ranged=probe.ranges)
 
     async def _hashed(
@@ -567,6 +527,19 @@ class Downloads:
 
     def _open_small(self, key: str) -> Opened | Small | None:
         return _read_small(self._store.files.open_range(key))
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetch:
+    """A file request GitLab (or a public index) is asked about: who asks, where, for what."""
+
+    caller: Caller
+    url: str
+    authorization: str | None
+    """What goes upstream: the caller's (or service) credential, None for a public index."""
+    sha256: str
+    filename: str
+    asked: Asked
 
 
 @dataclass(frozen=True, slots=True)
