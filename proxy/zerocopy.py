@@ -21,6 +21,8 @@ takes less than SLICE in that time is cut off, and one that keeps up never is.""
 
 THREADS = 32
 """Files sent by threads at once, per process; a send past them stays on the loop."""
+THREADED = 256 * 1024
+"""Bytes from which a send is worth a thread hop (fewer go from the loop in one call)."""
 WAKE = 0.25
 """Seconds a sending thread waits on its client before it looks whether it was called off."""
 
@@ -168,19 +170,21 @@ async def send_slices(
     """Send bytes [offset, offset + count) of `file` on `transport` unframed, by the kernel,
     SLICE at a time; TimeoutError, OSError and ShortFile as for send_file.
 
-    The first SLICE goes from the loop (which flushes what the transport holds first); the
-    rest from one of `senders`' threads when one is free and the socket is plain TCP.
+    From one of `senders`' threads when one is free, the socket is plain (not TLS), the
+    transport holds nothing unsent (else the loop sends a SLICE first, after those bytes)
+    and at least THREADED bytes are left; else from the loop.
     """
     loop = asyncio.get_running_loop()
     sent = 0
     sock = transport.get_extra_info("socket")
     while sent < count:
         if (
-            sent
+            count - sent >= THREADED
             and senders is not None
             and senders.free()
             and sock is not None
             and transport.get_extra_info("sslcontext") is None
+            and not transport.get_write_buffer_size()
         ):
             done = await senders.send(
                 sock.fileno(), file.fileno(), offset + sent, count - sent, stall=stall

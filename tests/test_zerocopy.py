@@ -17,7 +17,7 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from proxy import guardhttptools
-from proxy.zerocopy import SLICE, WAKE, Senders, ShortFile, send_file
+from proxy.zerocopy import SLICE, WAKE, Senders, ShortFile, send_file, send_slices
 
 CONTENT = os.urandom(3 * SLICE + 12345)
 
@@ -226,9 +226,8 @@ async def _until(condition: Any, seconds: float = 5) -> None:
 async def _held_in_thread(
     response: _Response, client: socket.socket, file: IO[bytes], senders: Senders
 ) -> tuple[asyncio.Task[None], bytes]:
-    """Start sending all of `file`, the client reading only its first two slices (the
-    first goes from the loop): the send then waits on the client in a thread. The send's
-    task, and what the client read."""
+    """Start sending all of `file`, the client reading only its first two slices: the send
+    then waits on the client in a thread. The send's task, and what the client read."""
     sending = asyncio.create_task(response.send_file(file, 0, len(CONTENT), stall=30))
     read = await asyncio.to_thread(_drain, client, 2 * SLICE)
     await _until(lambda: senders.busy == 1)
@@ -237,8 +236,8 @@ async def _held_in_thread(
 
 @pytest.mark.anyio
 async def test_the_bulk_of_a_file_goes_from_a_thread(file: Path, http: str) -> None:
-    """Past the first slice, a send waits on its client in one of the senders' threads,
-    which is free again once the send is done."""
+    """A large send waits on its client in one of the senders' threads, which is free
+    again once the send is done."""
     senders = Senders()
     headers = [("Content-Length", str(len(CONTENT)))]
     async with _responding(http, headers, senders) as (response, theirs):
@@ -297,3 +296,24 @@ async def test_a_cancelled_send_stops_its_thread(file: Path, http: str) -> None:
         await _until(lambda: senders.busy == 0)
     assert len(read + rest) < len(CONTENT)
     assert seconds < 10 * WAKE + 2
+
+
+@pytest.mark.anyio
+async def test_bytes_the_transport_still_holds_go_first(file: Path) -> None:
+    """While the transport holds bytes it could not send yet, the file waits for them
+    (from the loop) instead of overtaking them from a thread."""
+    ours, theirs = socket.socketpair()
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+    prefix = os.urandom(4 * SLICE)  # more than the socket takes while nobody reads
+    try:
+        transport.write(prefix)
+        assert transport.get_write_buffer_size() > 0
+        wanted = len(prefix) + len(CONTENT)
+        reading = asyncio.create_task(asyncio.to_thread(_drain, theirs, wanted))
+        with file.open("rb") as handle:
+            await send_slices(transport, handle, 0, len(CONTENT), stall=5, senders=Senders())
+        assert await reading == prefix + CONTENT
+    finally:
+        transport.abort()
+        theirs.close()
