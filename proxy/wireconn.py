@@ -72,6 +72,9 @@ class Connection(asyncio.Protocol):
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._framed = False  # Content-Length or chunked: else the body ends at EOF
+        self._length: int | None = None  # Content-Length, unless chunked
+        self._chunked = False
+        self._left: int | None = None  # body bytes still to come past the parser (raw)
         self._head_done = False
         self._complete = False
         self._chunks: deque[bytes] = deque()
@@ -89,6 +92,9 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         self.received = True
+        if self._left is not None:
+            self._raw(data)
+            return
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
@@ -121,7 +127,8 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._reason = b""
         self._headers = []
-        self._framed = False
+        self._framed = self._chunked = False
+        self._length = None
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
@@ -129,10 +136,12 @@ class Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
         lowered = name.lower()
-        if lowered == b"content-length" or (
-            lowered == b"transfer-encoding" and value.lower().endswith(b"chunked")
-        ):
+        if lowered == b"content-length":
             self._framed = True
+            if value.strip().isdigit():
+                self._length = int(value)
+        elif lowered == b"transfer-encoding" and value.lower().endswith(b"chunked"):
+            self._framed = self._chunked = True
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -143,12 +152,34 @@ class Connection(asyncio.Protocol):
         self._head_done = True
         if self._head_only or status in _NO_BODY:
             self._complete = True
+        elif self._length is not None and not self._chunked:
+            # Past the bytes of this read, the body's bytes go to the reader as they come:
+            # the parser would only copy them (counted against Content-Length here).
+            self._left = self._length
         self._wake_reader()
 
     def on_body(self, body: bytes) -> None:
         if self._complete:
             self._keep = False  # a body where none may be
             return
+        if self._left is not None:
+            self._left -= len(body)
+        self._take(body)
+
+    def _raw(self, data: bytes) -> None:
+        """Body bytes of a Content-Length body past its head's read, as they came."""
+        assert self._left is not None
+        if len(data) > self._left:
+            self._keep = False  # bytes past the body nobody asked for: never reused
+            data = data[: self._left]
+        self._left -= len(data)
+        if data:
+            self._take(data)
+        if not self._left:
+            self._complete = True
+            self._wake_reader()
+
+    def _take(self, body: bytes) -> None:
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > MAX_BUFFERED and not self._reading_paused:

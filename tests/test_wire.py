@@ -334,6 +334,46 @@ async def test_a_body_cut_short_is_a_protocol_error() -> None:
             await http.get(server.url)
 
 
+def _big_answer(body: bytes, *, length: int) -> Handler:
+    """A handler answering every request with `body` under `Content-Length: length`."""
+    return answering(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length + body)
+
+
+async def test_a_big_body_over_many_reads_is_exact_and_the_connection_kept() -> None:
+    """A Content-Length body far larger than one socket read arrives byte for byte, and
+    its connection carries the next request."""
+    body = BLOCK * 4
+    async with Raw(_big_answer(body, length=len(body))) as server, client() as http:
+        for _ in range(2):
+            assert (await http.get(server.url)).content == body
+    assert server.accepted == 1
+
+
+async def test_bytes_past_a_big_body_are_dropped_with_the_connection() -> None:
+    """Bytes a server sends past Content-Length are not part of the body, and the
+    connection they came on is not used again."""
+    body = BLOCK * 4
+    answer = _big_answer(body + b"junk", length=len(body))
+    async with Raw(answer) as server, client() as http:
+        for _ in range(2):
+            assert (await http.get(server.url)).content == body
+    assert server.accepted == 2
+
+
+async def test_a_big_body_cut_short_is_a_protocol_error() -> None:
+    """A server closing after part of a body of many reads fails the reader."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (4 * len(BLOCK)))
+        writer.write(BLOCK * 2)
+        await writer.drain()
+
+    async with Raw(handle) as server, client() as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.get(server.url)
+
+
 async def test_a_malformed_answer_is_a_protocol_error() -> None:
     """Bytes that are not HTTP fail the request with RemoteProtocolError."""
     async with Raw(answering(b"SSH-2.0-OpenSSH\r\n\r\n")) as server, client() as http:
