@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from proxy import __version__
 from proxy.access import REALM, Gate, Keeper, resolve_mode
 from proxy.bundleimport import sweep_staging
-from proxy.cache import Records, Store
+from proxy.cache import Store
 from proxy.config import Settings, load_for_workers
 from proxy.coordination import Coordinator
 from proxy.coremeta import CoreMetadata, MetadataInjector
@@ -44,7 +44,9 @@ from proxy.hotpages import HotPages
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
 from proxy.packageapi import PackageAPI
+from proxy.publicindex import PublicIndex
 from proxy.reachability import Reachability
+from proxy.records import Records
 from proxy.rendered import Renderer
 from proxy.routes import Site, raw_path, routes, target
 from proxy.spool import Spool
@@ -55,7 +57,7 @@ from proxy.tally import Ledger, Tally
 from proxy.tokens import TokensFile
 from proxy.uploadtimes import TIMEOUT as TIMES_TIMEOUT
 from proxy.uploadtimes import UploadTimes
-from proxy.upstream import GitLab, PublicIndex, basic_authorization
+from proxy.upstream import GitLab, basic_authorization
 
 log = logging.getLogger("proxy.app")
 access_log = logging.getLogger("proxy.access")

@@ -30,7 +30,8 @@ from urllib.parse import unquote, urlsplit
 from anyio import to_thread
 
 from proxy.bodywriter import BodyWriter
-from proxy.cache import Store, is_full
+from proxy.cache import Store
+from proxy.cacheio import is_full
 from proxy.coordination import Coordinator, Lease
 from proxy.errors import (
     CacheError,

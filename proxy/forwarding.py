@@ -27,7 +27,8 @@ from proxy.models import (
     valid_filename,
     valid_sha256,
 )
-from proxy.upstream import Answer, PublicIndex
+from proxy.publicindex import PublicIndex
+from proxy.upstream import Answer
 from proxy.values import ForwardingMode
 
 log = logging.getLogger("proxy.forwarding")

@@ -6,8 +6,8 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from proxy.cache import Records
 from proxy.models import project_of, valid_sha256
+from proxy.records import Records
 
 # Record keys: "bound|<owner>|<project>" -> frozenset of "<sha256>/<filename>";
 # "accepted|<credential hash>" -> when; "refused|<owner>|<sha256>/<filename>" -> True;

@@ -17,10 +17,10 @@ import botocore.exceptions
 from anyio import to_thread
 from boto3.s3.transfer import TransferConfig
 
-from proxy.cache import USE_RESOLUTION, Records
 from proxy.errors import CacheError
+from proxy.records import Records
 from proxy.retention import StoredFile
-from proxy.storage import HIT_CHUNK, Opened
+from proxy.storage import HIT_CHUNK, USE_RESOLUTION, Opened
 
 log = logging.getLogger("proxy.objectstore")
 PART_SIZE = 8 * 1024 * 1024

@@ -14,6 +14,7 @@ from proxy.retention import StoredFile
 
 HIT_CHUNK = 512 * 1024
 """Bytes read from a held file per thread hop (one chunk in flight per client)."""
+USE_RESOLUTION = 60.0  # seconds: a hot file's use is recorded once a minute, not on every hit
 
 
 @dataclass(frozen=True, slots=True)

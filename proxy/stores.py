@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from proxy.cache import SIDE_SHARE, Records, Store
+from proxy.cache import SIDE_SHARE, Store
 from proxy.config import Settings
+from proxy.records import Records
 from proxy.storage import Files
 
 

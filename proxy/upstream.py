@@ -1,15 +1,16 @@
-"""The GitLab client and the public index client (httpx's home; its transport is `wire`)."""
+"""The GitLab client, and what the public index client shares (httpx's home; transport `wire`)."""
 
 from __future__ import annotations
 
 import base64
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -69,6 +70,20 @@ class Probe:
     """Whether a Range gets a 206 there."""
 
 
+class PublicFiles(Protocol):
+    """What the GitLab client asks of the public index (publicindex.PublicIndex)."""
+
+    def allows(self, url: str) -> bool:
+        """Whether `url` is http(s) on an allowed host."""
+        ...
+
+    def download(
+        self, url: str, *, extra: Mapping[str, str] | None = None
+    ) -> AbstractAsyncContextManager[Download]:
+        """Open a file download (5xx and 429 raise UpstreamStatus); `extra` headers go with it."""
+        ...
+
+
 def basic_authorization(username: str, password: str) -> str:
     """The value of an `Authorization: Basic` header."""
     raw = f"{username}:{password}".encode()
@@ -91,7 +106,8 @@ def _rest_credentials(authorization: str | None) -> dict[str, str]:
     return {"JOB-TOKEN" if username == "gitlab-ci-token" else "PRIVATE-TOKEN": password}
 
 
-def _origin(url: str) -> tuple[str, str, int]:
+def url_origin(url: str) -> tuple[str, str, int]:
+    """(scheme, lower-case host, port) of `url`, the port its scheme's default if unsaid."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return parts.scheme, (parts.hostname or "").lower(), port
@@ -113,7 +129,7 @@ def retry_after(value: str | None, *, now: float | None = None) -> float | None:
     return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
-async def _read_whole(response: httpx.Response, limit: int, who: str) -> bytes:
+async def read_whole(response: httpx.Response, limit: int, who: str) -> bytes:
     """A small body read whole (at most `limit` bytes); closes the response."""
     body = bytearray()
     try:
@@ -130,7 +146,8 @@ async def _read_whole(response: httpx.Response, limit: int, who: str) -> bytes:
     return bytes(body)
 
 
-def _kept(headers: httpx.Headers) -> dict[str, str]:
+def kept_headers(headers: httpx.Headers) -> dict[str, str]:
+    """The PASSED_HEADERS of an answer, the only ones a client may see."""
     return {name: headers[name] for name in PASSED_HEADERS if name in headers}
 
 
@@ -146,7 +163,7 @@ class GitLab:
         ca_bundle: str = "",
         transport: httpx.AsyncBaseTransport | None = None,
         metrics: Metrics | None = None,
-        public: PublicIndex | None = None,
+        public: PublicFiles | None = None,
         heard: Reachability | None = None,
     ) -> None:
         self.url = url.rstrip("/")
@@ -155,7 +172,7 @@ class GitLab:
         self._metrics = metrics or Metrics()
         self._connect_timeout = connect_timeout
         self._quiet_until = 0.0
-        self._origin = _origin(self.url)
+        self._origin = url_origin(self.url)
         timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self._client = httpx.AsyncClient(
             timeout=timeout,
@@ -173,7 +190,7 @@ class GitLab:
         await self._client.aclose()
 
     def _same_origin(self, url: str) -> bool:
-        return _origin(url) == self._origin
+        return url_origin(url) == self._origin
 
     async def _send(
         self,
@@ -227,7 +244,7 @@ class GitLab:
         return response
 
     async def _read(self, response: httpx.Response, limit: int) -> bytes:
-        return await _read_whole(response, limit, "GitLab")
+        return await read_whole(response, limit, "GitLab")
 
     async def get(
         self,
@@ -252,7 +269,7 @@ class GitLab:
         budget = self._connect_timeout if quick else None
         response = await self._send("GET", url, headers, kind="page", budget=budget)
         body = await self._read(response, MAX_PAGE_BYTES)
-        return Answer(response.status_code, _kept(response.headers), body, url)
+        return Answer(response.status_code, kept_headers(response.headers), body, url)
 
     async def _follow(
         self, method: str, path: str, *, authorization: str | None, extra: Mapping[str, str]
@@ -271,7 +288,7 @@ class GitLab:
             if authorization and self._same_origin(url):
                 headers["Authorization"] = authorization
             elif forward and (self._public is None or not self._public.allows(url)):
-                raise UpstreamUnavailable(f"{_netloc(url)} is not in forwarding.allowed_hosts")
+                raise UpstreamUnavailable(f"{url_netloc(url)} is not in forwarding.allowed_hosts")
             response = await self._send(method, url, headers, kind="file")
             if response.status_code not in REDIRECTS or "location" not in response.headers:
                 return response
@@ -291,7 +308,7 @@ class GitLab:
         headers = {"Accept": "application/json", **_rest_credentials(authorization)}
         response = await self._send("GET", self.url + path, headers, kind="api", budget=budget)
         body = await self._read(response, MAX_PAGE_BYTES)
-        return Answer(response.status_code, _kept(response.headers), body, self.url + path)
+        return Answer(response.status_code, kept_headers(response.headers), body, self.url + path)
 
     @asynccontextmanager
     async def download(
@@ -333,7 +350,7 @@ class GitLab:
                 yield download
             return
         response = await self._follow("GET", path, authorization=authorization, extra=extra)
-        async with _opened(response, self._read) as download:
+        async with opened(response, self._read) as download:
             yield download
 
     async def head(self, path: str, *, authorization: str | None) -> Probe:
@@ -349,9 +366,9 @@ class GitLab:
             length = response.headers.get("content-length", "")
             if response.status_code == 200 and length.isdigit():
                 ranges = response.headers.get("accept-ranges", "").strip().lower() == "bytes"
-                return Probe(200, _kept(response.headers), b"", int(length), ranges)
+                return Probe(200, kept_headers(response.headers), b"", int(length), ranges)
             if response.status_code >= 400 and self._same_origin(str(response.url)):
-                return Probe(response.status_code, _kept(response.headers), b"", None, False)
+                return Probe(response.status_code, kept_headers(response.headers), b"", None, False)
         async with self.ranged(
             path, byte_range="bytes=0-0", authorization=authorization
         ) as download:
@@ -368,7 +385,7 @@ class GitLab:
         response = await self._send("HEAD", self.url + path, headers, kind="check")
         await response.aclose()
         _raise_for_failure(response)
-        return Answer(response.status_code, _kept(response.headers), b"", self.url + path)
+        return Answer(response.status_code, kept_headers(response.headers), b"", self.url + path)
 
     async def reachable(self) -> str:
         """'reachable' when GitLab answers HTTP at all within connect_timeout, else why not."""
@@ -388,11 +405,13 @@ class GitLab:
         """POST an upload, streaming the client's body; GitLab's answer is read whole."""
         response = await self._send("POST", self.url + path, headers, content=body, kind="upload")
         answer = await self._read(response, 1024 * 1024)
-        return Answer(response.status_code, _kept(response.headers), answer, str(response.url))
+        return Answer(
+            response.status_code, kept_headers(response.headers), answer, str(response.url)
+        )
 
 
 @asynccontextmanager
-async def _opened(
+async def opened(
     response: httpx.Response, read: Callable[[httpx.Response, int], Awaitable[bytes]]
 ) -> AsyncIterator[Download]:
     """A Download of an open response (5xx and 429 raise UpstreamStatus); closes it after.
@@ -423,97 +442,9 @@ def _raise_for_failure(response: httpx.Response) -> None:
         )
 
 
-def _netloc(url: str) -> str:
+def url_netloc(url: str) -> str:
+    """The host[:port] of `url`, lower-case, without credentials."""
     return urlsplit(url).netloc.rpartition("@")[2].lower()
-
-
-class PublicIndex:
-    """A public package index (pypi.org and its file host), asked only on `allowed_hosts`
-    (redirects included) and never with a credential: no GitLab or client header goes there.
-    """
-
-    def __init__(
-        self,
-        *,
-        allowed_hosts: Iterable[str],
-        connect_timeout: float,
-        read_timeout: float,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._allowed = frozenset(host.lower() for host in allowed_hosts)
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            transport=transport or Wire(),
-            follow_redirects=False,
-            trust_env=False,
-            headers={"User-Agent": USER_AGENT},
-        )
-
-    def __repr__(self) -> str:
-        return f"PublicIndex(allowed_hosts={sorted(self._allowed)!r})"
-
-    async def aclose(self) -> None:
-        """Close every pooled connection."""
-        await self._client.aclose()
-
-    def allows(self, url: str) -> bool:
-        """Whether `url` is http(s) on an allowed host: "host" on its scheme's default
-        port, or "host:port" exactly."""
-        try:
-            scheme, host, port = _origin(url)
-        except ValueError:
-            return False
-        default = port == (443 if scheme == "https" else 80)
-        named = {f"{host}:{port}"} | ({host} if default else set())
-        return scheme in ("http", "https") and bool(named & self._allowed)
-
-    async def _open(self, url: str, headers: Mapping[str, str]) -> httpx.Response:
-        """GET `url`, following redirects while they stay on allowed hosts."""
-        for _hop in range(MAX_REDIRECTS + 1):
-            if not self.allows(url):
-                raise UpstreamUnavailable(f"{_netloc(url)} is not in forwarding.allowed_hosts")
-            try:
-                request = self._client.build_request("GET", url, headers=dict(headers))
-                response = await self._client.send(request, stream=True)
-            except (httpx.InvalidURL, ValueError) as exc:
-                raise UpstreamUnavailable("the public index gave an unusable URL") from exc
-            except httpx.TimeoutException as exc:
-                raise UpstreamUnavailable(
-                    "the public index did not answer in time", timeout=True
-                ) from exc
-            except httpx.HTTPError as exc:
-                raise UpstreamUnavailable(
-                    f"the public index could not be reached ({type(exc).__name__})"
-                ) from exc
-            if response.status_code not in REDIRECTS or "location" not in response.headers:
-                return response
-            await response.aclose()
-            url = urljoin(url, response.headers["location"])
-        raise UpstreamUnavailable("the public index redirected too many times")
-
-    async def _read(self, response: httpx.Response, limit: int) -> bytes:
-        return await _read_whole(response, limit, "the public index")
-
-    async def get(self, url: str, *, accept: str, etag: str | None = None) -> Answer:
-        """GET a page; `url` of the Answer is where it finally came from."""
-        headers = {"Accept": accept}
-        if etag:
-            headers["If-None-Match"] = etag
-        response = await self._open(url, headers)
-        final = str(response.url)
-        body = await self._read(response, MAX_PAGE_BYTES)
-        return Answer(response.status_code, _kept(response.headers), body, final)
-
-    @asynccontextmanager
-    async def download(
-        self, url: str, *, extra: Mapping[str, str] | None = None
-    ) -> AsyncIterator[Download]:
-        """Open a file download (5xx and 429 raise UpstreamStatus); `extra` headers (a
-        Range) go with it."""
-        headers = {"Accept": "*/*", "Accept-Encoding": "identity", **(extra or {})}
-        response = await self._open(url, headers)
-        async with _opened(response, self._read) as download:
-            yield download
 
 
 async def _empty() -> AsyncIterator[bytes]:

@@ -28,12 +28,12 @@ from proxy.access import (
     resolve_mode,
 )
 from proxy.app import create_app
-from proxy.cache import Records
 from proxy.config import load
 from proxy.errors import ConfigError
 from proxy.grants import Grants
 from proxy.models import Scope as PyPIScope
 from proxy.models import valid_filename, valid_scope_id, valid_sha256
+from proxy.records import Records
 from proxy.tokens import token_hash
 
 TOKEN = "gpp_s3cr3t-proxy-token-0123456789"

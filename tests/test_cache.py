@@ -11,9 +11,10 @@ from pathlib import Path
 import diskcache
 import pytest
 
-from proxy.cache import USE_RESOLUTION, Store, StoredPage
+from proxy.cache import Store, StoredPage
 from proxy.models import Link, Page
 from proxy.retention import StoredFile
+from proxy.storage import USE_RESOLUTION
 
 DAY = 86_400.0
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.cache import USE_RESOLUTION, Store
+from proxy.cache import Store
 from proxy.errors import CacheFull
 from proxy.spool import Spool
+from proxy.storage import USE_RESOLUTION
 from tests.fakegitlab import FakeGitLab
 from tests.scenario import SERVICE, Start, acme, publish, serve
 from tests.test_cache import Clock

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.cache import Records
 from proxy.objectstore import Bucket
+from proxy.records import Records
 from tests.clients import ProxyProcess
 from tests.fakegitlab import FakeGitLab
 from tests.s3server import SECRET, S3Server, moto_server

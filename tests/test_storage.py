@@ -10,9 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.cache import USE_RESOLUTION, Records, Store
+from proxy.cache import Store
 from proxy.objectstore import Bucket
-from proxy.storage import Opened
+from proxy.records import Records
+from proxy.storage import USE_RESOLUTION, Opened
 from tests.s3server import SECRET, S3Server, moto_server
 
 _PREFIXES = itertools.count()
