@@ -115,7 +115,7 @@ class Downloads:
     ) -> None:
         self._redirect = redirect
         self._on_metadata = on_metadata
-        self._warmed: dict[str, None] = {}  # wheels whose metadata was served, oldest first
+        self._warmed: dict[str, None] = {}  # wheels whose dependencies were looked at, oldest first
         self._forwarding = forwarding
         self._metadata = metadata
         self._store = store
@@ -215,6 +215,9 @@ class Downloads:
         if public and key not in self._public:
             self._public[key] = fill
             self._spawn(self._seen(fill))
+        ahead = self._metadata is not None and self._metadata.mode != "off"
+        if ahead and filename.endswith(".whl") and self._first_look(key):
+            self._spawn(self._ahead(caller, fill, filename))
         if _cold(asked, fill):
             passed = await self._pass(fetch, vetted=vetted)
             if passed is not None:
@@ -327,12 +330,9 @@ class Downloads:
         if found is None:
             return Reply(404, _NOT_FOUND, {"content-type": "application/json"}, "BYPASS")
         data = found.data
-        if self._metadata.remote and sha256 not in self._warmed:
+        if self._metadata.remote and self._first_look(sha256):
             # Mode "always", a wheel's metadata served the first time here: a resolution
             # goes on from it (its dependencies' pages are fetched ahead when not fresh).
-            self._warmed[sha256] = None
-            if len(self._warmed) > WARMED_KEPT:
-                del self._warmed[next(iter(self._warmed))]
             self._on_metadata(caller, data)
 
         return _in_memory(data, "MISS" if found.fetched else "HIT", sha256=found.sha256)
@@ -483,6 +483,26 @@ class Downloads:
             await self._keeper.vouch(caller, [(sha256, filename)], public=True)
             return
         self._spawn(self._vouch_personal(caller, path, sha256, filename))
+
+    def _first_look(self, sha256: str) -> bool:
+        """Whether a wheel's dependencies are looked at for the first time (then marked)."""
+        if sha256 in self._warmed:
+            return False
+        self._warmed[sha256] = None
+        if len(self._warmed) > WARMED_KEPT:
+            del self._warmed[next(iter(self._warmed))]
+        return True
+
+    async def _ahead(self, caller: Caller, fill: Fill, wheel: str) -> None:
+        """Once a wheel a client downloads is held, the pages of its dependencies are
+        fetched ahead (when not fresh): the resolver asks for them next."""
+        assert self._metadata is not None
+        while not fill.done:
+            await fill.changed()
+        if fill.ok:
+            found = await self._metadata.held(fill.sha256, wheel)
+            if found is not None:
+                self._on_metadata(caller, found.data)
 
     async def _seen(self, fill: Fill) -> None:
         """Once a public fill is verified, its bytes are known to be public (until that is

@@ -362,6 +362,43 @@ async def test_metadata_read_from_gitlab_fetches_its_dependencies_pages_ahead(
     assert not pages["win-only"].called
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize(("mode", "ahead"), [("cached", True), ("off", False)])
+async def test_a_wheel_downloaded_has_its_dependencies_pages_fetched_ahead(
+    serve: Serve, gitlab_api: respx.MockRouter, mode: str, ahead: bool
+) -> None:
+    """Once a wheel a client downloads is held (mode cached too), the pages of its
+    unconditional dependencies are fetched from GitLab before the client asks: its next
+    page requests are HITs. With core metadata off, nothing is fetched ahead."""
+    filename, data = _small_wheel("big-pkg", ["tiny", "win-only; sys_platform == 'win32'"])
+    wheel, _ = urls(filename, data)
+    gitlab_api.get(GITLAB + PAGE.rstrip("/")).respond(200, content=page_of(filename, data))
+    gitlab_api.get(GITLAB + wheel).respond(200, content=data)
+    pages = {
+        name: gitlab_api.get(f"{GITLAB}{API}/simple/{name}").respond(
+            200, content=gitlab_page(name, "")
+        )
+        for name in ("tiny", "win-only")
+    }
+    async with serve({"pages.metadata": mode}) as client:
+        await client.get(PAGE)
+        assert (await client.get(wheel)).content == data
+        if ahead:
+            with anyio.fail_after(10):  # asked of GitLab before any client asked for it
+                while not pages["tiny"].called:
+                    await anyio.sleep(0.01)
+            with anyio.fail_after(10):  # a request while that fetch is in flight joins it
+                while (
+                    await client.get(f"{API}/simple/tiny/", headers={"accept": JSON_TYPE})
+                ).headers["x-cache"] != "HIT":
+                    await anyio.sleep(0.01)
+        else:
+            await client.get(PAGE)  # a round trip in which a wrong fetch ahead would show
+            assert not pages["tiny"].called
+    assert pages["tiny"].call_count == (1 if ahead else 0)
+    assert not pages["win-only"].called
+
+
 def _small_wheel(name: str, requires: list[str]) -> tuple[str, bytes]:
     stem = name.replace("-", "_")
     metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n"
