@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from anyio import to_thread
 
-from proxy import pages
+from proxy import pagerender
 from proxy.access import Keeper
 from proxy.cache import Store, StoredPage
 from proxy.codings import Coding
@@ -154,7 +154,7 @@ class Mirror:
     ) -> Reply:
         """A simple page (index when name is None), its links pointing at base_url, its
         body in `coding`, with an ETag and a max-age of what is left of its freshness."""
-        representation: Representation = "json" if pages.wants_json(accept) else "html"
+        representation: Representation = "json" if pagerender.wants_json(accept) else "html"
         ttl = self._keeper.page_ttl(self._page_ttl)
         public = self._keeper.shareable(caller)
         view = _View(base_url, coding, public, ttl)
