@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote, urljoin, urlsplit
@@ -159,7 +160,7 @@ def _text(element: etree._Element) -> str:
     return "".join(t for t in element.itertext() if isinstance(t, str)).strip()
 
 
-def html_root(body: bytes, what: str) -> etree._Element:
+def _root(body: bytes, what: str) -> etree._Element:
     """The HTML tree of a page; PageError naming `what` when there is none."""
     # UTF-8 (GitLab always sends it; PEP 503 pages are too); bad bytes and NULs become
     # U+FFFD rather than errors. etree's parser, not lxml.html's: no Python class
@@ -181,10 +182,20 @@ def html_root(body: bytes, what: str) -> etree._Element:
     return root
 
 
+def html_anchors(body: bytes, what: str) -> tuple[str, Iterator[dict[str, str]]]:
+    """The <base href> of an HTML page ("" without one) and each of its anchors'
+    attributes (names in lower case), in page order; PageError naming `what` when there
+    is no page. For pages other than GitLab's, without an lxml type leaving this module."""
+    root = _root(body, what)
+    element = next(root.iter("base"), None)
+    base = (element.get("href") or "") if element is not None else ""
+    return base, ({str(n): str(v) for n, v in anchor.items()} for anchor in root.iter("a"))
+
+
 def _parse_html(
     body: bytes, page_url: str, gitlab: _Origin, kind: Literal["index", "project"]
 ) -> Page:
-    root = html_root(body, "GitLab's page")
+    root = _root(body, "GitLab's page")
     base = page_url
     element = next(root.iter("base"), None)  # pip, like browsers, honours <base href>
     href = (element.get("href") or "").strip(HREF_SPACE) if element is not None else ""

@@ -15,7 +15,7 @@ from proxy.pages import (
     MAX_PAGE_BYTES,
     REQUIRES_PYTHON,
     encodable,
-    html_root,
+    html_anchors,
     sha256_of,
 )
 
@@ -60,14 +60,13 @@ def _public_file(url: str, base: str, **fields: Any) -> PublicFile | None:
 
 
 def _public_html(body: bytes, page_url: str) -> tuple[PublicFile, ...]:
-    root = html_root(body, "the public page")
-    element = next(root.iter("base"), None)
+    href, anchors = html_anchors(body, "the public page")
     base = page_url
     with contextlib.suppress(ValueError):  # a malformed IPv6 literal
-        base = urljoin(page_url, element.get("href") or "") if element is not None else base
+        base = urljoin(page_url, href)
     files = []
-    for anchor in root.iter("a"):
-        get = anchor.get
+    for attrs in anchors:
+        get = attrs.get
         metadata = get("data-core-metadata", get("data-dist-info-metadata"))
         found = _public_file(
             get("href") or "",

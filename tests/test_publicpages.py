@@ -57,3 +57,12 @@ def test_public_json_page_gives_pep_700_keys() -> None:
         "2024-01-02T03:04:05Z",
         12,
     )
+
+
+def test_public_html_base_element_resolves_relative_links() -> None:
+    """A public page's <base href> changes what its relative links resolve against."""
+    body = b'<base href="https://files.example/x/"><a href="x-1.whl">x-1.whl</a>'
+    (file,) = parse_public(
+        body, content_type="text/html", page_url="https://pypi.example/simple/x/"
+    )
+    assert file.url == "https://files.example/x/x-1.whl"
