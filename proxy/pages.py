@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import quote, urljoin, urlsplit
 
 from lxml import etree
@@ -182,14 +182,16 @@ def _root(body: bytes, what: str) -> etree._Element:
     return root
 
 
-def html_anchors(body: bytes, what: str) -> tuple[str, Iterator[dict[str, str]]]:
+def html_anchors(body: bytes, what: str) -> tuple[str, Iterator[Mapping[str, str]]]:
     """The <base href> of an HTML page ("" without one) and each of its anchors'
     attributes (names in lower case), in page order; PageError naming `what` when there
     is no page. For pages other than GitLab's, without an lxml type leaving this module."""
     root = _root(body, what)
     element = next(root.iter("base"), None)
     base = (element.get("href") or "") if element is not None else ""
-    return base, ({str(n): str(v) for n, v in anchor.items()} for anchor in root.iter("a"))
+    # attrib: a view of the element's attributes with Mapping's methods, no copy per anchor.
+    attributes = (cast("Mapping[str, str]", anchor.attrib) for anchor in root.iter("a"))
+    return base, attributes
 
 
 def _parse_html(
