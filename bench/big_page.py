@@ -21,7 +21,7 @@ from dataclasses import replace
 import httpx
 from harness import DEV_TOKEN, MB, PROJECT, gitlab_and_proxy, measuring, pid_of
 
-from proxy import pages
+from proxy import pagerender, pages
 from proxy.cache import StoredPage
 from proxy.models import Page
 from tests import fakepages
@@ -69,9 +69,9 @@ def codec(links: int) -> None:
     )
     assert isinstance(page, Page)
     assert len(page.links) == links
-    best("render HTML", lambda: pages.render(page, base_url="http://proxy"))
+    best("render HTML", lambda: pagerender.render(page, base_url="http://proxy"))
     as_json = replace(page, json=True)
-    best("render JSON", lambda: pages.render(as_json, base_url="http://proxy"))
+    best("render JSON", lambda: pagerender.render(as_json, base_url="http://proxy"))
     blob = pickle.dumps(StoredPage(page, 0.0, ""), pickle.HIGHEST_PROTOCOL)
     best("pickle (Store.put_page)", lambda: pickle.dumps(StoredPage(page, 0.0, "")))
     best("unpickle (Store.get_page)", lambda: pickle.loads(blob))

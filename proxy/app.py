@@ -55,6 +55,7 @@ from proxy.statuspage import routes as status_routes
 from proxy.stores import make_store
 from proxy.tally import Ledger, Tally
 from proxy.tokens import TokensFile
+from proxy.uploads import Uploads
 from proxy.uploadtimes import TIMEOUT as TIMES_TIMEOUT
 from proxy.uploadtimes import UploadTimes
 from proxy.upstream import GitLab, basic_authorization
@@ -270,8 +271,6 @@ def create_app(
             page_ttl=settings.cache.page_ttl,
             stale_while_revalidate=settings.cache.stale_while_revalidate,
             offline=settings.cache.offline,
-            service_authorization=service,
-            allow_service_upload=settings.access.allow_service_upload,
             probe_writable=filler.probe_writable,
             renderer=Renderer(),
             hot=HotPages(store.changes, on_hit=metrics.page_memory_hits.inc),
@@ -280,7 +279,15 @@ def create_app(
             times=UploadTimes(
                 api=PackageAPI(upstream=upstream, budget=times_timeout), timeout=times_timeout
             ),
-            on_upload=coordinator.invalidate,
+            uploads=Uploads(
+                store=store,
+                upstream=upstream,
+                keeper=keeper,
+                offline=settings.cache.offline,
+                service_authorization=service,
+                allow_service_upload=settings.access.allow_service_upload,
+                on_upload=coordinator.invalidate,
+            ),
         )
         downloads = Downloads(
             store=store,

@@ -13,7 +13,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from anyio import to_thread
 
-from proxy import pages
+from proxy import publicpages
 from proxy.errors import CacheError, UpstreamStatus
 from proxy.grants import Grants
 from proxy.models import (
@@ -149,7 +149,7 @@ class Forwarding:
             return Followed(None, PUBLIC_ETAG + known)
         if answer.status != 200:
             return _not_found(f"the public index answered {answer.status} for {name}")
-        files = pages.parse_public(
+        files = publicpages.parse_public(
             answer.body, content_type=answer.headers.get("content-type", ""), page_url=answer.url
         )
         page, sources, held_back = self._page(scope, name, files, json=json)
@@ -159,7 +159,12 @@ class Forwarding:
         return Followed(page, PUBLIC_ETAG + tag if tag and not held_back else "")
 
     def _page(
-        self, scope: Scope, name: NormalizedName, files: Iterable[pages.PublicFile], *, json: bool
+        self,
+        scope: Scope,
+        name: NormalizedName,
+        files: Iterable[publicpages.PublicFile],
+        *,
+        json: bool,
     ) -> tuple[Page, dict[tuple[str, str], str], bool]:
         """The page with each verifiable file on the proxy's files route, the public
         source of each, and whether min_age held any file back."""

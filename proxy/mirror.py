@@ -1,14 +1,12 @@
-"""Simple pages and uploads: cache first, then GitLab, then store; fresh, revalidated or stale."""
+"""Simple pages: cache first, then GitLab, then store; fresh, revalidated or stale."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import (
     AsyncIterator,
-    Awaitable,
     Callable,
     Coroutine,
     Iterable,
@@ -21,7 +19,7 @@ from typing import Any, Literal
 
 from anyio import to_thread
 
-from proxy import pages
+from proxy import pagerender
 from proxy.access import Keeper
 from proxy.cache import Store, StoredPage
 from proxy.codings import Coding
@@ -29,28 +27,24 @@ from proxy.coremeta import MetadataInjector, dependencies
 from proxy.errors import (
     CacheError,
     OfflineMiss,
-    OfflineRefusal,
-    Unauthorized,
     UpstreamError,
     UpstreamStatus,
 )
 from proxy.flights import Flights
 from proxy.forwarding import Followed, Forwarding, is_public
 from proxy.hotpages import Hot, HotKey, HotPages
-from proxy.models import CacheStatus, Caller, NormalizedName, Page, Reply, Scope, normalize
+from proxy.models import CacheStatus, Caller, NormalizedName, Page, Reply, Scope
 from proxy.rendered import Renderer, Rendering
+from proxy.uploads import Uploads
 from proxy.uploadtimes import Early, UploadTimes, bare
 from proxy.upstream import REDIRECTS, Answer, GitLab, retry_after
 
 log = logging.getLogger("proxy.mirror")
 Representation = Literal["html", "json"]
-# twine sends the form fields before the file (`content` last), so the name is near the start.
-_SNIFF_BYTES = 64 * 1024
 _ACCEPT: dict[Representation, str] = {
     "json": "application/vnd.pypi.simple.v1+json, text/html;q=0.1",
     "html": "text/html",
 }
-_NAME_FIELD = re.compile(rb'name="name"\r\n(?:[^\r\n]+\r\n)*\r\n([^\r\n]{1,200})\r\n')
 _VARY = "Accept, Accept-Encoding"
 
 
@@ -83,7 +77,7 @@ _FlightKey = tuple[str, str]
 
 
 class Mirror:
-    """Answers page and upload requests from the cache and GitLab."""
+    """Answers page requests from the cache and GitLab; hands uploads to `uploads`."""
 
     def __init__(
         self,
@@ -93,8 +87,6 @@ class Mirror:
         keeper: Keeper,
         page_ttl: float,
         offline: bool,
-        service_authorization: str | None,
-        allow_service_upload: bool = False,
         probe_writable: Callable[[], str] = lambda: "writable",
         clock: Callable[[], float] = time.time,
         renderer: Renderer,
@@ -102,10 +94,10 @@ class Mirror:
         metadata: MetadataInjector | None = None,
         times: UploadTimes | None = None,
         stale_while_revalidate: float = 0.0,
-        on_upload: Callable[[str], Awaitable[None]] | None = None,
         hot: HotPages | None = None,
+        uploads: Uploads,
     ) -> None:
-        self._on_upload = on_upload
+        self._uploads = uploads
         self._hot = hot
         self._stale_while_revalidate = stale_while_revalidate
         self._flights: Flights[_Outcome | Reply] = Flights()
@@ -117,8 +109,6 @@ class Mirror:
         self._keeper = keeper
         self._page_ttl = page_ttl
         self.offline = offline
-        self._service = service_authorization
-        self._allow_service_upload = allow_service_upload
         self._probe_writable = probe_writable
         self._clock = clock
         self._renderer = renderer
@@ -154,7 +144,7 @@ class Mirror:
     ) -> Reply:
         """A simple page (index when name is None), its links pointing at base_url, its
         body in `coding`, with an ETag and a max-age of what is left of its freshness."""
-        representation: Representation = "json" if pages.wants_json(accept) else "html"
+        representation: Representation = "json" if pagerender.wants_json(accept) else "html"
         ttl = self._keeper.page_ttl(self._page_ttl)
         public = self._keeper.shareable(caller)
         view = _View(base_url, coding, public, ttl)
@@ -492,54 +482,12 @@ class Mirror:
 
         return await self._renderer.run(rendering)
 
-    # -- uploads ----
-
-    def _upload_authorization(self, client: str | None) -> str | None:
-        """What GitLab sees for an upload: the client's own GitLab credentials; the
-        service token only where access.allow_service_upload says so; never a proxy token."""
-        gate = self._keeper.gate
-        proxy_token = gate.mode == "tokens" and gate.admits(client)
-        if client and not proxy_token:
-            return client
-        if gate.mode == "tokens" and not proxy_token:
-            raise Unauthorized("uploads need your GitLab credentials, or a proxy token")
-        if self._service and self._allow_service_upload:
-            return self._service
-        if self._service or proxy_token:
-            raise Unauthorized("uploads use your own GitLab credentials; none were sent")
-        return None
-
     async def upload(
         self, scope: Scope, *, headers: Mapping[str, str], body: AsyncIterator[bytes]
     ) -> Reply:
-        """Stream an upload to GitLab; on success drop the cached pages of its name, and
-        tell `on_upload` (the other replicas) the name ("" when it is unknown)."""
-        if self.offline:
-            raise OfflineRefusal("offline mode: uploads need GitLab")
-        headers = {**headers}
-        credentials = self._upload_authorization(headers.pop("authorization", None))
-        if credentials:
-            headers["authorization"] = credentials
-        head = bytearray()
-
-        async def sniffing() -> AsyncIterator[bytes]:
-            async for chunk in body:
-                if len(head) < _SNIFF_BYTES:
-                    head.extend(chunk[: _SNIFF_BYTES - len(head)])
-                yield chunk
-
-        answer = await self._upstream.upload(scope.api_path, headers=headers, body=sniffing())
-        if 200 <= answer.status < 300:
-            found = _NAME_FIELD.search(bytes(head))
-            name: str = ""
-            if found:
-                name = normalize(found.group(1).decode("utf-8", "replace").strip())
-                await to_thread.run_sync(self._store.drop_pages, name)
-            else:
-                await to_thread.run_sync(self._store.drop_all_pages)
-            if self._on_upload is not None:
-                await self._on_upload(name)
-        return Reply(answer.status, answer.body, dict(answer.headers), "BYPASS")
+        """An upload passed to `uploads` (Uploads.upload): streamed to GitLab, the cached
+        pages it makes stale dropped."""
+        return await self._uploads.upload(scope, headers=headers, body=body)
 
 
 def _reply(rendering: Rendering, view: _View, cache: CacheStatus, fresh: float | None) -> Reply:

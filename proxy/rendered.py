@@ -14,7 +14,7 @@ from typing import Literal, Protocol, TypeVar
 
 from anyio import CapacityLimiter, to_thread
 
-from proxy import codings, pages
+from proxy import codings, pagerender, pages
 from proxy.codings import Coding
 from proxy.models import Page
 
@@ -29,7 +29,7 @@ T = TypeVar("T")
 
 
 def digest(page: Page) -> bytes:
-    """A digest of everything `pages.render` reads from `page`: equal only for equal pages."""
+    """A digest of everything `pagerender.render` reads from `page`: equal only for equal pages."""
     # marshal (C, 4x faster than json here) writes values unambiguously, so equal bytes
     # are equal pages; it may write one page two ways (it marks shared objects), which
     # costs a rendering, never a wrong one. sha256, so no uploader can make two
@@ -51,7 +51,7 @@ class Rendering:
 
 
 class Render(Protocol):
-    """How a page becomes (body, content type): pages.render, or a fake in tests."""
+    """How a page becomes (body, content type): pagerender.render, or a fake in tests."""
 
     def __call__(self, page: Page, *, base_url: str) -> tuple[bytes, str]: ...
 
@@ -64,7 +64,7 @@ class Renderer:
         self,
         *,
         max_bytes: int = RENDERED_MEMORY,
-        render: Render = pages.render,
+        render: Render = pagerender.render,
     ) -> None:
         self.max_bytes = max_bytes
         self._render = render

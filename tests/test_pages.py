@@ -1,11 +1,10 @@
-"""The simple-page codec: GitLab's HTML and PEP 691 JSON in, the proxy's pages out."""
+"""GitLab's pages parsed: its HTML and PEP 691 JSON in, and read back after rendering."""
 
 from __future__ import annotations
 
 import contextlib
 import html
 import json
-from dataclasses import replace
 from html.parser import HTMLParser
 from typing import Literal
 
@@ -13,110 +12,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import pages
 from proxy.errors import PageError
 from proxy.models import Link, Page
-from proxy.pages import HTML_TYPE, JSON_TYPE, MAX_PAGE_BYTES, parse, render, wants_json
-
-GITLAB = "https://gitlab.example.com/gitlab"
-PROXY = "http://127.0.0.1:8080"
-API = "/api/v4/projects/42/packages/pypi"
-SHA_WHL = "a48cb22fe1d88b36a218da85a7e70278fe8a8e99e66d0569af1c9b442016612d"
-SHA_SDIST = "65f274f555082dce683fa341e3b75521cfbaae4cffd988ecafa536ed48f7747a"
-PACKAGE_URL = f"{GITLAB}{API}/simple/my-pkg"
-INDEX_URL = f"{GITLAB}{API}/simple"
-HTML = "text/html; charset=utf-8"
-JSON = "application/vnd.pypi.simple.v1+json; charset=utf-8"
-
-# GitLab's template, byte for byte (section 2.2): 8/10/12-space indentation, links on one line.
-GITLAB_PACKAGE_PAGE = (
-    b"<!DOCTYPE html>\n"
-    b"        <html>\n"
-    b"          <head>\n"
-    b"            <title>Links for my-pkg</title>\n"
-    b"          </head>\n"
-    b"          <body>\n"
-    b"            <h1>Links for my-pkg</h1>\n"
-    b'            <a href="https://gitlab.example.com/gitlab/api/v4/projects/42/packages/pypi/'
-    b"files/a48cb22fe1d88b36a218da85a7e70278fe8a8e99e66d0569af1c9b442016612d/"
-    b"my_pkg-1.0-py3-none-any.whl#sha256="
-    b'a48cb22fe1d88b36a218da85a7e70278fe8a8e99e66d0569af1c9b442016612d" '
-    b'data-requires-python="&gt;=3.8">my_pkg-1.0-py3-none-any.whl</a>'
-    b'<a href="https://gitlab.example.com/gitlab/api/v4/projects/42/packages/pypi/'
-    b"files/65f274f555082dce683fa341e3b75521cfbaae4cffd988ecafa536ed48f7747a/"
-    b"my_pkg-1.0+local.tar.gz#sha256="
-    b'65f274f555082dce683fa341e3b75521cfbaae4cffd988ecafa536ed48f7747a" '
-    b'data-requires-python="">my_pkg-1.0+local.tar.gz</a>\n'
-    b"          </body>\n"
-    b"        </html>\n"
-)
-GITLAB_PACKAGE = Page(
-    title="Links for my-pkg",
-    links=(
-        Link(
-            f"{API}/files/{SHA_WHL}/my_pkg-1.0-py3-none-any.whl",
-            "my_pkg-1.0-py3-none-any.whl",
-            f"sha256={SHA_WHL}",
-            (("data-requires-python", ">=3.8"),),
-        ),
-        Link(
-            f"{API}/files/{SHA_SDIST}/my_pkg-1.0+local.tar.gz",
-            "my_pkg-1.0+local.tar.gz",
-            f"sha256={SHA_SDIST}",
-            (("data-requires-python", ""),),
-        ),
-    ),
-)
-
-# The index: display name in the title, one anchor per version, no trailing slash (2.3).
-GITLAB_INDEX_PAGE = (
-    b"<!DOCTYPE html>\n"
-    b"        <html>\n"
-    b"          <head>\n"
-    b"            <title>Links for My Project</title>\n"
-    b"          </head>\n"
-    b"          <body>\n"
-    b"            <h1>Links for My Project</h1>\n"
-    b'            <a href="https://gitlab.example.com/gitlab/api/v4/projects/42/packages/pypi/'
-    b'simple/my-package" data-requires-python="&gt;=2.7, !=3.0">My_Package</a>'
-    b'<a href="https://gitlab.example.com/gitlab/api/v4/projects/42/packages/pypi/'
-    b'simple/my-package" data-requires-python="">My_Package</a>\n'
-    b"          </body>\n"
-    b"        </html>\n"
-)
-
-GITLAB_EMPTY_PAGE = (
-    b"<!DOCTYPE html>\n"
-    b"        <html>\n"
-    b"          <head>\n"
-    b"            <title>Links for My Project</title>\n"
-    b"          </head>\n"
-    b"          <body>\n"
-    b"            <h1>Links for My Project</h1>\n"
-    b"            \n"
-    b"          </body>\n"
-    b"        </html>\n"
-)
-
-
-# GitLab's PEP 691 page (section 2.5): compact, url with fragment, requires-python if set.
-GITLAB_JSON_PACKAGE_PAGE = (
-    b'{"meta":{"api-version":"1.0"},"name":"my-pkg","files":['
-    b'{"filename":"my_pkg-1.0-py3-none-any.whl","url":"https://gitlab.example.com/gitlab/api/v4/'
-    b"projects/42/packages/pypi/files/a48cb22fe1d88b36a218da85a7e70278fe8a8e99e66d0569af1c9b442016612d"
-    b"/my_pkg-1.0-py3-none-any.whl#sha256="
-    b'a48cb22fe1d88b36a218da85a7e70278fe8a8e99e66d0569af1c9b442016612d","hashes":{"sha256":'
-    b'"a48cb22fe1d88b36a218da85a7e70278fe8a8e99e66d0569af1c9b442016612d"},"requires-python":">=3.8"},'
-    b'{"filename":"my_pkg-1.0+local.tar.gz","url":"https://gitlab.example.com/gitlab/api/v4/'
-    b"projects/42/packages/pypi/files/65f274f555082dce683fa341e3b75521cfbaae4cffd988ecafa536ed48f7747a"
-    b"/my_pkg-1.0+local.tar.gz#sha256="
-    b'65f274f555082dce683fa341e3b75521cfbaae4cffd988ecafa536ed48f7747a","hashes":{"sha256":'
-    b'"65f274f555082dce683fa341e3b75521cfbaae4cffd988ecafa536ed48f7747a"}}]}'
-)
-GITLAB_JSON_PACKAGE = replace(
+from proxy.pagerender import render
+from proxy.pages import MAX_PAGE_BYTES, parse
+from tests.gitlabpages import (
+    API,
+    GITLAB,
+    GITLAB_EMPTY_PAGE,
+    GITLAB_INDEX_PAGE,
+    GITLAB_JSON_PACKAGE,
+    GITLAB_JSON_PACKAGE_PAGE,
     GITLAB_PACKAGE,
-    links=(GITLAB_PACKAGE.links[0], replace(GITLAB_PACKAGE.links[1], attrs=())),
-    json=True,
+    GITLAB_PACKAGE_PAGE,
+    HTML,
+    INDEX_URL,
+    JSON,
+    PACKAGE_URL,
+    PROXY,
+    SHA_WHL,
 )
 
 
@@ -388,15 +302,6 @@ def test_entities_in_attributes_are_unescaped_once() -> None:
     assert link.attrs == (("data-requires-python", "&gt;=3.8 \"'"),)
 
 
-def test_entities_are_escaped_again_on_render() -> None:
-    """Rendering escapes & < > " ' in attributes, so the page reads back the same."""
-    link = Link(f"{API}/simple/x", "a<b>&c", "", (("data-requires-python", "&gt;=3.8 \"'<"),))
-    body, _ = render(Page("T&<>", (link,)), base_url=PROXY)
-    assert b'data-requires-python="&amp;gt;=3.8 &quot;&#x27;&lt;"' in body
-    assert b">a&lt;b&gt;&amp;c</a>" in body
-    assert b"<title>T&amp;&lt;&gt;</title>" in body
-
-
 def test_anchor_text_of_nested_markup_is_its_text() -> None:
     """Anchor text is the text of everything inside the anchor, stripped."""
     (link,) = page_with(f'<a href="{GITLAB}{API}/simple/x">\n  <b>my</b>-<i>pkg</i> </a>').links
@@ -562,110 +467,6 @@ def test_json_lone_surrogates_are_replaced() -> None:
     assert render(page, base_url=PROXY)[0].startswith(b"{")
 
 
-# -- rendering --------------------------------------------------------------------------
-
-
-def test_render_html_has_gitlabs_shape() -> None:
-    """HTML renders as GitLab's template, one anchor a line, hrefs at the proxy."""
-    body, content_type = render(GITLAB_PACKAGE, base_url="https://proxy.example.com/pypi")
-    assert content_type == HTML_TYPE == "text/html; charset=utf-8"
-    assert body == (
-        b"<!DOCTYPE html>\n"
-        b"        <html>\n"
-        b"          <head>\n"
-        b"            <title>Links for my-pkg</title>\n"
-        b"          </head>\n"
-        b"          <body>\n"
-        b"            <h1>Links for my-pkg</h1>\n"
-        b'            <a href="https://proxy.example.com/pypi/api/v4/projects/42/packages/pypi/'
-        b"files/a48cb22fe1d88b36a218da85a7e70278fe8a8e99e66d0569af1c9b442016612d/"
-        b"my_pkg-1.0-py3-none-any.whl#sha256="
-        b'a48cb22fe1d88b36a218da85a7e70278fe8a8e99e66d0569af1c9b442016612d" '
-        b'data-requires-python="&gt;=3.8">my_pkg-1.0-py3-none-any.whl</a>\n'
-        b'            <a href="https://proxy.example.com/pypi/api/v4/projects/42/packages/pypi/'
-        b"files/65f274f555082dce683fa341e3b75521cfbaae4cffd988ecafa536ed48f7747a/"
-        b"my_pkg-1.0+local.tar.gz#sha256="
-        b'65f274f555082dce683fa341e3b75521cfbaae4cffd988ecafa536ed48f7747a" '
-        b'data-requires-python="">my_pkg-1.0+local.tar.gz</a>\n'
-        b"          </body>\n"
-        b"        </html>\n"
-    )
-
-
-def test_render_empty_html_page_matches_gitlab() -> None:
-    """A page without links renders exactly as GitLab's empty index."""
-    body, _ = render(Page("Links for My Project", kind="index"), base_url=PROXY)
-    assert body == GITLAB_EMPTY_PAGE
-
-
-def test_render_json_package_page() -> None:
-    """JSON renders PEP 691 with hashes from the fragment and non-empty requires-python."""
-    body, content_type = render(
-        Page(
-            "Links for my-pkg",
-            (*GITLAB_PACKAGE.links, Link(f"{API}/files/x.whl", "x.whl", "sha256=")),
-            json=True,
-        ),
-        base_url=PROXY,
-    )
-    assert content_type == JSON_TYPE
-    whl_url = f"{PROXY}{API}/files/{SHA_WHL}/my_pkg-1.0-py3-none-any.whl#sha256={SHA_WHL}"
-    sdist_url = f"{PROXY}{API}/files/{SHA_SDIST}/my_pkg-1.0+local.tar.gz#sha256={SHA_SDIST}"
-    assert json.loads(body) == {
-        "meta": {"api-version": "1.0"},
-        "name": "my-pkg",
-        "files": [
-            {
-                "filename": "my_pkg-1.0-py3-none-any.whl",
-                "url": whl_url,
-                "hashes": {"sha256": SHA_WHL},
-                "requires-python": ">=3.8",
-            },
-            {
-                "filename": "my_pkg-1.0+local.tar.gz",
-                "url": sdist_url,
-                "hashes": {"sha256": SHA_SDIST},
-            },
-            {"filename": "x.whl", "url": f"{PROXY}{API}/files/x.whl#sha256=", "hashes": {}},
-        ],
-    }
-
-
-def test_render_json_with_gitlabs_base_is_gitlabs_bytes() -> None:
-    """Rendered against GitLab's own URL, a JSON page is byte for byte what GitLab sent."""
-    assert render(GITLAB_JSON_PACKAGE, base_url=GITLAB) == (GITLAB_JSON_PACKAGE_PAGE, JSON_TYPE)
-
-
-def test_render_json_index_page() -> None:
-    """A JSON index renders one {"name"} per link."""
-    page = Page(
-        "", (Link(f"{API}/simple/a", "a"), Link(f"{API}/simple/b", "b")), kind="index", json=True
-    )
-    body, content_type = render(page, base_url=PROXY)
-    assert (content_type, body) == (
-        JSON_TYPE,
-        b'{"meta":{"api-version":"1.0"},"projects":[{"name":"a"},{"name":"b"}]}',
-    )
-
-
-@pytest.mark.parametrize(
-    ("title", "first", "name"),
-    [
-        ("Links for My_Pkg", "x-1.0.tar.gz", "my-pkg"),
-        ("", "My_Pkg-1.0-py3-none-any.whl", "my-pkg"),
-        ("", "my.pkg-name-1.0.tar.gz", "my-pkg-name"),
-        ("", None, ""),
-    ],
-)
-def test_render_json_name_comes_from_title_or_first_file(
-    title: str, first: str | None, name: str
-) -> None:
-    """The JSON "name" is the normalized "Links for X", else the first file's project part."""
-    links = (Link(f"{API}/files/{first}", first),) if first else ()
-    body, _ = render(Page(title, links, json=True), base_url=PROXY)
-    assert json.loads(body)["name"] == name
-
-
 # -- round trips ------------------------------------------------------------------------
 
 
@@ -678,65 +479,6 @@ def test_gitlab_html_page_round_trips(base_url: str) -> None:
 def test_gitlab_json_page_round_trips() -> None:
     """GitLab's JSON page, rendered by the proxy and read back, is the same page."""
     assert reparse(GITLAB_JSON_PACKAGE) == GITLAB_JSON_PACKAGE
-
-
-# -- content negotiation ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("accept", "expected"),
-    [
-        (
-            "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1,"
-            " text/html; q=0.01",
-            True,
-        ),
-        ("application/vnd.pypi.simple.v1+json, */*;q=0.1", True),
-        ("text/html, application/vnd.pypi.simple.latest+json", True),
-        ("application/vnd.pypi.simple.v1+json;q=0", True),
-        ("application/vnd.pypi.simple.latest+json", True),
-        ("text/html", False),
-        ("application/json", False),
-        ("application/vnd.pypi.simple.v1+html", False),
-        ("Application/vnd.pypi.simple.v1+json", False),
-        ("*/*", False),
-        ("", False),
-    ],
-)
-def test_wants_json_follows_gitlab(accept: str, expected: bool) -> None:
-    """JSON when any item starts with the v1/latest JSON type, ignoring q, case-sensitive."""
-    assert wants_json(accept) is expected
-
-
-# The Accept headers real clients send (design.md section 4; pip 26, pdm via unearth, uv,
-# poetry's HTTP repositories), curl's default and a browser's.
-CLIENT_ACCEPTS = {
-    "pip": "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1,"
-    " text/html; q=0.01",
-    "uv": "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2,"
-    " text/html;q=0.01",
-    "poetry": "application/vnd.pypi.simple.v1+json, */*;q=0.1",
-    "pdm": "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1,"
-    " text/html; q=0.01",
-    "curl": "*/*",
-    "browser": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-}
-
-
-@pytest.mark.parametrize(
-    ("client", "representation"),
-    [
-        ("pip", "json"),
-        ("uv", "json"),
-        ("poetry", "json"),
-        ("pdm", "json"),
-        ("curl", "html"),
-        ("browser", "html"),
-    ],
-)
-def test_each_client_gets_its_representation(client: str, representation: str) -> None:
-    """Resolvers that list the JSON type get JSON; curl and browsers get HTML."""
-    assert ("json" if wants_json(CLIENT_ACCEPTS[client]) else "html") == representation
 
 
 # -- properties -------------------------------------------------------------------------
@@ -948,60 +690,6 @@ def test_a_big_page_keeps_every_link() -> None:
     ]
     page = page_with(*anchors)
     assert [link.text for link in page.links] == [f"big-{i}.tar.gz" for i in range(50_000)]
-
-
-# -- public index pages (followed forwarding) ---------------------------------------------
-
-
-def test_public_html_page_gives_files_with_their_attributes() -> None:
-    """A PEP 503 page: relative links resolved, sha256 fragments, requires-python, PEP 592
-    yanked and PEP 658/714 core metadata read; a link without a hash has no sha256."""
-    body = (
-        f'<a href="../../packages/x-1.whl#sha256={"A" * 64}" data-requires-python="&gt;=3.8"'
-        f' data-yanked="bad" data-core-metadata="sha256={"b" * 64}">x-1.whl</a>'
-        '<a href="https://files.example/x-1.tar.gz">x-1.tar.gz</a>'
-    ).encode()
-    wheel, sdist = pages.parse_public(
-        body, content_type="text/html", page_url="https://pypi.example/simple/x/"
-    )
-    assert wheel == pages.PublicFile(
-        "https://pypi.example/packages/x-1.whl",
-        "x-1.whl",
-        "a" * 64,
-        requires_python=">=3.8",
-        yanked="bad",
-        metadata="b" * 64,
-    )
-    assert (sdist.url, sdist.sha256, sdist.metadata) == (
-        "https://files.example/x-1.tar.gz",
-        None,
-        None,
-    )
-
-
-def test_public_json_page_gives_pep_700_keys() -> None:
-    """A PEP 691 page: hashes, yanked true, core-metadata true (no hash), upload-time, size."""
-    entry = {
-        "filename": "x-1.whl",
-        "url": "https://files.example/x-1.whl",
-        "hashes": {"sha256": "c" * 64},
-        "yanked": True,
-        "core-metadata": True,
-        "upload-time": "2024-01-02T03:04:05Z",
-        "size": 12,
-    }
-    (file,) = pages.parse_public(
-        json.dumps({"files": [entry]}).encode(),
-        content_type=pages.JSON_TYPE,
-        page_url="https://pypi.example/simple/x/",
-    )
-    assert (file.sha256, file.yanked, file.metadata, file.upload_time, file.size) == (
-        "c" * 64,
-        "",
-        "",
-        "2024-01-02T03:04:05Z",
-        12,
-    )
 
 
 def test_only_held_files_advertise_only_held_core_metadata() -> None:

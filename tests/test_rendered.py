@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy import pages
+from proxy import pagerender
 from proxy.models import Link, Page
 from proxy.rendered import Renderer, digest
 from tests.clients import slowest_answer
@@ -33,7 +33,7 @@ PAGE = Page("Links for w", (wheel(1), wheel(2)))
 
 
 class CountingRender:
-    """pages.render, counting its calls and the threads it ran in."""
+    """pagerender.render, counting its calls and the threads it ran in."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -42,7 +42,7 @@ class CountingRender:
     def __call__(self, page: Page, *, base_url: str) -> tuple[bytes, str]:
         self.calls += 1
         self.threads.add(threading.get_ident())
-        return pages.render(page, base_url=base_url)
+        return pagerender.render(page, base_url=base_url)
 
 
 async def test_a_page_is_rendered_once_for_two_hits() -> None:
@@ -75,7 +75,7 @@ async def test_a_changed_page_is_rendered_again() -> None:
     before = (await renderer.render(PAGE, base_url=PROXY)).body
     after = (await renderer.render(replace(PAGE, links=(wheel(1),)), base_url=PROXY)).body
     assert render.calls == 2
-    assert after == pages.render(Page("Links for w", (wheel(1),)), base_url=PROXY)[0] != before
+    assert after == pagerender.render(Page("Links for w", (wheel(1),)), base_url=PROXY)[0] != before
 
 
 async def test_another_base_url_gets_its_own_rendering() -> None:
@@ -83,7 +83,7 @@ async def test_another_base_url_gets_its_own_rendering() -> None:
     renderer = Renderer()
     await renderer.render(PAGE, base_url=PROXY)
     body = (await renderer.render(PAGE, base_url="https://proxy.example.com")).body
-    assert body == pages.render(PAGE, base_url="https://proxy.example.com")[0]
+    assert body == pagerender.render(PAGE, base_url="https://proxy.example.com")[0]
 
 
 async def test_an_only_held_rendering_follows_what_is_held() -> None:
@@ -93,13 +93,15 @@ async def test_an_only_held_rendering_follows_what_is_held() -> None:
     only_one = await renderer.render(PAGE, base_url=PROXY, held=lambda shas: frozenset(shas & held))
     held.add(f"{2:064x}")
     both = await renderer.render(PAGE, base_url=PROXY, held=lambda shas: frozenset(shas & held))
-    assert only_one.body == pages.render(PAGE.only(frozenset({f"{1:064x}"})), base_url=PROXY)[0]
-    assert both.body == pages.render(PAGE, base_url=PROXY)[0]
+    assert (
+        only_one.body == pagerender.render(PAGE.only(frozenset({f"{1:064x}"})), base_url=PROXY)[0]
+    )
+    assert both.body == pagerender.render(PAGE, base_url=PROXY)[0]
 
 
 async def test_kept_renderings_stay_within_the_byte_bound() -> None:
     """However many pages are rendered, the renderings kept never pass max_bytes in all."""
-    size = len(pages.render(PAGE, base_url=PROXY)[0])
+    size = len(pagerender.render(PAGE, base_url=PROXY)[0])
     renderer = Renderer(max_bytes=3 * size)
     for n in range(20):
         await renderer.render(PAGE, base_url=f"http://proxy-{n:02d}.test")
@@ -110,7 +112,7 @@ async def test_kept_renderings_stay_within_the_byte_bound() -> None:
 async def test_the_least_recently_used_rendering_goes_first() -> None:
     """At the bound, the rendering used longest ago is dropped and a recently used one kept."""
     render = CountingRender()
-    size = len(pages.render(PAGE, base_url="http://a.test")[0])
+    size = len(pagerender.render(PAGE, base_url="http://a.test")[0])
     renderer = Renderer(max_bytes=2 * size, render=render)
     for host in ("a", "b", "a", "c", "a", "b"):
         await renderer.render(PAGE, base_url=f"http://{host}.test")
@@ -135,11 +137,11 @@ async def test_rendering_runs_in_a_worker_thread() -> None:
 
 async def test_parse_gives_pages_parse_result() -> None:
     """Renderer.parse is pages.parse (run in a worker thread)."""
-    body = pages.render(PAGE, base_url="https://gitlab.example.com")[0]
+    body = pagerender.render(PAGE, base_url="https://gitlab.example.com")[0]
     page_url = f"https://gitlab.example.com{API}/simple/w"
     parsed = await Renderer().parse(
         body,
-        content_type=pages.HTML_TYPE,
+        content_type=pagerender.HTML_TYPE,
         page_url=page_url,
         upstream_url="https://gitlab.example.com",
         kind="project",

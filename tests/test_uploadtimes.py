@@ -16,7 +16,7 @@ import httpx
 import pytest
 import respx
 
-from proxy import pages
+from proxy import pagerender
 from proxy.models import Link, Page, pep700_time
 from proxy.uploadtimes import INLINE_LINKS, bare, carry
 from tests.clients import ProxyProcess, installed_version, new_venv, pip_install, run, uv_install
@@ -37,7 +37,7 @@ def _link(filename: str, *attrs: tuple[str, str]) -> Link:
 
 
 def _json(page: Page) -> dict[str, object]:
-    body, _ = pages.render(page, base_url="http://proxy")
+    body, _ = pagerender.render(page, base_url="http://proxy")
     document: dict[str, object] = json.loads(body)
     return document
 
