@@ -115,7 +115,12 @@ def test_a_full_disk_serves_the_cache_and_streams_the_rest(
     metrics = get("/-/metrics").text
     assert "gitlab_pypi_proxy_cache_full 1.0" in metrics
     assert "gitlab_pypi_proxy_streamed_through_total 3.0" in metrics
-    assert len(_leftovers(cache)) == 1  # the cached file's own
+    # Kept: the cached wheel (and its core metadata, read once it was held); never a
+    # byte of the files streamed through, whole or in part.
+    kept = {hashlib.sha256(Path(name).read_bytes()).hexdigest() for name in _leftovers(cache)}
+    assert cached_sha in kept
+    assert not kept & {small_sha, hashlib.sha256(BIG).hexdigest()}
+    assert [name for name in _leftovers(cache) if not name.endswith(".val")] == []
 
 
 def test_a_corrupt_file_streamed_through_a_full_disk_is_aborted(
