@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
-from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
-from typing import IO, Any
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 from anyio import to_thread
@@ -26,72 +25,30 @@ from proxy.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
-from proxy.fills import Body, Fill, Filler, Spans
+from proxy.filereplies import (
+    Asked,
+    FileReply,
+    Passed,
+    Small,
+    cached_reply,
+    in_memory,
+    read_small,
+    unread,
+)
+from proxy.fills import Body, Fill, Filler
 from proxy.forwarding import Forwarding, Source
-from proxy.models import CacheStatus, Caller, Reply
+from proxy.models import Caller, Reply
 from proxy.ranges import first_byte, partial
 from proxy.storage import Opened
 from proxy.upstream import Download, GitLab
 
 UNFIT_REMEMBERED = 1024
-SMALL = 64 * 1024
-"""Bytes up to which a cached file is read in the thread that opens it and sent from memory:
-less CPU than the kernel's sendfile with the event loop's waits around it."""
 PRESIGNED_FOR = 300
 """Seconds a redirect's presigned URL is valid (storage.redirect)."""
 WARMED_KEPT = 4096
 """Wheels remembered as having had their dependencies' pages fetched ahead."""
 _NOT_FOUND = b'{"message":"404 Package Not Found"}'
-
-
-@dataclass(slots=True)
-class FileReply:
-    """A file to stream: its size (when known) and a way to read any byte range."""
-
-    size: int | None
-    cache: CacheStatus
-    chunks: Callable[[int, int | None], Body]
-    """chunks(start, end): the bytes [start, end); end None means to the end."""
-    release: Callable[[], None] = field(default=lambda: None)
-    """Frees what `chunks` would have used, for a HEAD that reads nothing."""
-    ranged: bool = True
-    """False: only the whole body can be read (chunks(0, None)); Range is not offered."""
-    sha256: str | None = None
-    """The sha256 of these bytes when it is not the URL's (core metadata): the ETag."""
-    modified: float | None = None
-    """When the cache committed the file (its mtime): Last-Modified; None while filling."""
-    file: IO[bytes] | None = None
-    """The open file on disk that `chunks` reads (a committed file), for a server that
-    sends files itself; `release` closes it. None for anything else."""
-    follow: Callable[[int, int | None], Spans] | None = None
-    """follow(start, end): a fill in progress as spans of its growing file, for a server
-    that sends files itself (what `chunks` reads, by zero copy). None for anything else."""
-    data: bytes | None = None
-    """All of the bytes, when they are few and already read (a small cached file, core
-    metadata): sent with the response's head in one write."""
-
-
-@dataclass(frozen=True, slots=True)
-class Asked:
-    """What a file request asks for besides the file itself."""
-
-    head: bool = False
-    """A HEAD: headers only; a file not held is not fetched for it."""
-    range: str = ""
-    """The Range header as sent ("" when absent)."""
-    if_range: str = ""
-    """The If-Range header as sent ("" when absent)."""
-
-
-@dataclass(slots=True)
-class Passed:
-    """GitLab's own answer to a ranged request, passed on as a direct client would get it:
-    its status (206), Content-Range, length and bytes; never cached (X-Cache BYPASS)."""
-
-    status: int
-    headers: Mapping[str, str]
-    length: int | None
-    body: Body
+_PLAIN = Asked()  # a GET of the whole file
 
 
 class Downloads:
@@ -135,7 +92,7 @@ class Downloads:
         return f"Downloads(upstream={self._upstream!r}, offline={self.offline})"
 
     async def file(
-        self, caller: Caller, sha256: str, filename: str, asked: Asked = Asked()
+        self, caller: Caller, sha256: str, filename: str, asked: Asked = _PLAIN
     ) -> FileReply | Passed | Reply:
         """A file from the cache, or from GitLab through a fill this caller may share.
 
@@ -179,7 +136,7 @@ class Downloads:
                 # After the access check, as GitLab does: the bytes never pass through here.
                 return Reply(302, b"", {"location": url, "cache-control": "no-store"}, "HIT")
         if known.opened is not None:
-            return _hit(known.opened, key)
+            return cached_reply(known.opened, key)
         # _known tried to open it already when the caller was vouched for GitLab's file.
         looked = known.vetted and source is None and not self._redirect
         if vetted and not looked:
@@ -286,7 +243,7 @@ class Downloads:
         source = forwarding.source_now(key, filename) if vetted and forwarding else None
         opened = None
         if vetted and source is None and not self._redirect:
-            opened = _read_small(self._store.files.open_range(key))
+            opened = read_small(self._store.files.open_range(key))
         return _Known(vetted, fallback, source, opened=opened)
 
     async def _core_metadata(
@@ -335,7 +292,7 @@ class Downloads:
             # goes on from it (its dependencies' pages are fetched ahead when not fresh).
             self._on_metadata(caller, data)
 
-        return _in_memory(data, "MISS" if found.fetched else "HIT", sha256=found.sha256)
+        return in_memory(data, "MISS" if found.fetched else "HIT", sha256=found.sha256)
 
     async def _through(self, fetch: _Fetch, *, vetted: bool) -> FileReply | Passed | Reply:
         """The file straight from its source, not cached (X-Cache BYPASS): hashed on the
@@ -426,7 +383,7 @@ class Downloads:
             return Reply(probe.status, probe.body, dict(probe.headers), "BYPASS")
         if not vetted:
             await self._remember(fetch.caller, fetch.url, fetch.sha256, fetch.filename)
-        return FileReply(probe.size, "BYPASS", _unread, ranged=probe.ranges)
+        return FileReply(probe.size, "BYPASS", unread, ranged=probe.ranges)
 
     async def _hashed(
         self, download: Download, sha256: str, stack: contextlib.AsyncExitStack
@@ -543,10 +500,10 @@ class Downloads:
 
     async def _open_cached(self, key: str) -> FileReply | None:
         opened = await to_thread.run_sync(self._open_small, key)
-        return None if opened is None else _hit(opened, key)
+        return None if opened is None else cached_reply(opened, key)
 
     def _open_small(self, key: str) -> Opened | Small | None:
-        return _read_small(self._store.files.open_range(key))
+        return read_small(self._store.files.open_range(key))
 
 
 @dataclass(frozen=True, slots=True)
@@ -577,59 +534,6 @@ class _Known:
     """The cached file, open (or read, when small), when it may be served as it is."""
 
 
-@dataclass(frozen=True, slots=True)
-class Small:
-    """A cached file small enough to be read whole where it was opened (Downloads._known's
-    thread): sent from memory with its head, in one write, instead of by the kernel."""
-
-    data: bytes
-    modified: float
-
-
-def _read_small(opened: Opened | None) -> Opened | Small | None:
-    """(Blocking) `opened` read whole and closed when it is a local file of at most SMALL
-    bytes; else `opened` as it is."""
-    if opened is None or opened.file is None or opened.size > SMALL:
-        return opened
-    try:
-        data = os.pread(opened.file.fileno(), opened.size, 0)
-    finally:
-        opened.close()
-    if len(data) != opened.size:
-        raise CacheError(f"a cached file is {len(data)} bytes, not {opened.size}")
-    return Small(data, opened.modified)
-
-
-def _in_memory(
-    data: bytes, cache: CacheStatus, *, sha256: str, modified: float | None = None
-) -> FileReply:
-    async def chunks(start: int, end: int | None) -> AsyncGenerator[bytes, None]:
-        yield data[start:end]
-
-    return FileReply(
-        len(data),
-        cache,
-        lambda start, end: Body(chunks(start, end), lambda: None),
-        sha256=sha256,
-        modified=modified,
-        data=data,
-    )
-
-
-def _hit(opened: Opened | Small, key: str) -> FileReply:
-    if isinstance(opened, Small):
-        return _in_memory(opened.data, "HIT", sha256=key, modified=opened.modified)
-    return FileReply(
-        opened.size,
-        "HIT",
-        lambda start, end: Body(opened.read(start, end), opened.close),
-        opened.close,
-        sha256=key,
-        modified=opened.modified,
-        file=opened.file,
-    )
-
-
 def _cold(asked: Asked, fill: Fill | None) -> bool:
     """Whether `asked` is a partial Range whose first byte `fill` has not written yet
     (no fill, a fill without its body yet, or a suffix of a file of unknown size): such a
@@ -641,16 +545,6 @@ def _cold(asked: Asked, fill: Fill | None) -> bool:
         return True
     first = first_byte(asked.range, fill.length)
     return first is None or first >= fill.written
-
-
-def _unread(start: int, end: int | None) -> Body:
-    """No body: a HEAD's reply reads nothing."""
-    return Body(_nothing(), lambda: None)
-
-
-async def _nothing() -> AsyncGenerator[bytes, None]:
-    return
-    yield b""  # pragma: no cover
 
 
 async def _exact(

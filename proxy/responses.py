@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from proxy.downloads import FileReply, Passed
 from proxy.errors import ProxyError
+from proxy.filereplies import FileReply, Passed
 from proxy.fills import Body, Spans
 from proxy.metrics import Metrics
 from proxy.ranges import byte_range

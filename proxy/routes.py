@@ -18,8 +18,9 @@ from starlette.types import Scope as ASGIScope
 
 from proxy import codings
 from proxy.access import Keeper
-from proxy.downloads import Asked, Downloads, Passed
+from proxy.downloads import Downloads
 from proxy.errors import BadRequest, TooLarge, Unauthorized
+from proxy.filereplies import Asked, Passed
 from proxy.metrics import CONTENT_TYPE as METRICS_TYPE
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror

@@ -12,8 +12,8 @@ import anyio
 import pytest
 from starlette.requests import Request
 
-from proxy.downloads import FileReply
 from proxy.errors import HashMismatch
+from proxy.filereplies import FileReply
 from proxy.fills import Body, Spans
 from proxy.metrics import Metrics
 from proxy.responses import serve_file
