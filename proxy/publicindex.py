@@ -19,6 +19,7 @@ from proxy.upstream import (
     kept_headers,
     opened,
     read_whole,
+    send_alone,
     url_netloc,
     url_origin,
 )
@@ -39,9 +40,10 @@ class PublicIndex:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._allowed = frozenset(host.lower() for host in allowed_hosts)
-        self._client = httpx.AsyncClient(
+        self._transport = transport or Wire()
+        self._client = httpx.AsyncClient(  # builds requests; send_alone sends them
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            transport=transport or Wire(),
+            transport=self._transport,
             follow_redirects=False,
             trust_env=False,
             headers={"User-Agent": USER_AGENT},
@@ -72,7 +74,7 @@ class PublicIndex:
                 raise UpstreamUnavailable(f"{url_netloc(url)} is not in forwarding.allowed_hosts")
             try:
                 request = self._client.build_request("GET", url, headers=dict(headers))
-                response = await self._client.send(request, stream=True)
+                response = await send_alone(self._transport, request)
             except (httpx.InvalidURL, ValueError) as exc:
                 raise UpstreamUnavailable("the public index gave an unusable URL") from exc
             except httpx.TimeoutException as exc:

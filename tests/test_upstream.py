@@ -37,6 +37,20 @@ async def test_page_request_keeps_the_relative_root_and_sends_credentials() -> N
 
 
 @respx.mock
+async def test_a_cookie_from_one_answer_never_goes_with_a_later_request() -> None:
+    """GitLab (or anything before it) setting a cookie in an answer to one caller: no later
+    request, whoever it is for, carries it; the proxy keeps no cookies."""
+    page = "/api/v4/projects/42/packages/pypi/simple/a"
+    route = respx.get(BASE + page).respond(
+        200, html="<html></html>", headers={"Set-Cookie": "_gitlab_session=alice; Path=/"}
+    )
+    gitlab = _gitlab()
+    await gitlab.get(page, accept="text/html", authorization=AUTH)
+    await gitlab.get(page, accept="text/html", authorization=None)
+    assert [call.request.headers.get("cookie") for call in route.calls] == [None, None]
+
+
+@respx.mock
 async def test_download_redirect_to_another_origin_carries_no_credentials() -> None:
     """Following GitLab's 302 to object storage drops Authorization (design 3.2)."""
     respx.get(BASE + FILE).respond(302, headers={"Location": "https://s3.example.net/b/x?sig=1"})
