@@ -172,7 +172,9 @@ class Downloads:
         if public and key not in self._public:
             self._public[key] = fill
             self._spawn(self._seen(fill))
-        ahead = self._metadata is not None and self._metadata.mode != "off"
+        # A whole wheel downloaded to resolve (pip) tells its dependencies only once here;
+        # a client probing with ranges (uv) read them already and asks for their pages itself.
+        ahead = self._metadata is not None and self._metadata.mode != "off" and not asked.range
         if ahead and filename.endswith(".whl") and self._first_look(key):
             self._spawn(self._ahead(caller, fill, filename))
         if _cold(asked, fill):

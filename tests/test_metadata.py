@@ -399,6 +399,31 @@ async def test_a_wheel_downloaded_has_its_dependencies_pages_fetched_ahead(
     assert not pages["win-only"].called
 
 
+@pytest.mark.anyio
+async def test_a_wheel_read_by_range_fetches_no_dependencies_pages_ahead(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """A client probing a wheel with a Range (uv reading its metadata) asks for the
+    dependencies' pages itself: the fill its range starts fetches none ahead."""
+    filename, data = _small_wheel("big-pkg", ["tiny"])
+    wheel, _ = urls(filename, data)
+    gitlab_api.get(GITLAB + PAGE.rstrip("/")).respond(200, content=page_of(filename, data))
+    gitlab_api.get(GITLAB + wheel).mock(side_effect=ranged(data, []))
+    tiny = gitlab_api.get(f"{GITLAB}{API}/simple/tiny").respond(
+        200, content=gitlab_page("tiny", "")
+    )
+    async with serve({"pages.metadata": "cached"}) as client:
+        await client.get(PAGE)
+        probe = {"range": "bytes=-100"}
+        assert (await client.get(wheel, headers=probe)).status_code == 206
+        with anyio.fail_after(10):  # until the fill the range started is held
+            while (await client.get(wheel, headers=probe)).headers["x-cache"] != "HIT":
+                await anyio.sleep(0.01)
+        for _ in range(20):  # a client's round trips let a wrong fetch ahead show
+            await client.get(wheel, headers=probe)
+    assert not tiny.called
+
+
 def _small_wheel(name: str, requires: list[str]) -> tuple[str, bytes]:
     stem = name.replace("-", "_")
     metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n"
