@@ -17,8 +17,6 @@ EXTENSION = "http.response.zerocopysend"
 SLICE = 1024 * 1024
 """Bytes per loop.sendfile call: each must go within the stall timeout, so a client that
 takes less than SLICE in that time is cut off, and one that keeps up never is."""
-
-
 THREADS = 32
 """Files sent by threads at once, per process; a send past them stays on the loop."""
 THREADED = 2 * 1024 * 1024
@@ -39,7 +37,8 @@ class Senders:
     One event loop copying for every client serialises the kernel's copies on one core
     (asyncio registers and unregisters the socket with epoll at each wait, too); a thread
     per large send lets the copies of several clients run on every core, as nginx's
-    sendfile does across its workers (bench/hits.py, 8 clients: 2.2-2.4 -> 2.8 GB/s).
+    sendfile does across its workers (bench/hits.py, 8 clients of a 40 MB file: 2.1-2.5 ->
+    2.6-3.8 GB/s).
     Made in the parent process and pickled into each --workers process: the pool starts
     in the process that first sends.
     """
