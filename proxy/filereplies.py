@@ -93,6 +93,9 @@ def read_small(opened: Opened | None) -> Opened | Small | None:
 def in_memory(
     data: bytes, cache: CacheStatus, *, sha256: str, modified: float | None = None
 ) -> FileReply:
+    """A reply of bytes held in memory (a small cached file, core metadata); `sha256`
+    names them (the ETag)."""
+
     async def chunks(start: int, end: int | None) -> AsyncGenerator[bytes, None]:
         yield data[start:end]
 
@@ -107,6 +110,8 @@ def in_memory(
 
 
 def cached_reply(opened: Opened | Small, key: str) -> FileReply:
+    """The HIT reply of a cached file: from memory when it was read whole, else from its
+    open file (by zero copy where the server offers it); `key` is its sha256."""
     if isinstance(opened, Small):
         return in_memory(opened.data, "HIT", sha256=key, modified=opened.modified)
     return FileReply(
