@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from email.parser import BytesParser
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import unquote
 
 from anyio import to_thread
@@ -25,10 +24,10 @@ from proxy.errors import CacheError, ProxyError, UpstreamUnavailable
 from proxy.grants import Grants
 from proxy.metadata import NoMetadata, Piece, Span, drive, extract_from, steps
 from proxy.models import METADATA_ATTRS, Link, NormalizedName, Page, normalize, project_of
+from proxy.recent import Recent
 from proxy.upstream import GitLab
 from proxy.values import MetadataMode
 
-V = TypeVar("V")
 log = logging.getLogger("proxy.coremeta")
 EXTRACT_PER_PAGE = 32
 """Held wheels whose metadata one page rendering extracts at most (the rest: next time)."""
@@ -72,11 +71,11 @@ class CoreMetadata:
         self._grants = grants
         self._upstream = upstream
         self._running: dict[str, asyncio.Future[Found | None]] = {}
-        self._recent: dict[str, Found] = {}  # read from GitLab lately, oldest first
-        self._whole: dict[str, None] = {}  # wheels a range read brought whole lately
+        self._recent: Recent[str, Found] = Recent(RECENT_KEPT)  # read from GitLab lately
+        self._whole: Recent[str, None] = Recent(RECENT_KEPT)  # wheels read whole by range lately
         self._stores: dict[str, asyncio.Future[None]] = {}  # by wheel sha256
         self._ahead: set[asyncio.Task[None]] = set()
-        self._no_ranges: dict[str, None] = {}  # insertion-ordered: the oldest goes first
+        self._no_ranges: Recent[str, None] = Recent(NO_RANGES_KEPT)
 
     def __repr__(self) -> str:
         return f"CoreMetadata(mode={self.mode!r}, offline={self.offline})"
@@ -225,9 +224,7 @@ class CoreMetadata:
         try:
             data = await drive(steps(filename), read)
         except NoRanges:
-            self._no_ranges[sha256] = None
-            if len(self._no_ranges) > NO_RANGES_KEPT:
-                del self._no_ranges[next(iter(self._no_ranges))]
+            self._no_ranges.put(sha256, None)
             raise
         except NoMetadata as exc:
             log.info("no core metadata in %s: %s", filename, exc)
@@ -243,9 +240,9 @@ class CoreMetadata:
 
         # Served at once; stored meanwhile (find() gives it from memory, and a download
         # of the wheel waits for it: settled()).
-        _remember(self._recent, sha256, found)
+        self._recent.put(sha256, found)
         if whole:
-            _remember(self._whole, sha256, None)
+            self._whole.put(sha256, None)
         task = asyncio.ensure_future(to_thread.run_sync(keep))
         self._stores[sha256] = task
         task.add_done_callback(lambda _: self._stores.pop(sha256, None))
@@ -375,14 +372,6 @@ class MetadataInjector:
 
 def _found(data: bytes, *, fetched: bool) -> Found:
     return Found(hashlib.sha256(data).hexdigest(), data, fetched=fetched)
-
-
-def _remember(kept: dict[str, V], key: str, value: V) -> None:
-    """Keep `value` as the newest of at most RECENT_KEPT."""
-    kept.pop(key, None)
-    kept[key] = value
-    while len(kept) > RECENT_KEPT:
-        del kept[next(iter(kept))]
 
 
 def _stored(task: asyncio.Future[None]) -> None:

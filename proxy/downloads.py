@@ -39,6 +39,7 @@ from proxy.fills import Body, Fill, Filler
 from proxy.forwarding import Forwarding, Source
 from proxy.models import Caller, Reply
 from proxy.ranges import first_byte, partial
+from proxy.recent import Recent
 from proxy.storage import Opened
 from proxy.upstream import Download, GitLab
 
@@ -72,7 +73,9 @@ class Downloads:
     ) -> None:
         self._redirect = redirect
         self._on_metadata = on_metadata
-        self._warmed: dict[str, None] = {}  # wheels whose dependencies were looked at, oldest first
+        self._warmed: Recent[str, None] = Recent(
+            WARMED_KEPT
+        )  # wheels whose dependencies were looked at
         self._forwarding = forwarding
         self._metadata = metadata
         self._store = store
@@ -84,7 +87,7 @@ class Downloads:
         self._on_mismatch = on_mismatch
         self._on_bypass = on_bypass
         self._tasks: set[asyncio.Task[None]] = set()
-        self._unfit: dict[str, int] = {}
+        self._unfit: Recent[str, int] = Recent(UNFIT_REMEMBERED)
         """sha256 -> length of files whose fill found no room, the oldest first."""
         self._public: dict[str, Fill] = {}  # running fills from a public URL, by sha256
 
@@ -175,7 +178,7 @@ class Downloads:
         # A whole wheel downloaded to resolve (pip) tells its dependencies only once here;
         # a client probing with ranges (uv) read them already and asks for their pages itself.
         ahead = self._metadata is not None and self._metadata.mode != "off" and not asked.range
-        if ahead and filename.endswith(".whl") and self._first_look(key):
+        if ahead and filename.endswith(".whl") and self._warmed.first(key, None):
             self._spawn(self._ahead(caller, fill, filename))
         if _cold(asked, fill):
             passed = await self._pass(fetch, vetted=vetted)
@@ -184,9 +187,7 @@ class Downloads:
         await fill.ready.wait()
         if isinstance(fill.error, CacheError):
             if fill.length is not None:
-                self._unfit[key] = fill.length
-                while len(self._unfit) > UNFIT_REMEMBERED:
-                    del self._unfit[next(iter(self._unfit))]
+                self._unfit.put(key, fill.length)
             return await self._through(fetch, vetted=vetted)
         if fill.status == 0 and fill.error is not None:
             raise fill.error
@@ -289,7 +290,7 @@ class Downloads:
         if found is None:
             return Reply(404, _NOT_FOUND, {"content-type": "application/json"}, "BYPASS")
         data = found.data
-        if self._metadata.remote and self._first_look(sha256):
+        if self._metadata.remote and self._warmed.first(sha256, None):
             # Mode "always", a wheel's metadata served the first time here: a resolution
             # goes on from it (its dependencies' pages are fetched ahead when not fresh).
             self._on_metadata(caller, data)
@@ -442,15 +443,6 @@ class Downloads:
             await self._keeper.vouch(caller, [(sha256, filename)], public=True)
             return
         self._spawn(self._vouch_personal(caller, path, sha256, filename))
-
-    def _first_look(self, sha256: str) -> bool:
-        """Whether a wheel's dependencies are looked at for the first time (then marked)."""
-        if sha256 in self._warmed:
-            return False
-        self._warmed[sha256] = None
-        if len(self._warmed) > WARMED_KEPT:
-            del self._warmed[next(iter(self._warmed))]
-        return True
 
     async def _ahead(self, caller: Caller, fill: Fill, wheel: str) -> None:
         """Once a wheel a client downloads is held, the pages of its dependencies are
