@@ -191,9 +191,9 @@ class Keeper:
             log.warning("cannot record what GitLab allowed: %s", exc)
 
     def vouched_now(self, caller: Caller, sha256: str, filename: str) -> tuple[bool, bool]:
-        """(Blocking: call it from a thread that reads more of the cache in the same hop)
-        (may serve it now without asking GitLab, may serve it while GitLab can't be asked).
+        """(may serve it now without asking GitLab, may serve it while GitLab can't be asked).
 
+        Blocking: call it from a thread hop that reads the rest of the request's facts.
         GitLab must have listed or served the file under this name through this scope, to
         this caller or to anyone; in passthrough, within auth_ttl for "now".
         """
