@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import mmap
 import os
 import zlib
@@ -10,7 +12,9 @@ from pathlib import Path
 SLOTS = 1024
 """Marks in the file: one for files, one for every page, the rest for pages by name hash."""
 _WIDTH = 8
+_SIZE = SLOTS * _WIDTH
 _FILES, _ALL = 0, 1
+log = logging.getLogger("proxy.changes")
 
 
 class Changes:
@@ -24,9 +28,16 @@ class Changes:
         self.path = path
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            if os.fstat(fd).st_size < SLOTS * _WIDTH:
-                os.ftruncate(fd, SLOTS * _WIDTH)  # zeros; another process may do the same
-            self._map = mmap.mmap(fd, SLOTS * _WIDTH)
+            if os.fstat(fd).st_size < _SIZE:
+                os.ftruncate(fd, _SIZE)  # zeros; another process may do the same
+            if _allocated(fd):
+                self._map = mmap.mmap(fd, _SIZE)
+            else:
+                log.warning(
+                    "no room for %s: change marks are this process's own until a restart",
+                    path,
+                )
+                self._map = mmap.mmap(-1, _SIZE)
         finally:
             os.close(fd)
 
@@ -39,6 +50,11 @@ class Changes:
         slot = _slot(name) * _WIDTH
         view = self._map
         return view[: 2 * _WIDTH] + view[slot : slot + _WIDTH]
+
+    def dropped(self) -> bytes:
+        """The mark that moves when a held file is dropped (or any file changes): take it
+        before reading what a held file's bytes are."""
+        return self._map[:_WIDTH]
 
     def pages(self, name: str) -> None:
         """The pages of `name` ("" for the index) changed."""
@@ -55,6 +71,19 @@ class Changes:
 
     def _mark(self, slot: int) -> None:
         self._map[slot * _WIDTH : (slot + 1) * _WIDTH] = os.urandom(_WIDTH)
+
+
+def _allocated(fd: int) -> bool:
+    """Give the file its blocks now: a page of a sparse file mapped and first touched when
+    the disk is full kills the process (SIGBUS) instead of raising. False: no room."""
+    try:
+        os.posix_fallocate(fd, 0, _SIZE)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            return False
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    return True
 
 
 def _slot(name: str) -> int:

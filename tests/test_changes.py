@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from proxy.changes import Changes
+from proxy.changes import SLOTS, Changes
 
 
 def test_a_mark_made_through_one_mapping_is_seen_through_another(tmp_path: Path) -> None:
@@ -48,3 +49,10 @@ def test_a_file_of_one_project_moves_only_that_names_stamp(tmp_path: Path) -> No
     changes.files("my-pkg")
     assert changes.stamp("my-pkg") != mine
     assert changes.stamp("other-pkg") == other
+
+
+def test_the_marks_file_holds_its_blocks_from_the_start(tmp_path: Path) -> None:
+    """The file is allocated when opened, not sparse: a page of it first touched once the
+    disk is full would kill the process (SIGBUS) instead of failing a write."""
+    Changes(tmp_path / "changes")
+    assert os.stat(tmp_path / "changes").st_blocks * 512 >= SLOTS * 8

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from proxy.cache import Store
+from proxy.changes import Changes
 from proxy.errors import CacheFull
 from proxy.spool import Spool
 from proxy.storage import USE_RESOLUTION
@@ -181,3 +182,19 @@ def test_a_use_the_full_disk_cannot_record_is_logged_once(
             assert handle.read() == content
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert [r.getMessage().split(":")[0] for r in warnings] == [f"cannot record the use of {sha}"]
+
+
+def test_change_marks_opened_on_a_full_disk_live_in_memory(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache opened on a full disk still starts: its change marks (shared by a directory's
+    workers) become this process's own, said once, and still move."""
+    _fill_up(small_disk)
+    changes = Changes(small_disk / "changes")
+    before = changes.stamp("my-pkg")
+    changes.pages("my-pkg")
+    assert changes.stamp("my-pkg") != before
+    assert changes.dropped() == bytes(8)
+    changes.files()
+    assert changes.dropped() != bytes(8)
+    assert "change marks are this process's own" in caplog.text
