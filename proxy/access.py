@@ -197,6 +197,16 @@ class Keeper:
         GitLab must have listed or served the file under this name through this scope, to
         this caller or to anyone; in passthrough, within auth_ttl for "now".
         """
+        return self.standing(self.vouched_until(caller, sha256, filename))
+
+    def standing(self, until: float | None) -> tuple[bool, bool]:
+        """vouched_now's answer from vouched_until's."""
+        return (False, False) if until is None else (self._clock() < until, True)
+
+    def vouched_until(self, caller: Caller, sha256: str, filename: str) -> float | None:
+        """(Blocking) until when the caller may have the file without asking GitLab
+        (math.inf: for good; a time past: only while GitLab can't be asked), or None when
+        GitLab never gave it here (vouched_now's rule)."""
         best: float | None = None
         try:
             for owner in dict.fromkeys((caller.owner, caller.public_owner)):
@@ -209,10 +219,8 @@ class Keeper:
                     break  # nothing vouches more
         except CacheError as exc:
             log.warning("cannot read what GitLab allowed: %s", exc)
-            return False, False
-        if best is None:
-            return False, False
-        return self._clock() - best < self.gate.auth_ttl or not self.passthrough, True
+            return None
+        return best if best is None or best == math.inf else best + self.gate.auth_ttl
 
     async def refuse(self, caller: Caller, sha256: str, filename: str, *, ttl: float) -> None:
         """GitLab said this caller has no such file: remember it for `ttl` seconds, when

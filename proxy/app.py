@@ -40,6 +40,7 @@ from proxy.errors import (
 from proxy.fills import Filler
 from proxy.forwarding import Forwarding
 from proxy.grants import Grants
+from proxy.hotfiles import HotFiles
 from proxy.hotpages import HotPages
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
@@ -302,6 +303,7 @@ def create_app(
             metadata=metadata,
             redirect=settings.storage.redirect,
             on_metadata=mirror.warm_dependencies,
+            hot=HotFiles(store.changes, on_hit=metrics.file_memory_hits.inc),
         )
         log.info(
             "proxying %s, cache in %s%s",

@@ -37,6 +37,7 @@ from proxy.filereplies import (
 )
 from proxy.fills import Body, Fill, Filler
 from proxy.forwarding import Forwarding, Source
+from proxy.hotfiles import HotFile, HotFiles, verified
 from proxy.models import Caller, Reply
 from proxy.ranges import first_byte, partial
 from proxy.recent import Recent
@@ -70,7 +71,9 @@ class Downloads:
         metadata: CoreMetadata | None = None,
         redirect: bool = False,
         on_metadata: Callable[[Caller, bytes], None] = lambda caller, data: None,
+        hot: HotFiles | None = None,
     ) -> None:
+        self._hot = hot
         self._redirect = redirect
         self._on_metadata = on_metadata
         self._warmed: Recent[str, None] = Recent(
@@ -108,8 +111,14 @@ class Downloads:
         goes on, so the file is still cached.
         """
         key = sha256.lower()
+        hot = self._hot.get(caller.owner, key, filename) if self._hot is not None else None
+        if hot is not None:
+            return in_memory(hot.data, "HIT", sha256=hot.sha256, modified=hot.modified)
         path = f"{caller.scope.api_path}/files/{sha256}/{quote(filename, safe='+')}"
+        mark = self._hot.mark() if self._hot is not None else b""
         known = await to_thread.run_sync(self._known, caller, key, filename)
+        if known.hot is not None and known.until is not None and self._hot is not None:
+            self._hot.keep(caller.owner, key, filename, known.hot, until=known.until, mark=mark)
         vetted, fallback, source = known.vetted, known.fallback, known.source
         if known.wheel is not None:
             return await self._core_metadata(caller, key, known.wheel, known)
@@ -236,18 +245,25 @@ class Downloads:
                 if vetted:
                     return _Known(vetted, fallback, own)
             wheel = filename.removesuffix(".metadata")
-            vetted, fallback = self._keeper.vouched_now(caller, key, wheel)
+            until = self._keeper.vouched_until(caller, key, wheel)
+            vetted, fallback = self._keeper.standing(until)
             source = forwarding.source_now(key, wheel) if forwarding else None
             held: Found | bool | None = None
+            hot = None
             if wheel.endswith(".whl") and (vetted or fallback) and source is None:
                 held = metadata.local(key, wheel)
-            return _Known(vetted, fallback, source, wheel=wheel, metadata=held)
-        vetted, fallback = self._keeper.vouched_now(caller, key, filename)
+                if vetted and isinstance(held, Found) and not held.fetched:
+                    hot = verified(held.data, held.sha256)
+            return _Known(vetted, fallback, source, wheel, held, hot=hot, until=until)
+        until = self._keeper.vouched_until(caller, key, filename)
+        vetted, fallback = self._keeper.standing(until)
         source = forwarding.source_now(key, filename) if vetted and forwarding else None
-        opened = None
+        opened, hot = None, None
         if vetted and source is None and not self._redirect:
             opened = read_small(self._store.files.open_range(key))
-        return _Known(vetted, fallback, source, opened=opened)
+            if isinstance(opened, Small):
+                hot = verified(opened.data, key, opened.modified)
+        return _Known(vetted, fallback, source, opened=opened, hot=hot, until=until)
 
     async def _core_metadata(
         self, caller: Caller, sha256: str, wheel: str, known: _Known
@@ -526,6 +542,10 @@ class _Known:
     """Then: CoreMetadata.local's answer (None: not read, or the cache cannot tell)."""
     opened: Opened | Small | None = None
     """The cached file, open (or read, when small), when it may be served as it is."""
+    hot: HotFile | None = None
+    """Bytes that may be kept in memory for this caller and name (HotFiles), checked."""
+    until: float | None = None
+    """Keeper.vouched_until's answer: how long `hot` may be served to this caller."""
 
 
 def _cold(asked: Asked, fill: Fill | None) -> bool:

@@ -128,6 +128,11 @@ class Metrics:
             "Cache-hit pages sent as rendered before, from memory (no disk read).",
             registry=r,
         )
+        self.file_memory_hits = Counter(
+            f"{PREFIX}_file_memory_hits",
+            "Cache-hit small files and core metadata sent from memory (no thread hop).",
+            registry=r,
+        )
         self._cache: _CacheSize | None = None
         self._coordination: _Coordination | None = None
 

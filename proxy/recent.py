@@ -34,6 +34,10 @@ class Recent(Generic[K, V]):
     def get(self, key: K) -> V | None:
         return self._kept.get(key)
 
+    def pop(self, key: K) -> V | None:
+        """Forget `key`; its value, or None when it was not remembered."""
+        return self._kept.pop(key, None)
+
     def __contains__(self, key: object) -> bool:
         return key in self._kept
 

@@ -160,3 +160,11 @@ async def call_raw(
         "server": ("proxy.test", 80),
     }
     await app(scope, receive, send)
+
+
+def memory_hits(metrics: str) -> float:
+    """gitlab_pypi_proxy_file_memory_hits_total from a /-/metrics page."""
+    line = next(
+        x for x in metrics.splitlines() if x.startswith("gitlab_pypi_proxy_file_memory_hits")
+    )
+    return float(line.split()[-1])

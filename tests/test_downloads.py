@@ -26,6 +26,7 @@ from tests.inproc import (
     Serve,
     gitlab_page,
     in_process,
+    memory_hits,
     no_package_api,
 )
 
@@ -287,3 +288,60 @@ async def test_a_cached_range_across_read_chunks_is_exact(
     assert (ranged.status_code, ranged.headers["x-cache"]) == (206, "HIT")
     assert ranged.content == big[start : last + 1]
     assert whole.content == big
+
+
+async def test_a_small_file_hit_again_comes_from_memory_until_a_file_is_dropped(
+    serve: Serve, gitlab_api: respx.MockRouter, tmp_path: Path
+) -> None:
+    """The second hit on a small file is answered from memory; once the cache drops a file
+    (here from another process's view of it), the next request goes back to GitLab."""
+    gitlab_api.get(GITLAB + PAGE.rstrip("/")).respond(200, content=page_with(WHEEL_NAME))
+    download = gitlab_api.get(GITLAB + FILE).respond(200, content=WHEEL)
+    async with serve() as client:
+        await client.get(PAGE)
+        caches = [(await client.get(FILE)).headers["x-cache"] for _ in range(3)]
+        assert caches == ["MISS", "HIT", "HIT"]
+        assert memory_hits((await client.get("/-/metrics")).text) == 1
+        assert Store(tmp_path / "cache", max_size=10**9).remove(SHA)
+        again = await client.get(FILE)
+        assert (again.headers["x-cache"], again.content) == ("MISS", WHEEL)
+        assert memory_hits((await client.get("/-/metrics")).text) == 1
+    assert download.call_count == 2
+
+
+async def test_a_file_in_memory_for_one_member_is_never_anothers(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """Passthrough: alice's repeated hits come from memory; bob, whom GitLab refuses, gets
+    GitLab's answer and no byte, however often he asks."""
+    alice, bob = basic("alice", "glpat-alice"), basic("bob", "glpat-bob")
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("authorization") == alice["Authorization"]:
+            return httpx.Response(200, content=WHEEL)
+        return httpx.Response(404, json={"message": "404 Package Not Found"})
+
+    gitlab_api.get(GITLAB + FILE).mock(side_effect=answer)
+    gitlab_api.head(GITLAB + FILE).mock(side_effect=answer)
+    async with serve(PASSTHROUGH) as client:
+        for _ in range(3):
+            assert (await client.get(FILE, headers=alice)).content == WHEEL
+        assert memory_hits((await client.get("/-/metrics")).text) >= 1
+        for headers in (bob, {}, bob):
+            response = await client.get(FILE, headers=headers)
+            assert response.status_code == 404
+            assert WHEEL not in response.content
+
+
+async def test_a_passthrough_member_s_memory_hits_end_with_auth_ttl(
+    serve: Serve, gitlab_api: respx.MockRouter
+) -> None:
+    """With auth_ttl over, GitLab is asked again for every read: memory never outlives it."""
+    alice = basic("alice", "glpat-alice")
+    gitlab_api.get(GITLAB + FILE).respond(200, content=WHEEL)
+    check = gitlab_api.head(GITLAB + FILE).respond(200)
+    async with serve({**PASSTHROUGH, "access.auth_ttl": 0}) as client:
+        for _ in range(4):
+            assert (await client.get(FILE, headers=alice)).content == WHEEL
+        assert memory_hits((await client.get("/-/metrics")).text) == 0
+    assert check.call_count >= 3  # each read after the first asked GitLab

@@ -23,7 +23,7 @@ from tests.clients import run
 from tests.distfactory import make_wheel
 from tests.fakegitlab import FakeGitLab
 from tests.fakehttp import Response, byte_range
-from tests.inproc import GITLAB, BrokenBody, Serve, gitlab_page
+from tests.inproc import GITLAB, BrokenBody, Serve, gitlab_page, memory_hits
 from tests.scenario import SERVICE, Start, acme, publish
 
 API = "/api/v4/projects/42/packages/pypi"
@@ -223,9 +223,12 @@ async def test_cached_mode_advertises_a_wheel_once_it_is_held(
             ("data-dist-info-metadata", f"sha256={digest}"),
         ]
         response = await client.get(meta)
-    assert response.content == metadata
-    assert response.headers["content-type"] == "text/plain"
-    assert response.headers["etag"] == f'"{digest}"'
+        again = await client.get(meta)  # from memory now (HotFiles)
+        assert memory_hits((await client.get("/-/metrics")).text) == 1
+    for answer in (response, again):
+        assert answer.content == metadata
+        assert answer.headers["content-type"] == "text/plain"
+        assert answer.headers["etag"] == f'"{digest}"'
 
 
 @pytest.mark.anyio
