@@ -33,25 +33,43 @@ async def test_the_file_gets_every_chunk_in_order_and_the_digest_is_theirs(
     assert digest == hashlib.sha256(b"".join(CHUNKS)).hexdigest()
 
 
-async def test_chunks_that_arrive_while_the_thread_writes_go_in_one_hop(tmp_path: Path) -> None:
-    """The first chunk goes at once; the nine queued behind it go to disk together."""
+async def test_chunks_that_arrive_while_the_thread_writes_go_in_one_batch() -> None:
+    """The first chunk goes at once; the nine queued behind it while it is stuck (a pipe
+    nobody reads yet) go to disk together, taken by the same thread hop: no hop per batch."""
     written: list[int] = []
-    fd = os.open(tmp_path / "body", os.O_WRONLY | os.O_CREAT)
+    hops: list[int] = []
+    reader, writer = os.pipe()
+
+    def landed(count: int) -> None:
+        written.append(count)
+
     try:
-        async with BodyWriter(fd, on_written=written.append) as body:
+        async with BodyWriter(writer, on_written=landed, limit=2_000_000) as body:
+            original = body._drain
+
+            def drain(batch: list[bytes]) -> None:
+                hops.append(len(batch))
+                original(batch)
+
+            body._drain = drain  # type: ignore[method-assign]
             for chunk in CHUNKS:
                 await body.write(chunk)
+            drained = threading.Thread(target=_drain, args=(reader, 1_000_000))
+            drained.start()
             await body.hexdigest()
+            drained.join()
     finally:
-        os.close(fd)
+        os.close(reader)
+        os.close(writer)
     assert written == [100_000, 900_000]
+    assert hops == [1]  # one hop, started with the first chunk, took the rest too
 
 
 async def test_write_waits_for_the_thread_once_limit_bytes_wait() -> None:
-    """Memory is bounded: with `limit` bytes queued behind a stuck write, write waits."""
+    """Memory is bounded: with `limit` bytes not on disk yet (a stuck write), write waits."""
     reader, writer = os.pipe()
     try:
-        async with BodyWriter(writer, on_written=lambda count: None, limit=200_000) as body:
+        async with BodyWriter(writer, on_written=lambda count: None, limit=250_000) as body:
             await body.write(CHUNKS[0])  # more than a pipe holds: the thread blocks
             await body.write(CHUNKS[1])
             third = asyncio.ensure_future(body.write(CHUNKS[2]))
