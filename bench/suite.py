@@ -10,8 +10,8 @@ for yet (time to last byte); `pip install` and `uv pip install` of a 20-package 
 GitLab 100 ms away, cold and warm; the target's resident memory over its whole life (summed
 over its processes, sampled every 20 ms); and, in a new proxy, peak memory while 8 clients
 stream a 192 MB and a 1 GB file, cold and warm. The proxy with pages.metadata = always
-(`proxy-always`) is measured by its installs alone. It writes docs/benchmarks.md,
-docs/*.png and the README's headline block (between its markers).
+(`proxy-always`) and with `off` (`proxy-off`) is measured by its installs alone. It writes
+docs/benchmarks.md, docs/*.png and the README's headline block (between its markers).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from targets import (
 DOCS = ROOT / "docs"
 HERE = Path(__file__).resolve().parent
 PEER_PACKAGES = ("proxpi", "gunicorn", "devpi-server", "devpi-client", "matplotlib")
-INSTALL_TARGETS = ("gitlab", "proxpi", "devpi", "proxy", "proxy-always")
+INSTALL_TARGETS = ("gitlab", "proxpi", "devpi", "proxy", "proxy-always", "proxy-off")
 
 
 def ensure_tools(peers: Path) -> Path:

@@ -32,9 +32,10 @@ TARGETS = (
     "proxy-s3",
     "proxy-s3-redirect",
     "proxy-always",
+    "proxy-off",
 )
 # Targets measured by their installs only (no pages, wheels, cold fills or memory figures).
-INSTALL_ONLY = ("proxy-always",)
+INSTALL_ONLY = ("proxy-always", "proxy-off")
 LABELS = {
     "gitlab": "GitLab direct (in-memory fake)",
     "proxpi": "proxpi",
@@ -45,6 +46,7 @@ LABELS = {
     "proxy-s3": "gitlab-pypi-proxy, files in S3 (moto server)",
     "proxy-s3-redirect": "gitlab-pypi-proxy, S3 with redirects (moto server)",
     "proxy-always": "gitlab-pypi-proxy, pages.metadata = always",
+    "proxy-off": "gitlab-pypi-proxy, pages.metadata = off",
 }
 
 
@@ -153,8 +155,9 @@ def start(target: str, fx: Fixture) -> Iterator[Running]:
                 env["GITLAB_PYPI_PROXY_STORAGE_URL"] = f"s3://{s3.bucket}/bench"
                 env["GITLAB_PYPI_PROXY_STORAGE_ENDPOINT_URL"] = s3.endpoint
                 env["GITLAB_PYPI_PROXY_STORAGE_REDIRECT"] = str(target.endswith("redirect"))
-            if target == "proxy-always":
-                env = dict(os.environ, GITLAB_PYPI_PROXY_PAGES_METADATA="always")
+            if target in ("proxy-always", "proxy-off"):
+                mode = target.removeprefix("proxy-")
+                env = dict(os.environ, GITLAB_PYPI_PROXY_PAGES_METADATA=mode)
             pid = stack.enter_context(process(command, log, env))
             wait_for(base + "/-/health")
             yield Running(pid, f"{base}{SIMPLE}/{{}}/", f"{base}{SIMPLE}/")

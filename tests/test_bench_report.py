@@ -68,3 +68,15 @@ def test_the_headline_names_no_always_figures_when_that_target_did_not_run() -> 
     text = _words(headline(results, {}, SETUP, "2026-12-01", page="this page"))
     assert "pages.metadata" not in text
     assert "warm 4.00x GitLab direct's, n/a the best peer's (above 1x)." in text
+
+
+def test_the_headline_gives_the_off_install_ratios_after_the_always_ones() -> None:
+    """With the proxy without core metadata among the results, each install line ends with
+    its ratios, labelled with why it is there."""
+    results = [*_results(), Result("proxy-off", installs=_installs(4.0, 2.0, 2.0))]
+    text = _words(headline(results, {}, SETUP, "2026-12-01", page="this page"))
+    assert (
+        "mirrors: cold 2.00x, warm 8.00x GitLab direct's, n/a the best peer's; with"
+        " `pages.metadata = off`, no core metadata for a client to fetch: cold 1.00x, warm"
+        " 2.00x GitLab direct's, n/a the best peer's;"
+    ) in text
