@@ -15,6 +15,7 @@ from urllib.parse import quote
 from anyio import to_thread
 
 from proxy.access import Keeper
+from proxy.answers import Download
 from proxy.cache import Store
 from proxy.coremeta import CoreMetadata, Found, NoRanges
 from proxy.errors import (
@@ -42,7 +43,7 @@ from proxy.models import Caller, Reply
 from proxy.ranges import first_byte, partial
 from proxy.recent import Recent
 from proxy.storage import Opened
-from proxy.upstream import Download, GitLab
+from proxy.upstream import GitLab
 
 UNFIT_REMEMBERED = 1024
 PRESIGNED_FOR = 300

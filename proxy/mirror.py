@@ -21,6 +21,7 @@ from anyio import to_thread
 
 from proxy import pagerender
 from proxy.access import Keeper
+from proxy.answers import REDIRECTS, Answer, retry_after
 from proxy.cache import Store, StoredPage
 from proxy.codings import Coding
 from proxy.coremeta import MetadataInjector, dependencies
@@ -37,7 +38,7 @@ from proxy.models import CacheStatus, Caller, NormalizedName, Page, Reply, Scope
 from proxy.rendered import Renderer, Rendering
 from proxy.uploads import Uploads
 from proxy.uploadtimes import Early, UploadTimes, bare
-from proxy.upstream import REDIRECTS, Answer, GitLab, retry_after
+from proxy.upstream import GitLab
 
 log = logging.getLogger("proxy.mirror")
 Representation = Literal["html", "json"]
