@@ -24,7 +24,6 @@ from proxy.access import Keeper
 from proxy.answers import REDIRECTS, Answer, retry_after
 from proxy.cache import Store, StoredPage
 from proxy.codings import Coding
-from proxy.coremeta import MetadataInjector, dependencies
 from proxy.errors import (
     CacheError,
     OfflineMiss,
@@ -34,6 +33,7 @@ from proxy.errors import (
 from proxy.flights import Flights
 from proxy.forwarding import Followed, Forwarding, is_public
 from proxy.hotpages import Hot, HotKey, HotPages
+from proxy.metadatainjector import MetadataInjector, dependencies
 from proxy.models import CacheStatus, Caller, NormalizedName, Page, Reply, Scope
 from proxy.rendered import Renderer, Rendering
 from proxy.uploads import Uploads
