@@ -36,7 +36,8 @@ from proxy.filereplies import (
     read_small,
     unread,
 )
-from proxy.fills import Body, Fill, Filler
+from proxy.fillreads import Body, Fill
+from proxy.fills import Filler
 from proxy.forwarding import Forwarding, Source
 from proxy.hotfiles import HotFile, HotFiles, verified
 from proxy.models import Caller, Reply
