@@ -21,9 +21,9 @@ from proxy import __version__
 from proxy.access import REALM, Gate, Keeper, resolve_mode
 from proxy.bundleimport import sweep_staging
 from proxy.cache import Store
-from proxy.config import Settings, load_for_workers
+from proxy.config import load_for_workers
 from proxy.coordination import Coordinator
-from proxy.coremeta import CoreMetadata, MetadataInjector
+from proxy.coremeta import CoreMetadata
 from proxy.downloads import Downloads
 from proxy.errorlog import ErrorLog, within
 from proxy.errors import (
@@ -42,6 +42,7 @@ from proxy.forwarding import Forwarding
 from proxy.grants import Grants
 from proxy.hotfiles import HotFiles
 from proxy.hotpages import HotPages
+from proxy.metadatainjector import MetadataInjector
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
 from proxy.packageapi import PackageAPI
@@ -50,6 +51,7 @@ from proxy.reachability import Reachability
 from proxy.records import Records
 from proxy.rendered import Renderer
 from proxy.routes import Site, raw_path, routes, target
+from proxy.settings import Settings
 from proxy.spool import Spool
 from proxy.status import Status
 from proxy.statuspage import routes as status_routes

@@ -1,4 +1,4 @@
-"""Core metadata files (PEP 658/714): extracted once per wheel, kept, and advertised on pages."""
+"""Core metadata files (PEP 658/714): extracted once per wheel or read by ranges, and kept."""
 
 from __future__ import annotations
 
@@ -8,37 +8,26 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from email.parser import BytesParser
 from pathlib import Path
-from urllib.parse import unquote
 
 from anyio import to_thread
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import InvalidWheelFilename, parse_wheel_filename
-from packaging.version import Version
 
 from proxy.cache import Store
 from proxy.errors import CacheError, ProxyError, UpstreamUnavailable
 from proxy.grants import Grants
 from proxy.metadata import NoMetadata, Piece, Span, drive, extract_from, steps
-from proxy.models import METADATA_ATTRS, Link, NormalizedName, Page, normalize, project_of
+from proxy.models import project_of
 from proxy.recent import Recent
 from proxy.upstream import GitLab
 from proxy.values import MetadataMode
 
 log = logging.getLogger("proxy.coremeta")
-EXTRACT_PER_PAGE = 32
-"""Held wheels whose metadata one page rendering extracts at most (the rest: next time)."""
-READ_AHEAD = 4
-"""Wheels of a page's newest release whose metadata a page from GitLab reads ahead."""
-WARM_PER_METADATA = 16
-"""Dependencies of metadata just read from GitLab whose pages are fetched ahead."""
-NO_RANGES_KEPT = 4096
 RECENT_KEPT = 256
 """Metadata read from GitLab lately, kept in memory too (served while it is stored, and
 after): a few KB each."""
+NO_RANGES_KEPT = 4096
 """Wheels remembered as refused a Range by GitLab (their metadata comes with the wheel)."""
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19})")
 
@@ -125,29 +114,32 @@ class CoreMetadata:
 
     def read_ahead(
         self,
-        page: Page,
+        wheels: Iterable[tuple[str, str, str]],
         *,
         authorization: str | None,
-        then: Callable[[bytes], None] | None = None,
+        then: Callable[[bytes], None],
     ) -> None:
-        """Mode "always": start reading the metadata of the newest release's wheels (at most
-        READ_AHEAD, pure-Python first) with the credentials GitLab just gave the page to, so
-        a resolver's request that follows the page finds it read or on its way; `then` is
-        given the first metadata read. A failure is the later request's business (it asks
-        again)."""
-        if not self.remote or page.kind != "project":
+        """Mode "always": start reading the metadata of `wheels` (sha256, filename, GitLab
+        path) with the credentials GitLab just gave their page to, so a resolver's request
+        that follows the page finds it read or on its way; `then` is given each metadata
+        read. A failure is the later request's business (it asks again)."""
+        if not self.remote:
             return
-        once = _Once(then)
-        for sha256, filename, path in _newest_wheels(page)[:READ_AHEAD]:
+        for sha256, filename, path in wheels:
             if sha256 not in self._running:
                 task = asyncio.ensure_future(
-                    self._read_ahead(sha256, filename, path, authorization, once)
+                    self._read_ahead(sha256, filename, path, authorization, then)
                 )
                 self._ahead.add(task)
                 task.add_done_callback(self._ahead.discard)
 
     async def _read_ahead(
-        self, sha256: str, filename: str, path: str, authorization: str | None, then: _Once
+        self,
+        sha256: str,
+        filename: str,
+        path: str,
+        authorization: str | None,
+        then: Callable[[bytes], None],
     ) -> None:
         try:
             found = await self.find(sha256, filename, path=path, authorization=authorization)
@@ -323,53 +315,6 @@ class CoreMetadata:
         return found
 
 
-class MetadataInjector:
-    """Adds PEP 658/714 attributes to a page's wheel links, for the metadata that can be
-    served: a hash once known, "true" where only mode "always" promises it; links that
-    already advertise metadata (a followed public page's) are left as they are."""
-
-    def __init__(self, core: CoreMetadata) -> None:
-        self._core = core
-
-    def __repr__(self) -> str:
-        return f"MetadataInjector({self._core!r})"
-
-    def read_ahead(
-        self,
-        page: Page,
-        *,
-        authorization: str | None,
-        then: Callable[[bytes], None] | None = None,
-    ) -> None:
-        """See CoreMetadata.read_ahead: for a page GitLab just gave."""
-        self._core.read_ahead(page, authorization=authorization, then=then)
-
-    def injected(self, page: Page, *, remote: bool) -> Page:
-        """(Blocking) `page` with its wheels' metadata advertised; `remote` False when GitLab
-        cannot be asked now (only what the cache can serve)."""
-        if self._core.mode == "off" or page.kind != "project":
-            return page
-        if not any(_wheel(link) for link in page.links):
-            return page
-        return self._injected(page, remote and self._core.remote)
-
-    def _injected(self, page: Page, remote: bool) -> Page:
-        budget = EXTRACT_PER_PAGE
-        links = []
-        for link in page.links:
-            sha256 = link.sha256
-            if sha256 is not None and _wheel(link):
-                value, extracted = self._core.advertised(
-                    sha256, unquote(link.filename), remote=remote, extract=budget > 0
-                )
-                budget -= extracted
-                if value:
-                    attrs = link.attrs + tuple((name, value) for name in METADATA_ATTRS)
-                    link = replace(link, attrs=attrs)
-            links.append(link)
-        return replace(page, links=tuple(links))
-
-
 def _found(data: bytes, *, fetched: bool) -> Found:
     return Found(hashlib.sha256(data).hexdigest(), data, fetched=fetched)
 
@@ -378,58 +323,3 @@ def _stored(task: asyncio.Future[None]) -> None:
     """Log how storing read metadata failed: its reader was answered already."""
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.warning("cannot keep core metadata read from GitLab: %r", exc)
-
-
-class _Once:
-    """A callback given its first value only (the wheels of one release share their
-    requirements, as a rule)."""
-
-    def __init__(self, callback: Callable[[bytes], None] | None) -> None:
-        self._callback = callback
-
-    def __call__(self, value: bytes) -> None:
-        callback, self._callback = self._callback, None
-        if callback is not None:
-            callback(value)
-
-
-def dependencies(metadata: bytes) -> list[NormalizedName]:
-    """The names a resolver asks for next: Requires-Dist without an environment marker
-    (markers are the client's to evaluate), at most WARM_PER_METADATA, in order."""
-    names: dict[NormalizedName, None] = {}
-    message = BytesParser().parsebytes(metadata, headersonly=True)
-    for line in message.get_all("Requires-Dist") or []:
-        try:
-            requirement = Requirement(str(line))
-        except InvalidRequirement:
-            continue
-        if requirement.marker is None:
-            names[normalize(requirement.name)] = None
-    return list(names)[:WARM_PER_METADATA]
-
-
-def _newest_wheels(page: Page) -> list[tuple[str, str, str]]:
-    """(sha256, filename, GitLab path) of the wheels of the page's newest release that is
-    not yanked, pure-Python ones first."""
-    wheels: list[tuple[Version, bool, str, str, str]] = []
-    for link in page.links:
-        sha256, filename = link.sha256, unquote(link.filename)
-        if sha256 is None or not _wheel(link) or "/packages/pypi/files/" not in link.path:
-            continue
-        if any(name == "data-yanked" for name, _ in link.attrs):
-            continue
-        try:
-            version = parse_wheel_filename(filename)[1]
-        except InvalidWheelFilename:
-            continue
-        wheels.append((version, filename.endswith("-none-any.whl"), sha256, filename, link.path))
-    if not wheels:
-        return []
-    newest = max(wheel[0] for wheel in wheels)
-    chosen = sorted((w for w in wheels if w[0] == newest), key=lambda w: not w[1])
-    return [(sha256, filename, path) for _, _, sha256, filename, path in chosen]
-
-
-def _wheel(link: Link) -> bool:
-    """A wheel link that does not advertise core metadata yet."""
-    return link.filename.endswith(".whl") and not any(n in METADATA_ATTRS for n, _ in link.attrs)

@@ -15,6 +15,7 @@ from urllib.parse import quote
 from anyio import to_thread
 
 from proxy.access import Keeper
+from proxy.answers import Download
 from proxy.cache import Store
 from proxy.coremeta import CoreMetadata, Found, NoRanges
 from proxy.errors import (
@@ -35,14 +36,15 @@ from proxy.filereplies import (
     read_small,
     unread,
 )
-from proxy.fills import Body, Fill, Filler
+from proxy.fillreads import Body, Fill
+from proxy.fills import Filler
 from proxy.forwarding import Forwarding, Source
 from proxy.hotfiles import HotFile, HotFiles, verified
 from proxy.models import Caller, Reply
 from proxy.ranges import first_byte, partial
 from proxy.recent import Recent
 from proxy.storage import Opened
-from proxy.upstream import Download, GitLab
+from proxy.upstream import GitLab
 
 UNFIT_REMEMBERED = 1024
 PRESIGNED_FOR = 300

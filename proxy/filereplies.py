@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from proxy.errors import CacheError
-from proxy.fills import Body, Spans
+from proxy.fillreads import Body, Spans
 from proxy.models import CacheStatus
 from proxy.storage import Opened
 

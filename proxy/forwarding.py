@@ -14,6 +14,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 from anyio import to_thread
 
 from proxy import publicpages
+from proxy.answers import Answer
 from proxy.errors import CacheError, UpstreamStatus
 from proxy.grants import Grants
 from proxy.models import (
@@ -28,7 +29,6 @@ from proxy.models import (
     valid_sha256,
 )
 from proxy.publicindex import PublicIndex
-from proxy.upstream import Answer
 from proxy.values import ForwardingMode
 
 log = logging.getLogger("proxy.forwarding")

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from proxy.cache import Store
-from proxy.config import Settings
 from proxy.errors import ConfigError
 from proxy.grants import Grants
 from proxy.retention import StoredFile
+from proxy.settings import Settings
 from proxy.stores import make_store
 from proxy.tally import Counts
 

@@ -21,9 +21,9 @@ from anyio import to_thread
 
 from proxy import pagerender
 from proxy.access import Keeper
+from proxy.answers import REDIRECTS, Answer, retry_after
 from proxy.cache import Store, StoredPage
 from proxy.codings import Coding
-from proxy.coremeta import MetadataInjector, dependencies
 from proxy.errors import (
     CacheError,
     OfflineMiss,
@@ -33,11 +33,12 @@ from proxy.errors import (
 from proxy.flights import Flights
 from proxy.forwarding import Followed, Forwarding, is_public
 from proxy.hotpages import Hot, HotKey, HotPages
+from proxy.metadatainjector import MetadataInjector, dependencies
 from proxy.models import CacheStatus, Caller, NormalizedName, Page, Reply, Scope
 from proxy.rendered import Renderer, Rendering
 from proxy.uploads import Uploads
 from proxy.uploadtimes import Early, UploadTimes, bare
-from proxy.upstream import REDIRECTS, Answer, GitLab, retry_after
+from proxy.upstream import GitLab
 
 log = logging.getLogger("proxy.mirror")
 Representation = Literal["html", "json"]

@@ -8,8 +8,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from proxy.errors import UpstreamUnavailable
-from proxy.upstream import (
+from proxy.answers import (
     MAX_PAGE_BYTES,
     MAX_REDIRECTS,
     REDIRECTS,
@@ -23,6 +22,7 @@ from proxy.upstream import (
     url_netloc,
     url_origin,
 )
+from proxy.errors import UpstreamUnavailable
 from proxy.wire import Wire
 
 

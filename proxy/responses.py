@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.errors import ProxyError
 from proxy.filereplies import FileReply, Passed
-from proxy.fills import Body, Spans
+from proxy.fillreads import Body, Spans
 from proxy.metrics import Metrics
 from proxy.ranges import byte_range
 from proxy.zerocopy import EXTENSION as ZERO_COPY

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from proxy.cache import SIDE_SHARE, Store
-from proxy.config import Settings
 from proxy.records import Records
+from proxy.settings import Settings
 from proxy.storage import Files
 
 

@@ -23,11 +23,11 @@ from urllib.parse import quote
 
 from proxy import lockfiles, server
 from proxy.cache import Store
-from proxy.config import Settings
 from proxy.errors import ConfigError
 from proxy.grants import Grants
 from proxy.maintenance import human_size
 from proxy.models import Scope, valid_scope_id
+from proxy.settings import Settings
 from proxy.stores import make_store
 
 _PYTHON_VERSION = re.compile(r"^[0-9]\.[0-9]{1,2}$")

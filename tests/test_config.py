@@ -1,4 +1,4 @@
-"""Settings: precedence, parsing, validation messages, the token and the example file."""
+"""Loading settings: precedence, parsing, validation messages, the token and the example file."""
 
 from __future__ import annotations
 
@@ -12,16 +12,13 @@ import pytest
 from proxy.config import (
     CONFIG_ENV,
     SERVE_ARGS_ENV,
-    GiB,
-    Secret,
-    Settings,
-    StorageSettings,
     from_overrides_env,
     load,
     load_for_workers,
     to_overrides_env,
 )
 from proxy.errors import ConfigError
+from proxy.settings import GiB, Secret, Settings, StorageSettings
 
 EXAMPLE = Path(__file__).parent.parent / "config.example.toml"
 TOKEN = "glpat-s3cr3t-t0k3n-value"
@@ -492,23 +489,6 @@ def test_settings_repr_never_shows_the_token() -> None:
     settings = load(env={"GITLAB_PYPI_PROXY_TOKEN": TOKEN})
     shown = [repr(settings), str(settings), f"{settings}", repr(settings.upstream)]
     assert all(TOKEN not in text and "**********" in text for text in shown)
-
-
-def test_secret_masks_itself_but_reveals_on_request() -> None:
-    """Secret shows only asterisks in repr, str and format; reveal() gives the value."""
-    secret = Secret(TOKEN)
-    masked = "Secret('**********')"
-    assert (repr(secret), str(secret), f"{secret}", f"{secret:>40}") == (masked,) * 4
-    assert secret.reveal() == TOKEN
-
-
-def test_secret_truth_and_equality_follow_the_value() -> None:
-    """A Secret is true when non-empty and equal to another Secret with the same value."""
-    assert Secret(TOKEN)
-    assert not Secret("")
-    assert Secret(TOKEN) == Secret(TOKEN)
-    assert Secret(TOKEN) != Secret("other")
-    assert Secret(TOKEN) != TOKEN
 
 
 def test_example_file_gives_the_defaults(cache_home: Path) -> None:

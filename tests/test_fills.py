@@ -18,7 +18,8 @@ import respx
 from proxy.cache import Store
 from proxy.coordination import Coordinator, Lease
 from proxy.errors import CacheFull, HashMismatch
-from proxy.fills import LEASE_WAIT, Fill, Filler
+from proxy.fillreads import Fill
+from proxy.fills import LEASE_WAIT, Filler
 from proxy.spool import Spool
 from proxy.upstream import GitLab
 

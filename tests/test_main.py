@@ -14,7 +14,8 @@ import uvicorn
 
 import proxy
 from proxy import __main__ as cli
-from proxy.config import SERVE_ARGS_ENV, Settings, from_overrides_env, load_for_workers
+from proxy.config import SERVE_ARGS_ENV, from_overrides_env, load_for_workers
+from proxy.settings import Settings
 
 TOKEN = "glpat-s3cr3t-t0k3n-value"
 

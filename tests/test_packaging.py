@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from proxy import config
+from proxy.settings import TOKEN_ENV
 from tests.clients import clean_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -344,7 +345,7 @@ def test_readme_names_only_variables_that_exist() -> None:
     """Every GITLAB_PYPI_PROXY_* variable in the README is read by the proxy."""
     with open(ROOT / "config.example.toml", "rb") as file:
         example = tomllib.load(file)
-    known = {config.CONFIG_ENV, config.TOKEN_ENV} | {
+    known = {config.CONFIG_ENV, TOKEN_ENV} | {
         f"{config.ENV_PREFIX}{section}_{key}".upper()
         for section, table in example.items()
         for key in table

@@ -14,7 +14,7 @@ from starlette.requests import Request
 
 from proxy.errors import HashMismatch
 from proxy.filereplies import FileReply
-from proxy.fills import Body, Spans
+from proxy.fillreads import Body, Spans
 from proxy.metrics import Metrics
 from proxy.responses import serve_file
 from proxy.zerocopy import EXTENSION

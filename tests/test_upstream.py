@@ -10,7 +10,7 @@ import pytest
 import respx
 
 from proxy.errors import UpstreamStatus, UpstreamUnavailable
-from proxy.upstream import MAX_RETRY_AFTER, GitLab, basic_authorization, retry_after
+from proxy.upstream import GitLab, basic_authorization
 
 pytestmark = pytest.mark.anyio
 BASE = "https://git.example.com/gitlab"
@@ -83,30 +83,6 @@ async def test_download_server_errors_raise_upstream_status(
         async with _gitlab().download(FILE, authorization=None):
             pass
     assert (caught.value.status, caught.value.retry_after) == (status, retry)
-
-
-NOW = 1_700_000_000.0
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [
-        pytest.param("30", 30.0, id="delta-seconds"),
-        pytest.param(formatdate(NOW + 120, usegmt=True), 120.0, id="http-date"),
-        pytest.param(formatdate(NOW + 120).replace("+0000", "-0000"), 120.0, id="date-0000"),
-        pytest.param(formatdate(NOW - 120, usegmt=True), 0.0, id="date-past"),
-        pytest.param("9" * 5000, MAX_RETRY_AFTER, id="too-long"),
-        pytest.param("inf", None, id="inf"),
-        pytest.param("-5", None, id="negative"),
-        pytest.param("soon", None, id="unreadable"),
-        pytest.param(None, None, id="absent"),
-    ],
-)
-def test_retry_after_is_delta_seconds_or_an_http_date(
-    value: str | None, seconds: float | None
-) -> None:
-    """Retry-After (RFC 9110 10.2.3) in either form becomes seconds from now, bounded."""
-    assert retry_after(value, now=NOW) == seconds
 
 
 @respx.mock

@@ -9,11 +9,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from proxy import bundleimport, bundles, config, maintenance
+from proxy import bundleimport, bundles, maintenance
 from proxy.cache import Store
 from proxy.cli.common import PROG, cache_settings, on_store, options, scope_key
 from proxy.errors import BundleError
 from proxy.grants import Grants
+from proxy.settings import Settings
 
 
 def register(commands: Any) -> None:
@@ -102,7 +103,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _bundle_command(
-    name: str, settings: config.Settings, run: Callable[[Store], int], *, create: bool = False
+    name: str, settings: Settings, run: Callable[[Store], int], *, create: bool = False
 ) -> int:
     """Run export or import: a refusal lists its bad entries (exit status 1); a failure or
     an interruption (SIGINT, SIGTERM) is one line (exit status 1, 130)."""

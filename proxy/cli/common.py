@@ -11,6 +11,7 @@ from proxy import config, maintenance
 from proxy.cache import Store
 from proxy.errors import CacheError, ConfigError
 from proxy.models import Scope, valid_scope_id
+from proxy.settings import Settings
 
 PROG = "gitlab-pypi-proxy"
 
@@ -32,12 +33,12 @@ def usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def cache_settings(args: argparse.Namespace) -> config.Settings:
+def cache_settings(args: argparse.Namespace) -> Settings:
     """The settings of --config and --cache-dir, the environment and defaults."""
     return config.load(config_file=args.config, overrides={"cache.dir": args.cache_dir})
 
 
-def on_store(settings: config.Settings, action: Callable[[Store], int]) -> int:
+def on_store(settings: Settings, action: Callable[[Store], int]) -> int:
     """Run `action` on the Store in cache.dir (its files where settings.storage says); a
     cache that cannot be read is exit status 2."""
     try:
