@@ -9,12 +9,13 @@ from typing import IO
 
 from proxy.errors import CacheError
 from proxy.fillreads import Body, Spans
-from proxy.models import CacheStatus
+from proxy.models import CacheStatus, Reply
 from proxy.storage import Opened
 
 SMALL = 64 * 1024
 """Bytes up to which a cached file is read in the thread that opens it and sent from memory:
 less CPU than the kernel's sendfile with the event loop's waits around it."""
+_NOT_FOUND = b'{"message":"404 Package Not Found"}'
 
 
 @dataclass(slots=True)
@@ -123,6 +124,11 @@ def cached_reply(opened: Opened | Small, key: str) -> FileReply:
         modified=opened.modified,
         file=opened.file,
     )
+
+
+def not_found() -> Reply:
+    """GitLab's 404 for a file it does not hold under that name, worded as GitLab does."""
+    return Reply(404, _NOT_FOUND, {"content-type": "application/json"}, "BYPASS")
 
 
 def unread(start: int, end: int | None) -> Body:
