@@ -46,6 +46,7 @@ from proxy.metadatainjector import MetadataInjector
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
 from proxy.packageapi import PackageAPI
+from proxy.pagefetch import PageFetcher
 from proxy.publicindex import PublicIndex
 from proxy.reachability import Reachability
 from proxy.records import Records
@@ -267,6 +268,7 @@ def create_app(
             offline=settings.cache.offline,
         )
         times_timeout = min(TIMES_TIMEOUT, up.connect_timeout)
+        renderer, injector = Renderer(), MetadataInjector(metadata)
         mirror = Mirror(
             store=store,
             upstream=upstream,
@@ -275,12 +277,21 @@ def create_app(
             stale_while_revalidate=settings.cache.stale_while_revalidate,
             offline=settings.cache.offline,
             probe_writable=filler.probe_writable,
-            renderer=Renderer(),
+            renderer=renderer,
             hot=HotPages(store.changes, on_hit=metrics.page_memory_hits.inc),
-            forwarding=forwarding,
-            metadata=MetadataInjector(metadata),
-            times=UploadTimes(
-                api=PackageAPI(upstream=upstream, budget=times_timeout), timeout=times_timeout
+            metadata=injector,
+            pages=PageFetcher(
+                store=store,
+                upstream=upstream,
+                keeper=keeper,
+                page_ttl=settings.cache.page_ttl,
+                renderer=renderer,
+                forwarding=forwarding,
+                metadata=injector,
+                times=UploadTimes(
+                    api=PackageAPI(upstream=upstream, budget=times_timeout),
+                    timeout=times_timeout,
+                ),
             ),
             uploads=Uploads(
                 store=store,

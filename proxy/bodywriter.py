@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 from anyio import to_thread
@@ -28,7 +28,18 @@ class BodyWriter:
     it waits for the thread, so the descriptor may be closed after.
     """
 
-    def __init__(self, fd: int, *, on_written: Callable[[int], None], limit: int = LIMIT) -> None:
+    def __init__(
+        self,
+        fd: int,
+        *,
+        on_written: Callable[[int], None],
+        limit: int = LIMIT,
+        run_sync: Callable[[Callable[[list[bytes]], None], list[bytes]], Awaitable[None]] = (
+            to_thread.run_sync
+        ),
+    ) -> None:
+        """`run_sync(function, batch)` runs `function(batch)` in a worker thread (a hop)."""
+        self._run_sync = run_sync
         self._fd = fd
         self._on_written = on_written
         self._limit = limit
@@ -70,7 +81,7 @@ class BodyWriter:
             if batch is not None:
                 self._queue, self._draining = [], True
         if batch is not None:
-            hop = asyncio.ensure_future(to_thread.run_sync(self._drain, batch))
+            hop = asyncio.ensure_future(self._run_sync(self._drain, batch))
             self._hops.add(hop)
             hop.add_done_callback(self._landed)
         while self._unwritten >= self._limit:

@@ -18,14 +18,12 @@ from proxy.cache import Store
 from proxy.codings import Coding
 from proxy.errors import OfflineMiss
 from proxy.flights import Flights
-from proxy.forwarding import Forwarding
 from proxy.hotpages import Hot, HotKey, HotPages
 from proxy.metadatainjector import MetadataInjector, dependencies
 from proxy.models import CacheStatus, Caller, NormalizedName, Page, Reply, Scope
 from proxy.pagefetch import Outcome, PageFetcher, Representation
 from proxy.rendered import Renderer, Rendering
 from proxy.uploads import Uploads
-from proxy.uploadtimes import UploadTimes
 from proxy.upstream import GitLab
 
 log = logging.getLogger("proxy.mirror")
@@ -64,9 +62,8 @@ class Mirror:
         probe_writable: Callable[[], str] = lambda: "writable",
         clock: Callable[[], float] = time.time,
         renderer: Renderer,
-        forwarding: Forwarding | None = None,
+        pages: PageFetcher,
         metadata: MetadataInjector | None = None,
-        times: UploadTimes | None = None,
         stale_while_revalidate: float = 0.0,
         hot: HotPages | None = None,
         uploads: Uploads,
@@ -84,17 +81,7 @@ class Mirror:
         self._probe_writable = probe_writable
         self._clock = clock
         self._renderer = renderer
-        self._pages = PageFetcher(
-            store=store,
-            upstream=upstream,
-            keeper=keeper,
-            page_ttl=page_ttl,
-            clock=clock,
-            renderer=renderer,
-            forwarding=forwarding,
-            metadata=metadata,
-            times=times,
-        )
+        self._pages = pages
 
     def __repr__(self) -> str:
         return f"Mirror(upstream={self._upstream!r}, offline={self.offline})"

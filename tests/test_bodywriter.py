@@ -6,9 +6,11 @@ import asyncio
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from anyio import to_thread
 
 from proxy.bodywriter import BodyWriter
 
@@ -40,18 +42,12 @@ async def test_chunks_that_arrive_while_the_thread_writes_go_in_one_batch() -> N
     hops: list[int] = []
     reader, writer = os.pipe()
 
-    def landed(count: int) -> None:
-        written.append(count)
+    async def counted(work: Callable[[list[bytes]], None], batch: list[bytes]) -> None:
+        hops.append(len(batch))
+        await to_thread.run_sync(work, batch)
 
     try:
-        async with BodyWriter(writer, on_written=landed, limit=2_000_000) as body:
-            original = body._drain
-
-            def drain(batch: list[bytes]) -> None:
-                hops.append(len(batch))
-                original(batch)
-
-            body._drain = drain  # type: ignore[method-assign]
+        async with BodyWriter(writer, on_written=written.append, run_sync=counted) as body:
             for chunk in CHUNKS:
                 await body.write(chunk)
             drained = threading.Thread(target=_drain, args=(reader, 1_000_000))
