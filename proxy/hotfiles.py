@@ -21,8 +21,8 @@ from proxy.storage import USE_RESOLUTION
 
 HOT_FILES_MEMORY = 16 * 1024 * 1024
 """Default bound on the bytes kept (each file at most filereplies.SMALL)."""
-GRANTS_KEPT = 65536
-"""(caller, file) pairs remembered as allowed."""
+GRANTS_KEPT = 8192
+"""(caller, file) pairs remembered as allowed (a few hundred bytes each)."""
 
 
 @dataclass(frozen=True, slots=True)
