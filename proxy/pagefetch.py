@@ -13,6 +13,7 @@ from anyio import to_thread
 from proxy.access import Keeper
 from proxy.answers import REDIRECTS, Answer, retry_after
 from proxy.cache import Store, StoredPage
+from proxy.drain import Serial
 from proxy.errors import CacheError, UpstreamError, UpstreamStatus
 from proxy.forwarding import Followed, Forwarding, is_public
 from proxy.metadatainjector import MetadataInjector
@@ -61,6 +62,7 @@ class PageFetcher:
         self._keeper = keeper
         self._page_ttl = page_ttl
         self._clock = clock
+        self._writes = Serial()
         self._renderer = renderer
         self._forwarding = forwarding
         self._metadata = metadata
@@ -278,7 +280,7 @@ class PageFetcher:
             except CacheError as exc:
                 log.warning("cannot cache the page %s: %s", key, exc)
 
-        await to_thread.run_sync(keep)
+        await self._writes.run(keep)  # a burst's pages written by one thread, in turn
 
     async def _ask(
         self,
