@@ -76,6 +76,21 @@ async def send_alone(transport: httpx.AsyncBaseTransport, request: httpx.Request
     return response
 
 
+def request_builder(
+    transport: httpx.AsyncBaseTransport, *, connect_timeout: float, read_timeout: float
+) -> httpx.AsyncClient:
+    """An httpx client that only builds requests for `send_alone` (and closes `transport`
+    with itself): our User-Agent, these timeouts, no redirect followed, no proxy or
+    certificate taken from the environment."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+        transport=transport,
+        follow_redirects=False,
+        trust_env=False,
+        headers={"User-Agent": USER_AGENT},
+    )
+
+
 def url_origin(url: str) -> tuple[str, str, int]:
     """(scheme, lower-case host, port) of `url`, the port its scheme's default if unsaid."""
     parts = urlsplit(url)

@@ -12,12 +12,12 @@ from proxy.answers import (
     MAX_PAGE_BYTES,
     MAX_REDIRECTS,
     REDIRECTS,
-    USER_AGENT,
     Answer,
     Download,
     kept_headers,
     opened,
     read_whole,
+    request_builder,
     send_alone,
     url_netloc,
     url_origin,
@@ -41,12 +41,8 @@ class PublicIndex:
     ) -> None:
         self._allowed = frozenset(host.lower() for host in allowed_hosts)
         self._transport = transport or Wire()
-        self._client = httpx.AsyncClient(  # builds requests; send_alone sends them
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            transport=self._transport,
-            follow_redirects=False,
-            trust_env=False,
-            headers={"User-Agent": USER_AGENT},
+        self._client = request_builder(
+            self._transport, connect_timeout=connect_timeout, read_timeout=read_timeout
         )
 
     def __repr__(self) -> str:

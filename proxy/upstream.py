@@ -15,7 +15,6 @@ from proxy.answers import (
     MAX_PAGE_BYTES,
     MAX_REDIRECTS,
     REDIRECTS,
-    USER_AGENT,
     Answer,
     Download,
     Probe,
@@ -23,6 +22,7 @@ from proxy.answers import (
     opened,
     raise_for_failure,
     read_whole,
+    request_builder,
     retry_after,
     send_alone,
     url_netloc,
@@ -92,14 +92,9 @@ class GitLab:
         self._connect_timeout = connect_timeout
         self._quiet_until = 0.0
         self._origin = url_origin(self.url)
-        timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self._transport = transport or Wire(ca_bundle=ca_bundle)
-        self._client = httpx.AsyncClient(  # builds requests; send_alone sends them
-            timeout=timeout,
-            transport=self._transport,
-            follow_redirects=False,
-            trust_env=False,
-            headers={"User-Agent": USER_AGENT},
+        self._client = request_builder(
+            self._transport, connect_timeout=connect_timeout, read_timeout=read_timeout
         )
 
     def __repr__(self) -> str:
